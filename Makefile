@@ -1,0 +1,30 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+# torch must be pinned before anything pulls it in: an unpinned resolve downloads a multi-GB build.
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: venv demo test test-all clean
+
+$(BIN)/zocli: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/zocli
+
+venv: $(BIN)/zocli
+
+demo: venv  ## train the embedded default (digits, tiny model) and print the accuracy matrix
+	$(BIN)/zocli train --preset demo --out runs/demo --overwrite
+
+test: venv  ## the default (CPU, offline) test suite
+	$(BIN)/python -m pytest -q
+
+test-all: venv  ## also the slow ViT-B/16-sized checks
+	$(BIN)/python -m pytest -q -m 'not gpu'
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,256 @@
+"""zocli.data: prepare -> load round trips from every kind of source, offline and fast."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before datasets is imported: the hub must never be contacted
+
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+import PIL.Image
+import pytest
+
+from zocli import benchmarks, data
+
+
+def _png(path: Path, seed: int, mode: str = "RGB", size: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.RandomState(seed).randint(0, 256, (size, size, 3), dtype=np.uint8)
+    PIL.Image.fromarray(pixels).convert(mode).save(path)
+
+
+def _labels(dd: datasets.DatasetDict, split: str) -> list[int]:
+    return list(dd[split]["label"])
+
+
+# ---------------------------------------------------------------------------------------------- digits
+
+
+def test_digits_round_trip(tmp_path):
+    bench = benchmarks.get("digits")
+    target = data.prepare(bench, tmp_path)
+    assert target == data.dataset_dir(tmp_path, "digits") == tmp_path / "digits"
+    dd = data.load(bench, tmp_path)
+    assert len(dd["train"]) + len(dd["test"]) == 1797
+    assert len(dd["test"]) == 360  # 20 %
+    for split in ("train", "test"):
+        assert set(_labels(dd, split)) == set(range(10))  # stratified: every class in both splits
+        assert dd[split].features["label"].names == list(bench.classes)
+    image = dd["train"][0]["image"]
+    assert image.mode == "RGB" and image.size == (8, 8)
+    assert max(np.asarray(dd["train"][i]["image"]).max() for i in range(20)) > 200  # scaled to 0..255
+
+    mtime = (target / "dataset_dict.json").stat().st_mtime_ns
+    assert data.prepare(bench, tmp_path) == target  # idempotent: returned unchanged
+    assert (target / "dataset_dict.json").stat().st_mtime_ns == mtime
+
+
+def test_digits_split_is_fixed(tmp_path):
+    bench = benchmarks.get("digits")
+    a = data.load(bench, data.prepare(bench, tmp_path / "a").parent)
+    b = data.load(bench, data.prepare(bench, tmp_path / "b").parent)
+    assert _labels(a, "test") == _labels(b, "test")
+    assert np.array_equal(np.asarray(a["test"][5]["image"]), np.asarray(b["test"][5]["image"]))
+
+
+# ---------------------------------------------------------------------------------------------- cifar100
+
+
+def _cifar_folder(root: Path, classes: list[str]) -> None:
+    for s, split in enumerate(("train", "test")):
+        for i, c in enumerate(classes):
+            for k in range(2):
+                _png(root / split / c / f"{k}.png", seed=100 * s + 10 * i + k)
+
+
+def test_cifar_imagefolder(tmp_path):
+    bench = benchmarks.get("cifar100")
+    chosen = [bench.classes[i] for i in (3, 26, 99)]  # 26 is crab
+    _cifar_folder(tmp_path / "src", chosen)
+    lines = []
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append)
+    shutil.rmtree(tmp_path / "src")  # the copy embeds the image bytes: it must not need the source
+    dd = data.load(bench, tmp_path / "root")
+    for split in ("train", "test"):
+        assert sorted(_labels(dd, split)) == [3, 3, 26, 26, 99, 99]
+        assert dd[split][0]["image"].mode == "RGB"
+    assert lines and all(isinstance(line, str) for line in lines)
+
+
+def test_cifar_unknown_folder(tmp_path):
+    bench = benchmarks.get("cifar100")
+    _cifar_folder(tmp_path / "src", ["apple", "not_a_class"])
+    with pytest.raises(data.SourceError, match="not_a_class"):
+        data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    assert not data.dataset_dir(tmp_path / "root", "cifar100").exists()
+    assert list((tmp_path / "root").iterdir()) == []  # the temporary sibling is cleaned up
+
+
+def test_cifar_saved_hub_copy(tmp_path):
+    # A save_to_disk copy with the hub's own columns and its "cra" typo, and a label order that differs.
+    bench = benchmarks.get("cifar100")
+    hub_names = ["cra", "apple", "aquarium_fish"]
+    feats = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=hub_names),
+                               "coarse_label": datasets.Value("int64")})
+    pixels = [np.zeros((4, 4, 3), np.uint8)] * 3
+    split = datasets.Dataset.from_dict({"img": pixels, "fine_label": [0, 1, 2], "coarse_label": [0, 0, 0]},
+                                       features=feats)
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "src"))
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    dd = data.load(bench, tmp_path / "root")
+    assert _labels(dd, "train") == [bench.classes.index("crab"), 0, 1]
+    assert dd["train"].column_names == ["image", "label"]
+
+
+# ---------------------------------------------------------------------------------------------- tinyimg
+
+
+def _tiny_layout(root: Path, wnids: list[str]) -> None:
+    for i, w in enumerate(wnids):
+        for k in range(3):
+            _png(root / "train" / w / "images" / f"{w}_{k}.JPEG", seed=10 * i + k)
+    rows = []
+    for k, w in enumerate(wnids * 2):
+        _png(root / "val" / "images" / f"val_{k}.JPEG", seed=100 + k, mode="L" if k == 0 else "RGB")
+        rows.append(f"val_{k}.JPEG\t{w}\t0\t0\t8\t8")
+    (root / "val" / "val_annotations.txt").write_text("\n".join(rows) + "\n")
+
+
+def test_tinyimg_official_layout(tmp_path):
+    bench = benchmarks.get("tinyimg")
+    wnids = [bench.classes[5], bench.classes[150]]
+    _tiny_layout(tmp_path / "src" / "tiny-imagenet-200", wnids)
+    # the parent of tiny-imagenet-200/ is accepted too
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    dd = data.load(bench, tmp_path / "root")
+    assert sorted(_labels(dd, "train")) == [5, 5, 5, 150, 150, 150]
+    assert _labels(dd, "test") == [5, 150, 5, 150]
+    assert all(dd["test"][i]["image"].mode == "RGB" for i in range(4))  # the grayscale one was converted
+
+
+def test_tinyimg_hub_path(tmp_path, monkeypatch):
+    # The online path with load_dataset faked: `valid` becomes `test`, wnid labels are remapped by name.
+    bench = benchmarks.get("tinyimg")
+    hub_names = [bench.classes[7], bench.classes[2]]  # not in our order
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=hub_names)})
+    gray = PIL.Image.fromarray(np.zeros((4, 4), np.uint8))
+    split = datasets.Dataset.from_dict({"image": [gray, gray], "label": [0, 1]}, features=feats)
+    fake = datasets.DatasetDict({"train": split, "valid": split.select([1])})
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: fake)
+    data.prepare(bench, tmp_path)
+    dd = data.load(bench, tmp_path)
+    assert _labels(dd, "train") == [7, 2] and _labels(dd, "test") == [2]
+    assert dd["train"][0]["image"].mode == "RGB"
+
+
+# ---------------------------------------------------------------------------------------------- imgr
+
+
+def _imgr_folder(root: Path, wnids: list[str], n: int = 10) -> None:
+    for i, w in enumerate(wnids):
+        for k in range(n):
+            _png(root / w / f"img_{k:02d}.jpg", seed=1000 * i + k)
+
+
+def _fingerprints(ds: datasets.Dataset) -> list[bytes]:
+    return [np.asarray(row["image"]).tobytes() for row in ds]
+
+
+def test_imgr_folder_split(tmp_path):
+    bench = benchmarks.get("imgr")
+    wnids = [bench.classes[0], bench.classes[42]]
+    _imgr_folder(tmp_path / "src" / "imagenet-r", wnids)
+    root = tmp_path / "root"
+    data.prepare(bench, root, source=tmp_path / "src")
+    first = data.load(bench, root)
+    assert sorted(_labels(first, "train")) == [0] * 8 + [42] * 8
+    assert sorted(_labels(first, "test")) == [0] * 2 + [42] * 2
+    train, test = _fingerprints(first["train"]), _fingerprints(first["test"])
+    assert not set(train) & set(test)
+    data.prepare(bench, root, source=tmp_path / "src" / "imagenet-r", overwrite=True)
+    second = data.load(bench, root)
+    assert _fingerprints(second["train"]) == train and _fingerprints(second["test"]) == test
+
+
+def test_imgr_hub_path(tmp_path, monkeypatch):
+    bench = benchmarks.get("imgr")
+    wnids = [bench.classes[9]] * 5 + [bench.classes[1]] * 5
+    rows = datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * 10, "wnid": wnids,
+                                       "class_name": ["x"] * 10},
+                                      features=datasets.Features({"image": datasets.Image(),
+                                                                  "wnid": datasets.Value("string"),
+                                                                  "class_name": datasets.Value("string")}))
+    calls = []
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
+    data.prepare(bench, tmp_path)
+    dd = data.load(bench, tmp_path)
+    assert calls == [{"split": "test"}]
+    assert sorted(_labels(dd, "train")) == [1] * 4 + [9] * 4 and sorted(_labels(dd, "test")) == [1, 9]
+
+
+def test_per_class_split_is_deterministic():
+    labels = np.array([0] * 10 + [1] * 5)
+    a, b = data.per_class_split(labels), data.per_class_split(labels)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert len(a[0]) == 12 and len(a[1]) == 3
+    assert not set(a[0]) & set(a[1])
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+def test_load_missing(tmp_path):
+    with pytest.raises(data.DataMissing, match="zocli prepare --benchmark cifar100") as info:
+        data.load(benchmarks.get("cifar100"), tmp_path / "nowhere")
+    assert "\n" not in str(info.value)
+
+
+def test_load_stale_classes(tmp_path):
+    # A copy prepared for another class list (e.g. an older zocli) must be re-prepared.
+    bench = benchmarks.get("digits")
+    data.prepare(bench, tmp_path)
+    renamed = benchmarks.Benchmark("digits", tuple("abcdefghij"), bench.names, bench.order, None)
+    with pytest.raises(data.DataMissing, match="--overwrite"):
+        data.load(renamed, tmp_path)
+
+
+def test_online_fails_fast_offline(tmp_path):
+    start = time.monotonic()
+    with pytest.raises(data.SourceError, match="--source") as info:
+        data.prepare(benchmarks.get("cifar100"), tmp_path)
+    assert time.monotonic() - start < 10
+    assert "\n" not in str(info.value)
+    assert not data.dataset_dir(tmp_path, "cifar100").exists()
+
+
+def test_bad_source(tmp_path):
+    with pytest.raises(data.SourceError, match="tiny-imagenet-200"):
+        data.prepare(benchmarks.get("tinyimg"), tmp_path / "root", source=tmp_path)
+    with pytest.raises(data.SourceError, match="not a directory"):
+        data.prepare(benchmarks.get("imgr"), tmp_path / "root", source=tmp_path / "missing")
+
+
+def test_interrupted_write_is_ignored(tmp_path):
+    # A killed prepare leaves only a hidden temporary sibling, possibly holding a complete-looking copy.
+    bench = benchmarks.get("digits")
+    data.prepare(bench, tmp_path / "done")
+    leftover = tmp_path / "root" / ".digits.tmp-killed" / "out"
+    leftover.parent.mkdir(parents=True)
+    os.replace(data.dataset_dir(tmp_path / "done", "digits"), leftover)
+    with pytest.raises(data.DataMissing):
+        data.load(bench, tmp_path / "root")
+    # and the next prepare still writes the real copy
+    data.prepare(bench, tmp_path / "root")
+    assert len(data.load(bench, tmp_path / "root")["test"]) == 360
+
+
+def test_overwrite_replaces(tmp_path):
+    bench = benchmarks.get("digits")
+    target = data.prepare(bench, tmp_path)
+    (target / "marker").write_text("old")
+    assert data.prepare(bench, tmp_path, overwrite=True) == target
+    assert not (target / "marker").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary left behind

@@ -1,0 +1,4 @@
+"""`python -m zocli`"""
+from .cli import app
+
+app(prog_name="zocli")

@@ -1,0 +1,150 @@
+"""The frozen open_clip backbone: model names, weight resolution (never the network here), tokenizer.
+
+`--pretrained` accepts `openai` (or another open_clip tag), a weights file, `local-dir:DIR` (an
+open_clip model directory) or `none` (random init). Tags resolve only from the local Hugging Face
+cache: `train` never touches the network; `zocli prepare --weights` is what downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+# DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with.
+MODEL_ALIASES = {"ViT-B-16": "ViT-B-16-quickgelu", "ViT-B-32": "ViT-B-32-quickgelu", "ViT-L-14": "ViT-L-14-quickgelu"}
+WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for but are not on this machine."""
+
+
+class UnknownModel(ValueError):
+    """The model name is not an open_clip config (a usage error)."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    clip: torch.nn.Module  # open_clip.CLIP, every parameter frozen
+    tokenizer: object  # callable: list[str] -> LongTensor (n, context_length)
+    name: str  # the open_clip config name actually built
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def image_size(self) -> int:
+        size = self.clip.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def open_clip_name(model: str) -> str:
+    return MODEL_ALIASES.get(model, model)
+
+
+def build(model: str, pretrained: str = "none", device: str | torch.device = "cpu") -> Backbone:
+    """Build the frozen CLIP on `device` ("meta" builds the architecture with no storage)."""
+    open_clip = _open_clip()
+    name = open_clip_name(model)
+    if pretrained.startswith("local-dir:"):
+        name, weights = pretrained, None
+    else:
+        _check_known(name)
+        weights = resolve_weights(name, pretrained)
+    with _quiet_random_init_warning():
+        clip = open_clip.create_model(name, pretrained=weights, device=device)
+    clip.requires_grad_(False)
+    clip.eval()
+    cfg = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
+    mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
+    return Backbone(clip, open_clip.get_tokenizer(name), name, mean, std)
+
+
+def resolve_weights(name: str, pretrained: str) -> str | None:
+    """A local weights path for `pretrained`, or None for random init; never downloads."""
+    if pretrained == "none":
+        return None
+    path = Path(pretrained).expanduser()
+    if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.exists():
+        if not path.is_file():
+            raise WeightsUnavailable(f"weights file {path} does not exist")
+        return str(path)
+    cached = _cached_tag_file(name, pretrained)
+    if cached is None:
+        raise WeightsUnavailable(
+            f"'{pretrained}' weights for {name} are not in the local Hugging Face cache; download them with "
+            f"`zocli prepare --weights --model {name} --pretrained {pretrained}` on a machine with network "
+            f"(or `hf download {_hub_repo(name, pretrained)}`), or pass --pretrained PATH to a weights file"
+        )
+    return cached
+
+
+def download_weights(name: str, tag: str) -> Path:
+    """Fetch an open_clip pretrained tag into the Hugging Face cache (the only network access)."""
+    open_clip = _open_clip()
+    cfg = open_clip.get_pretrained_cfg(open_clip_name(name), tag)
+    if not cfg:
+        raise WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}")
+    try:
+        return Path(open_clip.download_pretrained(cfg))
+    except Exception as exc:  # hub errors come in many types; the user needs one line
+        raise WeightsUnavailable(f"could not download {tag!r} weights for {name}: {exc}") from None
+
+
+def tower_depths(clip: torch.nn.Module) -> dict[str, int]:
+    return {"vision": len(clip.visual.transformer.resblocks), "language": len(clip.transformer.resblocks)}
+
+
+def _hub_repo(name: str, tag: str) -> str | None:
+    cfg = _open_clip().get_pretrained_cfg(name, tag) or {}
+    return (cfg.get("hf_hub") or "").rstrip("/") or None
+
+
+def _cached_tag_file(name: str, tag: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = _hub_repo(name, tag)
+    if repo is None:
+        raise WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}")
+    for filename in WEIGHT_FILES:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return found
+    return None
+
+
+def _check_known(name: str) -> None:
+    open_clip = _open_clip()
+    if name not in open_clip.list_models():
+        from .config import did_you_mean
+
+        raise UnknownModel(f"unknown model {name!r}{did_you_mean(name, open_clip.list_models())}")
+
+
+def _open_clip():
+    import open_clip
+
+    configs = resources.files("zocli") / "model_configs"
+    if "zocli-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(Path(str(configs)))
+    return open_clip
+
+
+@contextmanager
+def _quiet_random_init_warning():
+    # open_clip warns on the root logger whenever no weights are loaded; random init is deliberate here.
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+
+    root, drop = logging.getLogger(), _Drop()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)

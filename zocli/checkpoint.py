@@ -1,0 +1,99 @@
+"""Per-task adapter checkpoints: safetensors + metadata, a hashed manifest, strict loading.
+
+Only safetensors and JSON are ever read; nothing is unpickled. The manifest is written after the
+tensor file and is the commit point: a checkpoint it does not list does not exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save
+
+from . import __version__
+from .rundir import RunDir, atomic_write, read_json, write_json
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not fit the model (one line, names the file)."""
+
+
+def save_task(run: RunDir, task: int, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    """Write task_XX.safetensors atomically, then record it (with its sha256) in the manifest."""
+    path = run.task_file(task)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    metadata = {"format": "pt", "zocli_format": str(FORMAT_VERSION), "zocli_version": __version__,
+                "task": str(task), **{k: json.dumps(v) for k, v in meta.items()}}
+    data = save(tensors, metadata=metadata)
+    atomic_write(path, data)
+    manifest = read_manifest(run)
+    manifest["files"][f"{task}"] = {"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}
+    manifest["tasks_done"] = task + 1
+    write_json(run.manifest, manifest)
+    return path
+
+
+def read_manifest(run: RunDir) -> dict[str, Any]:
+    if not run.manifest.is_file():
+        return {"zocli_format": FORMAT_VERSION, "tasks_done": 0, "files": {}}
+    manifest = read_json(run.manifest)
+    if not isinstance(manifest, dict) or "files" not in manifest:
+        raise CheckpointError(f"{run.manifest}: not a zocli manifest")
+    return manifest
+
+
+def load_task(run: RunDir, task: int, expected: dict[str, torch.Tensor] | None = None
+              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, metadata) of a committed task, verified against the manifest hash and `expected` keys/shapes."""
+    entry = read_manifest(run)["files"].get(str(task))
+    if entry is None:
+        raise CheckpointError(f"{run.checkpoints}: task {task} has no committed checkpoint")
+    path = run.checkpoints / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise CheckpointError(f"{path}: sha256 does not match the manifest (corrupt or modified file)")
+    tensors, meta = read_file(path)
+    if expected is not None:
+        check_keys(path, tensors, expected)
+    return tensors, meta
+
+
+def read_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and decoded metadata of one checkpoint file (no manifest check)."""
+    try:
+        with safe_open(str(path), "pt") as handle:
+            raw = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    meta = {k: _maybe_json(v) for k, v in raw.items()}
+    return tensors, meta
+
+
+def check_keys(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: keys do not match the model (missing {missing[:3]}"
+                              f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+                              f"{'...' if len(unexpected) > 3 else ''})")
+    for key, value in expected.items():
+        if tensors[key].shape != value.shape:
+            raise CheckpointError(f"{path}: {key} has shape {tuple(tensors[key].shape)}, "
+                                  f"the model expects {tuple(value.shape)}")
+
+
+def _maybe_json(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value

@@ -1,0 +1,214 @@
+"""The `zocli` command line: parse, resolve the config, call one core function, render.
+
+The only module that imports Typer, prints or exits. Exit codes: 0 ok, 1 runtime error (missing data,
+weights unavailable, corrupt checkpoint, divergence), 2 usage error, 130 interrupted.
+Heavy imports (torch, open_clip, datasets) happen inside commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  help="Zeroth-order / first-order continual learning of CLIP adapters.")
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+USAGE_ERRORS = (ConfigError,)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from .backbone import UnknownModel, WeightsUnavailable
+    from .checkpoint import CheckpointError
+    from .data import DataMissing, SourceError
+    from .rundir import RunDirError
+    from .train import Diverged
+
+    return WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel
+
+
+@contextmanager
+def _errors():
+    """Expected failures become one line on stderr and an exit code; --debug shows the traceback."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception as exc:  # noqa: BLE001 - classified just below
+        if STATE["debug"]:
+            raise
+        code = 2 if isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnknownModel" else \
+            1 if isinstance(exc, _runtime_errors()) else None
+        if code is None:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(code) from None
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    if version:
+        out.print(__version__)
+        raise typer.Exit()
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+Opt = typer.Option
+
+
+@app.command("train")
+def train_cmd(
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Preset name or TOML file; repeatable, applied in order.")] = None,
+    out_dir: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (default runs/<benchmark>-<plan>-s<seed>).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a non-empty run directory.")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.", rich_help_panel="Data")] = None,
+    inc: Annotated[Optional[int], Opt(help="Classes per task.", rich_help_panel="Data")] = None,
+    base: Annotated[Optional[int], Opt(help="Classes in the first task (default: --inc).", rich_help_panel="Data")] = None,
+    prompt: Annotated[Optional[str], Opt(help="Prompt template with {} for the class name.", rich_help_panel="Data")] = None,
+    data_root: Annotated[Optional[str], Opt(help="Prepared data root (env ZOCLI_DATA, default ~/.cache/zocli).", rich_help_panel="Data")] = None,
+    model: Annotated[Optional[str], Opt(help="open_clip model (ViT-B-16 = ViT-B-16-quickgelu; zocli-tiny).", rich_help_panel="Model")] = None,
+    pretrained: Annotated[Optional[str], Opt(help="openai | PATH | local-dir:DIR | none.", rich_help_panel="Model")] = None,
+    adapter: Annotated[Optional[str], Opt(help="moe | lora.", rich_help_panel="Model")] = None,
+    lora_rank: Annotated[Optional[int], Opt(rich_help_panel="Model")] = None,
+    lora_alpha: Annotated[Optional[float], Opt(rich_help_panel="Model")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Epochs per task.", rich_help_panel="Optimisation")] = None,
+    batch_size: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
+    lr: Annotated[Optional[float], Opt(help="AdamW learning rate (FO); ZO uses λ·lr.", rich_help_panel="Optimisation")] = None,
+    weight_decay: Annotated[Optional[float], Opt(rich_help_panel="Optimisation")] = None,
+    warmup_steps: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
+    max_steps: Annotated[Optional[int], Opt(help="Cap on steps per task (smoke runs).", rich_help_panel="Optimisation")] = None,
+    vision: Annotated[Optional[str], Opt(help="fo | zo for the vision branch.", rich_help_panel="Zeroth order")] = None,
+    language: Annotated[Optional[str], Opt(help="fo | zo for the language branch.", rich_help_panel="Zeroth order")] = None,
+    layers: Annotated[Optional[str], Opt(help="all | hop-odd | hop-even | prefix | suffix (layers of ZO branches that are ZO).", rich_help_panel="Zeroth order")] = None,
+    layers_n: Annotated[Optional[int], Opt(help="Layers in prefix/suffix (default half).", rich_help_panel="Zeroth order")] = None,
+    mozo: Annotated[Optional[bool], Opt("--mozo/--no-mozo", help="MoZO: sign normalisation and eps_vision < eps_language.", rich_help_panel="Zeroth order")] = None,
+    normalize: Annotated[Optional[str], Opt(help="none | sign.", rich_help_panel="Zeroth order")] = None,
+    eps: Annotated[Optional[float], Opt(help="Perturbation scale ε.", rich_help_panel="Zeroth order")] = None,
+    eps_vision: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
+    eps_language: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
+    estimator: Annotated[Optional[str], Opt(help="one-sided | two-sided.", rich_help_panel="Zeroth order")] = None,
+    queries: Annotated[Optional[int], Opt(help="Directions q per estimate.", rich_help_panel="Zeroth order")] = None,
+    conservative: Annotated[Optional[bool], Opt("--conservative/--aggressive", help="Keep the best of {θ, θ−ηu, θ+ηu}.", rich_help_panel="Zeroth order")] = None,
+    zo_lr_scale: Annotated[Optional[float], Opt(help="λ: ZO learning rate = λ·lr.", rich_help_panel="Zeroth order")] = None,
+    granularity: Annotated[Optional[str], Opt(help="branch | joint | layer.", rich_help_panel="Zeroth order")] = None,
+    zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.", rich_help_panel="Zeroth order")] = None,
+    seed: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Execution")] = None,
+    workers: Annotated[Optional[int], Opt(help="Data-loading processes (default 0 on CPU, ≤8 on CUDA).", rich_help_panel="Execution")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
+) -> None:
+    """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
+    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json")}
+    if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
+        flags["data_root"] = os.environ["ZOCLI_DATA"]
+    with _errors():
+        from .config import resolve
+
+        resolved = resolve(preset or [], flags)
+        cfg = resolved.config
+        _precheck(cfg)
+        target = out_dir or Path("runs") / _default_name(cfg)
+        from .train import run
+
+        with _progress(enabled=not as_json) as on_event:
+            result = run(resolved, target, overwrite=overwrite, on_event=on_event)
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    else:
+        _print_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}")
+
+
+def _precheck(cfg) -> None:
+    # Usage errors must surface before any expensive import or model build.
+    from . import benchmarks
+
+    benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)
+
+
+def _default_name(cfg) -> str:
+    plan = "fo" if not cfg.zo_branches else "-".join(cfg.zo_branches) + f"-zo-{cfg.layers}"
+    return f"{cfg.benchmark}-inc{cfg.inc}-{cfg.adapter}-{plan}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """Rich progress on stderr, only on a terminal; yields the core's on_event callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=err, transient=True,
+                        disable=not (enabled and err.is_terminal))
+    bars: dict[int, Any] = {}
+
+    def on_event(event: dict) -> None:
+        kind = event["event"]
+        if kind == "task_start":
+            bars[event["task"]] = progress.add_task(f"task {event['task']}", total=event["steps"], info="")
+        elif kind == "step":
+            progress.update(bars[event["task"]], advance=1, info=f"loss {event['loss']:.4f}")
+        elif kind == "eval":
+            progress.remove_task(bars.pop(event["task"]))
+            if enabled:
+                err.print(f"task {event['task']}: seen accuracy {event['seen_accuracy']:.2f}%")
+
+    with progress:
+        yield on_event
+
+
+def _print_matrix(matrix: list[list[float]], summary: dict, title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("after task", justify="right")
+    for j in range(len(matrix)):
+        table.add_column(f"T{j}", justify="right")
+    table.add_column("seen", justify="right", style="bold")
+    for t, row in enumerate(matrix):
+        cells = [f"{a:.1f}" for a in row] + [""] * (len(matrix) - len(row))
+        table.add_row(str(t), *cells, f"{summary['seen_accuracy'][t]:.2f}")
+    out.print(table)
+    out.print(f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
+              f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}")
+
+
+# ----------------------------------------------------------------------------------------------
+# not yet available
+
+
+@app.command("probe-variance")
+def probe_variance_cmd() -> None:
+    """Measure ZO (and FO) gradient variance per branch and per layer."""
+    err.print("error: probe-variance is not available yet in this version of zocli")
+    raise typer.Exit(1)
+
+
+@app.command("memory")
+def memory_cmd() -> None:
+    """Measure peak training-step memory per FO/ZO configuration."""
+    err.print("error: memory is not available yet in this version of zocli")
+    raise typer.Exit(1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,238 @@
+"""The run configuration: one frozen dataclass, TOML presets, and flag overrides with provenance.
+
+Precedence (DESIGN §1): built-in defaults < presets in the order given < explicit flags. Keys are the
+flag names with underscores (`batch_size` is `--batch-size`); presets may spell them either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+FO_ZO = ("fo", "zo")
+LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
+BRANCHES = ("vision", "language")
+MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
+
+
+class ConfigError(ValueError):
+    """A usage error in the configuration: the CLI reports it in one line and exits 2."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # benchmark and protocol (DESIGN §4-5)
+    benchmark: str = "cifar100"
+    inc: int = 10  # classes per task after the first
+    base: int | None = None  # classes in task 0; None means `inc`
+    prompt: str = "a bad photo of a {}."
+    data_root: str = "~/.cache/zocli"
+    # model (DESIGN §3)
+    model: str = "ViT-B-16"  # ViT-B-16 means open_clip's ViT-B-16-quickgelu, as the OpenAI weights need
+    pretrained: str = "openai"  # openai | PATH | local-dir:DIR | none
+    adapter: Literal["moe", "lora"] = "moe"
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    # first-order optimisation, the MoE-Adapters baseline
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 30  # linear warm-up, then cosine to 0, restarted every task
+    max_steps: int | None = None  # cap on steps per task, for smoke runs; None trains full epochs
+    # zeroth-order units (DESIGN §6)
+    vision: Literal["fo", "zo"] = "fo"
+    language: Literal["fo", "zo"] = "fo"
+    layers: Literal["all", "hop-odd", "hop-even", "prefix", "suffix"] = "all"
+    layers_n: int | None = None  # size of prefix/suffix; None means half the tower
+    mozo: bool = False  # sign normalisation + eps_vision < eps_language
+    normalize: Literal["none", "sign"] = "none"
+    eps: float = 1e-3
+    eps_vision: float | None = None  # None: `eps` (or 5e-4 with --mozo)
+    eps_language: float | None = None  # None: `eps`
+    estimator: Literal["one-sided", "two-sided"] = "two-sided"  # same cost at q=1, 3x more accurate
+    queries: int = 1
+    conservative: bool = True  # keep the best of {θ, θ-ηu, θ+ηu} on the step's batch
+    zo_lr_scale: float = 1.0  # λ: ZO step = λ · FO learning rate
+    granularity: Literal["branch", "joint", "layer"] = "branch"
+    zo_chunk: int | None = None  # ZO micro-batch; None picks one that bounds activation memory
+    # execution
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
+    eval_batch_size: int = 256
+    save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def zo_branches(self) -> tuple[str, ...]:
+        return tuple(b for b in BRANCHES if getattr(self, b) == "zo")
+
+    @property
+    def sign(self) -> bool:
+        return self.normalize == "sign"
+
+    def eps_for(self, branch: str) -> float:
+        explicit = self.eps_vision if branch == "vision" else self.eps_language
+        return self.eps if explicit is None else explicit
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _validate(cfg: Config) -> None:
+    for f in fields(cfg):
+        _check_type(f.name, getattr(cfg, f.name), f.type)
+    for name in ("inc", "epochs", "batch_size", "queries", "eval_batch_size", "lora_rank",
+                 "base", "max_steps", "layers_n", "zo_chunk"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value}")
+    for name in ("eps", "eps_vision", "eps_language", "lr"):
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ConfigError(f"--{_flag(name)} must be > 0, got {value}")
+    if cfg.zo_lr_scale < 0 or cfg.weight_decay < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0:
+        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps and --save-every must be >= 0")
+    if cfg.layers != "all" and not cfg.zo_branches:
+        raise ConfigError(
+            f"--layers {cfg.layers} selects ZO layers, but no branch is ZO: add --vision zo and/or --language zo"
+        )
+    if cfg.layers_n is not None and cfg.layers not in ("prefix", "suffix"):
+        raise ConfigError("--layers-n only applies to --layers prefix or suffix")
+    if cfg.mozo and not cfg.zo_branches:
+        raise ConfigError("--mozo changes the ZO update, but no branch is ZO: add --vision zo and/or --language zo")
+    if "{}" not in cfg.prompt:
+        raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    kind = eval(annotation, {"Literal": Literal}) if isinstance(annotation, str) else annotation
+    options = [a for a in get_args(kind) if a is not type(None)]
+    if value is None and type(None) in get_args(kind):
+        return
+    if get_origin(kind) is Literal:
+        if value not in options:
+            raise ConfigError(f"--{_flag(name)} must be one of {', '.join(map(str, options))}; got {value!r}")
+        return
+    expected = options[0] if options else kind
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"--{_flag(name)} must be {expected.__name__}, got {value!r}")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+KEYS = tuple(f.name for f in fields(Config))
+
+
+# ----------------------------------------------------------------------------------------------
+# presets and resolution
+
+
+@dataclass(frozen=True)
+class Resolved:
+    config: Config
+    sources: dict[str, str] = field(default_factory=dict)  # key -> "default" | "preset:NAME" | "flag" | "mozo"
+    presets: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"config": self.config.as_dict(), "sources": self.sources, "presets": list(self.presets)}
+
+
+def preset_dirs() -> list[Path]:
+    """Shipped presets: the repo's presets/ in a checkout, zocli/presets in an installed wheel."""
+    here = Path(__file__).resolve().parent
+    candidates = [here.parent / "presets", Path(str(resources.files("zocli"))) / "presets"]
+    return [p for p in candidates if p.is_dir()]
+
+
+def list_presets() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for directory in preset_dirs():
+        for path in sorted(directory.glob("*.toml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def preset_path(name_or_path: str) -> Path:
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".toml" or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        return path
+    shipped = list_presets()
+    if name_or_path not in shipped:
+        raise ConfigError(f"unknown preset {name_or_path!r}{did_you_mean(name_or_path, shipped)}")
+    return shipped[name_or_path]
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = preset_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"preset {path} is not valid TOML: {exc}") from None
+    values = {key.replace("-", "_"): value for key, value in raw.items()}
+    for key in values:
+        if key not in KEYS:
+            raise ConfigError(f"unknown key {key!r} in preset {path.name}{did_you_mean(key, KEYS)}")
+    return values
+
+
+def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | None = None) -> Resolved:
+    """Merge defaults, presets (in order) and explicit flags into a validated Config."""
+    values: dict[str, Any] = {}
+    sources = {key: "default" for key in KEYS}
+    for name in presets:
+        for key, value in load_preset(name).items():
+            values[key], sources[key] = value, f"preset:{name}"
+    for key, value in (flags or {}).items():
+        if key not in KEYS:
+            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, KEYS)}")
+        if value is not None:
+            values[key], sources[key] = value, "flag"
+    _apply_mozo(values, sources)
+    values = {k: float(v) if _is_float_field(k) and isinstance(v, int) and not isinstance(v, bool) else v
+              for k, v in values.items()}
+    return Resolved(Config(**values), sources, tuple(presets))
+
+
+def _apply_mozo(values: dict[str, Any], sources: dict[str, str]) -> None:
+    # --mozo is shorthand: it fills the pieces the user did not set themselves.
+    if not values.get("mozo"):
+        return
+    for key, implied in (("normalize", "sign"), ("eps_vision", MOZO_EPS_VISION)):
+        if sources[key] == "default":
+            values[key], sources[key] = implied, "mozo"
+
+
+def _is_float_field(key: str) -> bool:
+    annotation = {f.name: f.type for f in fields(Config)}[key]
+    return "float" in str(annotation)
+
+
+def did_you_mean(word: str, options) -> str:
+    """' (did you mean X?)' for the closest option, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def from_json(text: str) -> Config:
+    """Rebuild a Config from the JSON saved in config.json or a checkpoint's metadata."""
+    data = json.loads(text)
+    data = data.get("config", data)
+    unknown = set(data) - set(KEYS)
+    if unknown:
+        raise ConfigError(f"saved config has unknown keys {sorted(unknown)} (written by a newer zocli?)")
+    return Config(**data)

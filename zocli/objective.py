@@ -1,0 +1,111 @@
+"""The training loss of one batch, with the tower caching that makes ZO cheap (DESIGN §6).
+
+Loss = cross-entropy over the current task's classes of exp(logit_scale)·cos(image, text), text
+features from the current task's prompts. ZO evaluations reuse whatever a perturbation cannot change:
+the other tower's features, and inside a tower the hidden state entering the first perturbed layer.
+They run under no_grad, in eval mode (no dropout, no gating noise), images in micro-batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+
+from .attach import AdaptedCLIP
+from .config import BRANCHES
+from .plan import Unit
+
+
+class ClipObjective:
+    """Implements `zo.Objective` for a batch of images (B, 3, H, W), labels (B,) and prompts (C, T)."""
+
+    def __init__(self, model: AdaptedCLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
+                 zo_units: frozenset[Unit], chunk: int):
+        self.model, self.labels, self.chunk = model, labels, chunk
+        self.inputs = {"vision": images, "language": tokens}
+        self.fo_branches = {unit[0] for unit, _ in model.unit_items() if unit not in zo_units}
+        self.features: dict[str, torch.Tensor] = {}  # detached (B, E) / (C, E) at the current θ
+
+    # -- FO --------------------------------------------------------------------------------------
+
+    def fo_backward(self) -> float | None:
+        if not self.fo_branches:
+            return None
+        self.model.train()
+        features = {}
+        for branch in BRANCHES:
+            if branch in self.fo_branches:
+                features[branch] = self.model.encode(branch, self.inputs[branch])
+            else:  # a tower with no FO unit needs no graph
+                features[branch] = self._features(branch)
+        loss = F.cross_entropy(self.model.logits(features["vision"], features["language"]), self.labels)
+        loss.backward()
+        self.features = {b: f.detach() for b, f in features.items()}
+        return loss.item()
+
+    # -- ZO --------------------------------------------------------------------------------------
+
+    def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
+        start = {b: min((k for (br, k) in units if br == b), default=None) for b in BRANCHES}
+        with torch.no_grad(), deterministic(self.model):
+            fixed = {b: self._features(b) for b in BRANCHES if start[b] is None}
+            entry = {b: list(self._prefix(b, k)) for b, k in start.items() if k is not None}
+
+        def loss() -> float:
+            with torch.no_grad(), deterministic(self.model):
+                text = fixed.get("language")
+                if text is None:
+                    text = self._finish("language", entry["language"][0], start["language"], self.inputs["language"])
+                if "vision" in fixed:
+                    return float(self._ce_sum(fixed["vision"], text, self.labels) / len(self.labels))
+                total = 0.0
+                for h, images, labels in zip(entry["vision"], *self._chunks(self.inputs["vision"], self.labels)):
+                    total += float(self._ce_sum(self._finish("vision", h, start["vision"], images), text, labels))
+                return total / len(self.labels)
+
+        return loss
+
+    def reset(self) -> None:
+        self.features = {}
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _features(self, branch: str) -> torch.Tensor:
+        """Detached features of a tower at θ, computed deterministically once and then reused."""
+        if branch not in self.features:
+            with torch.no_grad(), deterministic(self.model):
+                inputs = self.inputs[branch]
+                parts = [self.model.encode(branch, x) for x in self._chunks(inputs)[0]] if branch == "vision" \
+                    else [self.model.encode(branch, inputs)]
+            self.features[branch] = torch.cat(parts)
+        return self.features[branch]
+
+    def _prefix(self, branch: str, layer: int) -> Iterator[torch.Tensor]:
+        """Hidden states entering `layer` (1-based), per image micro-batch (one piece for text)."""
+        pieces = self._chunks(self.inputs[branch])[0] if branch == "vision" else (self.inputs[branch],)
+        for x in pieces:
+            yield self.model.run_blocks(branch, self.model.embed(branch, x), 1, layer - 1)
+
+    def _finish(self, branch: str, h: torch.Tensor, layer: int, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.head(branch, self.model.run_blocks(branch, h, layer), inputs)
+
+    def _ce_sum(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.model.logits(image, text).float()  # the loss stays fp32 (zo.md §8.10)
+        return F.cross_entropy(logits, labels, reduction="sum")
+
+    def _chunks(self, *tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+        return tuple(t.split(self.chunk) for t in tensors)
+
+
+@contextmanager
+def deterministic(model: torch.nn.Module):
+    """Eval mode (no dropout, no gating noise) for the duration, then the previous mode again."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)

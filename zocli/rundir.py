@@ -1,0 +1,125 @@
+"""The run directory (DESIGN §8): layout, atomic writes and the append-only metrics log.
+
+runs/<name>/config.json            resolved config + the source of each value
+runs/<name>/metrics.jsonl          one JSON object per event, append-only
+runs/<name>/checkpoints/           task_XX.safetensors + manifest.json (the commit point)
+runs/<name>/summary.json           accuracy matrix, Last, Avg, forgetting, BWT, time, memory
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists, not writable, not a run)."""
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def manifest(self) -> Path:
+        return self.checkpoints / "manifest.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def task_file(self, task: int) -> Path:
+        return self.checkpoints / f"task_{task:02d}.safetensors"
+
+    @classmethod
+    def create(cls, root: Path, overwrite: bool = False) -> RunDir:
+        """A fresh run directory; a non-empty one is refused unless `overwrite`."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"--out {root} exists and is not a directory")
+        if root.is_dir() and any(root.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"run directory {root} is not empty; pass --resume to continue it "
+                                  f"or --overwrite to replace it")
+            shutil.rmtree(root)
+        try:
+            (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = root / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise RunDirError(f"cannot write to run directory {root}: {exc.strerror or exc}") from None
+        return cls(root)
+
+    @classmethod
+    def open(cls, root: Path) -> RunDir:
+        """An existing run; anything without config.json is not a run directory."""
+        run = cls(Path(root))
+        if not run.config.is_file():
+            raise RunDirError(f"{root} is not a zocli run directory (no config.json)")
+        return run
+
+    def log(self, event: dict[str, Any]) -> None:
+        """Append one event to metrics.jsonl, flushed to disk before returning."""
+        with open(self.metrics, "a") as handle:
+            handle.write(json.dumps(event) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        return [r for r in rows if kind is None or r.get("event") == kind]

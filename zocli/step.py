@@ -1,0 +1,82 @@
+"""The training step as train, probe-variance and memory all run it: plan → blocks → hybrid step.
+
+`Stepper` freezes ZO units (requires_grad=False, outside the optimizer), builds AdamW over the FO
+units, groups ZO parameters into finite-difference blocks by granularity, and runs `zo.hybrid_step`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .attach import AdaptedCLIP
+from .config import BRANCHES, Config
+from .objective import ClipObjective
+from .plan import Unit, zo_units
+from .zo import Block, StepStats, ZOSettings, hybrid_step
+
+DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} was asked for, but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def settings(cfg: Config) -> ZOSettings:
+    return ZOSettings(two_sided=cfg.estimator == "two-sided", queries=cfg.queries, sign=cfg.sign,
+                      conservative=cfg.conservative)
+
+
+def make_blocks(model: AdaptedCLIP, units: frozenset[Unit], cfg: Config) -> list[Block]:
+    """Finite-difference blocks: one per ZO branch (default), one for everything, or one per unit."""
+    ordered = [u for u, _ in model.unit_items() if u in units]
+    if cfg.granularity == "joint":
+        groups = {"joint": ordered} if ordered else {}
+    elif cfg.granularity == "layer":
+        groups = {f"{b}.{k}": [(b, k)] for b, k in ordered}
+    else:
+        groups = {b: [u for u in ordered if u[0] == b] for b in BRANCHES if any(u[0] == b for u in ordered)}
+    return [_block(model, name, group, cfg) for name, group in groups.items()]
+
+
+def _block(model: AdaptedCLIP, name: str, group: list[Unit], cfg: Config) -> Block:
+    params, eps = [], []
+    for unit in group:
+        for p in model.unit(unit).parameters():
+            params.append(p)
+            eps.append(cfg.eps_for(unit[0]))
+    return Block(name, tuple(group), tuple(params), tuple(eps))
+
+
+class Stepper:
+    """Owns the FO/ZO partition and the FO optimizer of one task."""
+
+    def __init__(self, model: AdaptedCLIP, cfg: Config):
+        self.model, self.cfg = model, cfg
+        self.units = zo_units(cfg, model.depth())
+        fo_params = []
+        for unit, module in model.unit_items():
+            is_fo = unit not in self.units
+            module.requires_grad_(is_fo)
+            if is_fo:
+                fo_params.extend(module.parameters())
+        # AdamW over FO units only: ZO parameters never get .grad and never enter this optimizer.
+        self.optimizer = torch.optim.AdamW(fo_params, lr=cfg.lr, weight_decay=cfg.weight_decay) if fo_params else None
+        self.blocks = make_blocks(model, self.units, cfg)
+        self.settings = settings(cfg)
+        self.chunk = cfg.zo_chunk or DEFAULT_ZO_CHUNK
+
+    def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
+        return ClipObjective(self.model, images, labels, tokens, self.units, self.chunk)
+
+    def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int
+             ) -> StepStats:
+        """One hybrid step at learning rate `lr` (ZO moves λ·lr); `seed` names its directions."""
+        if self.optimizer is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+        objective = self.objective(images, labels, tokens)
+        return hybrid_step(objective, self.blocks, self.optimizer, self.cfg.zo_lr_scale * lr, self.settings, seed)

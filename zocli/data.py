@@ -49,11 +49,10 @@ def dataset_dir(data_root: Path, benchmark: str) -> Path:
     return Path(data_root).expanduser() / canonical_name(benchmark)
 
 
-def features(bench: Benchmark) -> Features:
+def _features(bench: Benchmark) -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=list(bench.classes))})
 
 
-# ----------------------------------------------------------------------------------------------
 # load
 
 
@@ -80,7 +79,6 @@ def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     return dd
 
 
-# ----------------------------------------------------------------------------------------------
 # prepare
 
 
@@ -135,14 +133,13 @@ def _build(bench: Benchmark, source: Path | None, work: Path, progress: Progress
     return readers[bench.name](bench, source, work, progress)
 
 
-# ----------------------------------------------------------------------------------------------
 # normalization shared by every source
 
 
 def _normalize(ds: Dataset, bench: Benchmark, image_col: str, label_col: str,
                lookup: Mapping | None, cache: Path) -> Dataset:
     """Keep only image + label, map labels through `lookup` (source value -> class index), force RGB."""
-    raw = Features({"image": Image(decode=False), "label": features(bench)["label"]})
+    raw = Features({"image": Image(decode=False), "label": _features(bench)["label"]})
     ds = ds.select_columns([image_col, label_col])
     ds = ds.cast_column(image_col, Image(decode=False))  # cells stay encoded: RGB ones are copied as-is
 
@@ -188,17 +185,10 @@ def _lookup_names(bench: Benchmark, names: list[str], what: str) -> dict:
     return {i: index[name] for i, name in enumerate(names)}
 
 
-def _from_files(bench: Benchmark, paths: list[str], labels: list[int], cache: Path) -> Dataset:
-    # The Image feature stores paths; save_to_disk embeds the file bytes, so the copy is standalone.
-    ds = Dataset.from_dict({"image": paths, "label": labels}, features=features(bench))
-    return _normalize(ds, bench, "image", "label", None, cache)
-
-
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-# ----------------------------------------------------------------------------------------------
 # sources
 
 
@@ -213,7 +203,7 @@ def _digits(bench: Benchmark) -> DatasetDict:
     train, test = train_test_split(rows, test_size=0.2, stratify=digits.target, random_state=0)
     return DatasetDict({
         split: Dataset.from_dict({"image": list(rgb[idx]), "label": digits.target[idx].tolist()},
-                                 features=features(bench))
+                                 features=_features(bench))
         for split, idx in (("train", np.sort(train)), ("test", np.sort(test)))
     })
 
@@ -246,9 +236,10 @@ def _from_saved(bench: Benchmark, source: Path, work: Path, progress: Progress) 
     """A `save_to_disk` copy: the hub's columns (img/fine_label, image/label) or our own."""
     progress(f"reading the saved dataset {source}")
     dd = datasets.load_from_disk(str(source))
-    test = next((s for s in ("test", "valid", "validation") if s in dd), None)
-    if "train" not in dd or test is None:
-        raise SourceError(f"saved dataset {source} needs train and test splits, has {', '.join(dd)}")
+    splits = list(dd) if isinstance(dd, DatasetDict) else []
+    test = next((s for s in ("test", "valid", "validation") if s in splits), None)
+    if "train" not in splits or test is None:
+        raise SourceError(f"saved dataset {source} needs train and test splits, has [{', '.join(splits)}]")
     cols = dd["train"].features
     image_col = next((c for c in ("img", "image") if c in cols), None)
     label_col = next((c for c in ("fine_label", "label") if isinstance(cols.get(c), ClassLabel)), None)
@@ -300,8 +291,10 @@ def _files_split(bench: Benchmark, files: list[tuple[str, int]], where: str, cac
         raise SourceError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {where}")
     n_classes = len({label for _, label in files})
     progress(f"{where}: {len(files)} images of {n_classes}/{bench.n_classes} classes")
-    paths, labels = zip(*files)
-    return _from_files(bench, list(paths), list(labels), cache)
+    paths, labels = zip(*files, strict=True)
+    # The Image feature stores paths; save_to_disk embeds the file bytes, so the copy is standalone.
+    ds = Dataset.from_dict({"image": list(paths), "label": list(labels)}, features=_features(bench))
+    return _normalize(ds, bench, "image", "label", None, cache)
 
 
 def _imgr_folder(bench: Benchmark, source: Path, work: Path, progress: Progress) -> DatasetDict:
@@ -315,7 +308,7 @@ def _imgr_folder(bench: Benchmark, source: Path, work: Path, progress: Progress)
     if not files:
         raise SourceError(f"no images found under {root}; expected {LAYOUTS['imgr']}")
     progress(f"{root}: {len(files)} images of {len(folders)}/{bench.n_classes} classes")
-    paths, wnids = zip(*files)
+    paths, wnids = zip(*files, strict=True)
     ds = Dataset.from_dict({"image": list(paths), "wnid": list(wnids)}, features=Features(
         {"image": Image(), "wnid": datasets.Value("string")}))
     return _imgr_rows(bench, ds, "image", "wnid", work, progress)
@@ -326,14 +319,14 @@ def _imgr_rows(bench: Benchmark, ds: Dataset, image_col: str, wnid_col: str, wor
     wnids = list(ds[wnid_col])
     index = _class_index(bench)
     _lookup_names(bench, sorted(set(wnids)), "the ImageNet-R source")
-    train, test = per_class_split(np.array([index[w] for w in wnids]))
+    train, test = _per_class_split(np.array([index[w] for w in wnids]))
     progress(f"split {len(wnids)} images per class 80/20 (seed {SPLIT_SEED})")
     return DatasetDict({split: _normalize(ds.select(rows), bench, image_col, wnid_col, index,
                                           work / f"{split}.arrow")
                         for split, rows in (("train", train), ("test", test))})
 
 
-def per_class_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+def _per_class_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, test): per class, a RandomState(1993) permutation of its rows in row order.
 
     A fresh generator per class makes each class's split independent of which other classes exist.

@@ -115,7 +115,14 @@ def _adapted_block(block: nn.Module, unit: AdapterUnit, x: torch.Tensor, mask: t
 
 
 def build_model(cfg, device: str | torch.device) -> AdaptedCLIP:
-    """Backbone + adapters as `cfg` (a zocli Config) describes them, frozen except the adapters."""
-    from .backbone import build
+    """Backbone + adapters as `cfg` (a zocli Config) describes them, frozen except the adapters.
 
-    return AdaptedCLIP(build(cfg.model, cfg.pretrained, device), cfg.adapter, cfg.lora_rank, cfg.lora_alpha)
+    Initialisation draws from a forked RNG seeded by the run seed: a random-init backbone
+    (`--pretrained none`) is rebuilt identically by `eval`, and the global RNG is left untouched.
+    """
+    from .backbone import build
+    from .rng import derive_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        return AdaptedCLIP(build(cfg.model, cfg.pretrained, device), cfg.adapter, cfg.lora_rank, cfg.lora_alpha)

@@ -193,6 +193,71 @@ def _print_matrix(matrix: list[list[float]], summary: dict, title: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
+# eval and prepare
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zocli train`.")],
+    task: Annotated[Optional[int], Opt("--task", help="Re-evaluate only the checkpoint after task K.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
+    data_root: Annotated[Optional[str], Opt(help="Prepared data root (default: the run's).")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N (default: the run's).")] = None,
+    workers: Annotated[Optional[int], Opt(help="Data-loading processes.")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt()] = None,
+) -> None:
+    """Rebuild a run's model from its checkpoints and re-evaluate: accuracy matrix, Last, Avg, forgetting, BWT."""
+    overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
+                 "eval_batch_size": eval_batch_size}
+    with _errors():
+        from .evaluate import reevaluate
+
+        result = reevaluate(run_dir, task, overrides)
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    elif result.summary is not None:
+        _print_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}")
+    else:
+        row = result.acc_matrix[0]
+        out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
+
+
+@app.command("prepare")
+def prepare_cmd(
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.")] = None,
+    source: Annotated[Optional[Path], Opt(help="Import from a local folder instead of the Hugging Face hub.")] = None,
+    data_root: Annotated[Optional[str], Opt(help="Where prepared data goes (env ZOCLI_DATA, default ~/.cache/zocli).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Rebuild an existing prepared copy.")] = False,
+    weights: Annotated[bool, Opt("--weights", help="Also download pretrained model weights.")] = False,
+    model: Annotated[str, Opt(help="Model whose weights --weights downloads.")] = "ViT-B-16",
+    pretrained: Annotated[str, Opt(help="open_clip pretrained tag for --weights.")] = "openai",
+    as_json: Annotated[bool, Opt("--json", help="Print what was prepared as JSON on stdout.")] = False,
+) -> None:
+    """Build the normalized on-disk copy of a benchmark (and optionally fetch weights) so training runs offline."""
+    if benchmark is None and not weights:
+        err.print("error: nothing to prepare: pass --benchmark NAME and/or --weights")
+        raise typer.Exit(2)
+    root = Path(data_root or os.environ.get("ZOCLI_DATA") or "~/.cache/zocli").expanduser()
+    report: dict[str, str] = {}
+    with _errors():
+        if benchmark is not None:
+            from . import benchmarks, data
+
+            bench = benchmarks.get(benchmark)
+            note = None if as_json else (lambda line: err.print(line, highlight=False))
+            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite))
+        if weights:
+            from .backbone import download_weights
+
+            report["weights"] = str(download_weights(model, pretrained))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for kind, path in report.items():
+            out.print(f"{kind}: {path}")
+
+
+# ----------------------------------------------------------------------------------------------
 # not yet available
 
 

@@ -6,14 +6,22 @@ features for the seen prompts are computed once per evaluation. Deterministic (c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 
 from .attach import AdaptedCLIP
 from .benchmarks import Split
+from .checkpoint import CheckpointError, load_task, read_manifest
+from .config import Config, ConfigError
 from .loader import TaskImages, eval_loader, select
+from .metrics import summarize
 from .objective import deterministic
+from .rundir import RunDir
+from .session import open_session
+
+RUNTIME_KEYS = ("data_root", "device", "workers", "eval_batch_size")
 
 
 @dataclass(frozen=True)
@@ -41,3 +49,46 @@ def evaluate_seen(model: AdaptedCLIP, test: TaskImages, labels: list[int], split
             total += torch.bincount(owner, minlength=task + 1)
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
     return TaskAccuracy(row, tuple(total.tolist()))
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    run_dir: str
+    tasks: tuple[int, ...]  # the rows re-evaluated
+    acc_matrix: list[list[float]]  # one row per re-evaluated task
+    task_sizes: list[int]
+    summary: dict | None  # Last/Avg/forgetting/BWT when every task was re-evaluated
+
+    def as_dict(self) -> dict:
+        return {"run_dir": self.run_dir, "tasks": list(self.tasks), "acc_matrix": self.acc_matrix,
+                "task_sizes": self.task_sizes, **(self.summary or {})}
+
+
+def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None = None) -> RunEvaluation:
+    """Rebuild the model from the run's checkpoints alone and evaluate them again.
+
+    The config comes from the checkpoint metadata; `overrides` may change only where things run
+    (data root, device, workers, eval batch size), never the model.
+    """
+    run = RunDir.open(run_root)
+    done = read_manifest(run)["tasks_done"]
+    if done == 0:
+        raise CheckpointError(f"{run.checkpoints}: no task has been committed yet")
+    tasks = tuple(range(done)) if task is None else (task,)
+    if task is not None and not 0 <= task < done:
+        raise ConfigError(f"--task {task} is out of range: {run.root} has tasks 0..{done - 1}")
+    _, meta = load_task(run, tasks[0])
+    cfg = replace(Config(**meta["config"]), **{k: v for k, v in (overrides or {}).items()
+                                               if k in RUNTIME_KEYS and v is not None})
+    session = open_session(cfg)
+    expected = session.model.units.state_dict()
+    matrix, sizes = [], []
+    for t in tasks:
+        tensors, _ = load_task(run, t, expected)
+        session.model.units.load_state_dict(tensors)
+        accuracy = evaluate_seen(session.model, session.test, session.test_labels, session.split, t,
+                                 session.tokens, session.device, cfg.eval_batch_size, session.workers)
+        matrix.append(list(accuracy.row))
+        sizes = list(accuracy.sizes)
+    summary = summarize(matrix, sizes).as_dict() if task is None else None
+    return RunEvaluation(str(run.root), tasks, matrix, sizes, summary)

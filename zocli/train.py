@@ -7,28 +7,26 @@ The core takes a resolved config and returns a `RunResult`; progress reaches the
 from __future__ import annotations
 
 import math
-import os
 import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import __version__, benchmarks, checkpoint, data
-from .attach import AdaptedCLIP, build_model
-from .benchmarks import Benchmark, Split
-from .config import Config, Resolved
+from . import __version__, checkpoint
+from .config import Resolved
 from .evaluate import evaluate_seen
-from .loader import ImageSpec, TaskImages, positions_of, select, train_loader
+from .loader import select, train_loader
 from .metrics import Summary, summarize
 from .plan import describe
 from .rng import derive_seed
 from .rundir import RunDir, write_json
-from .step import Stepper, resolve_device
+from .session import Session, open_session
+from .step import Stepper
 
 Event = dict[str, Any]
 
@@ -50,48 +48,6 @@ class RunResult:
         return {"run_dir": str(self.run_dir), "acc_matrix": self.acc_matrix, "task_sizes": self.task_sizes,
                 **self.summary.as_dict(), "wall_seconds": round(self.wall_seconds, 2),
                 "peak_memory": self.peak_memory}
-
-
-@dataclass
-class Session:
-    """Everything a run needs, built once: model, data, prompts and protocol."""
-
-    cfg: Config
-    bench: Benchmark
-    split: Split
-    device: torch.device
-    model: AdaptedCLIP
-    train: TaskImages
-    test: TaskImages
-    train_labels: list[int]
-    test_labels: list[int]
-    tokens: torch.Tensor  # (n_classes, T): prompts in class-order position
-    workers: int
-    acc_matrix: list[list[float]] = field(default_factory=list)
-    task_sizes: list[int] = field(default_factory=list)
-
-
-def open_session(cfg: Config) -> Session:
-    """Check the protocol and the data before building anything expensive."""
-    bench = benchmarks.get(cfg.benchmark)
-    split = benchmarks.split(bench, cfg.inc, cfg.base)
-    dataset = _load_data(bench, Path(cfg.data_root).expanduser())
-    device = resolve_device(cfg.device)
-    model = build_model(cfg, device)
-    spec = ImageSpec(model.image_size, model.mean, model.std)
-    position = positions_of(bench.order)
-    tokens = model.tokenizer([cfg.prompt.format(name) for name in bench.prompt_names()]).to(device)
-    workers = cfg.workers if cfg.workers is not None else (min(8, _cpus()) if device.type == "cuda" else 0)
-    return Session(cfg, bench, split, device, model, TaskImages(dataset["train"], position, spec),
-                   TaskImages(dataset["test"], position, spec), list(dataset["train"]["label"]),
-                   list(dataset["test"]["label"]), tokens, workers)
-
-
-def _load_data(bench: Benchmark, root: Path):
-    # digits ships inside scikit-learn: preparing it needs no network, so train does it on first use.
-    if bench.name == "digits" and not data.dataset_dir(root, bench.name).is_dir():
-        data.prepare(bench, root)
-    return data.load(bench, root)
 
 
 def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callable[[Event], None] | None = None
@@ -189,10 +145,6 @@ def _peak_memory(device: torch.device, peaks: list[int | None]) -> dict[str, Any
     if device.type == "cuda":
         return {"kind": "cuda_max_allocated", "bytes": max(p or 0 for p in peaks)}
     return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _environment() -> dict[str, Any]:

@@ -1,0 +1,35 @@
+"""Shared fixtures: offline, CPU, the tiny model and the bundled digits benchmark."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may wait on a network
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from zocli.config import Config, resolve  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+def tiny_config(**overrides) -> Config:
+    """The demo preset (digits, zocli-tiny, random init, CPU) with overrides."""
+    return resolve(["demo"], overrides).config
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A data root with digits prepared once for the whole session."""
+    from zocli import benchmarks, data
+
+    root = tmp_path_factory.mktemp("data")
+    data.prepare(benchmarks.get("digits"), root)
+    return root
+
+
+@pytest.fixture
+def tiny_model():
+    """An AdaptedCLIP on zocli-tiny with MoE adapters, seeded init."""
+    from zocli.attach import build_model
+
+    return build_model(tiny_config(), "cpu")

@@ -1,0 +1,62 @@
+"""A run's fixed context, built once: protocol, data, model, prompts (shared by train and eval)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import benchmarks, data
+from .attach import AdaptedCLIP, build_model
+from .benchmarks import Benchmark, Split
+from .config import Config
+from .loader import ImageSpec, TaskImages, positions_of
+from .step import resolve_device
+
+
+@dataclass
+class Session:
+    """Everything a run needs, built once: model, data, prompts and protocol."""
+
+    cfg: Config
+    bench: Benchmark
+    split: Split
+    device: torch.device
+    model: AdaptedCLIP
+    train: TaskImages
+    test: TaskImages
+    train_labels: list[int]
+    test_labels: list[int]
+    tokens: torch.Tensor  # (n_classes, T): prompts in class-order position
+    workers: int
+    acc_matrix: list[list[float]] = field(default_factory=list)
+    task_sizes: list[int] = field(default_factory=list)
+
+
+def open_session(cfg: Config) -> Session:
+    """Check the protocol and the data before building anything expensive."""
+    bench = benchmarks.get(cfg.benchmark)
+    split = benchmarks.split(bench, cfg.inc, cfg.base)
+    dataset = _load_data(bench, Path(cfg.data_root).expanduser())
+    device = resolve_device(cfg.device)
+    model = build_model(cfg, device)
+    spec = ImageSpec(model.image_size, model.mean, model.std)
+    position = positions_of(bench.order)
+    tokens = model.tokenizer([cfg.prompt.format(name) for name in bench.prompt_names()]).to(device)
+    workers = cfg.workers if cfg.workers is not None else (min(8, _cpus()) if device.type == "cuda" else 0)
+    return Session(cfg, bench, split, device, model, TaskImages(dataset["train"], position, spec),
+                   TaskImages(dataset["test"], position, spec), list(dataset["train"]["label"]),
+                   list(dataset["test"]["label"]), tokens, workers)
+
+
+def _load_data(bench: Benchmark, root: Path):
+    # digits ships inside scikit-learn: preparing it needs no network, so train does it on first use.
+    if bench.name == "digits" and not data.dataset_dir(root, bench.name).is_dir():
+        data.prepare(bench, root)
+    return data.load(bench, root)
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -269,10 +269,56 @@ def probe_variance_cmd() -> None:
 
 
 @app.command("memory")
-def memory_cmd() -> None:
-    """Measure peak training-step memory per FO/ZO configuration."""
-    err.print("error: memory is not available yet in this version of zocli")
-    raise typer.Exit(1)
+def memory_cmd(
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Take model/benchmark/batch from presets.")] = None,
+    model: Annotated[Optional[str], Opt(help="open_clip model (default ViT-B-16).")] = None,
+    adapter: Annotated[Optional[str], Opt(help="moe | lora.")] = None,
+    benchmark: Annotated[Optional[str], Opt(help="Sets prompts per task and image size.")] = None,
+    inc: Annotated[Optional[int], Opt(help="Classes (prompts) per task.")] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.")] = None,
+    configs: Annotated[str, Opt(help="Comma list: fo, dual, vision, language, each optionally -hop-odd/-hop-even/-prefix/-suffix, +mozo.")] = ",".join(("fo", "dual", "vision", "language", "dual-hop-odd", "dual-hop-even", "dual-prefix", "dual-suffix")),
+    device: Annotated[str, Opt(help="meta (upper bound, instant) | cpu (exact tracker) | cuda.")] = "meta",
+    as_json: Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Peak memory of one training step per FO/ZO configuration, with a breakdown (no weights or data needed)."""
+    flags = {"model": model, "adapter": adapter, "benchmark": benchmark, "inc": inc, "batch_size": batch_size,
+             "zo_chunk": zo_chunk}
+    with _errors():
+        from .config import resolve
+        from .memory import measure
+
+        cfg = resolve(preset or [], flags).config
+        _precheck(cfg)
+        if device.startswith("cuda"):
+            from .step import resolve_device
+
+            resolve_device(device)
+        report = measure(cfg, [c.strip() for c in configs.split(",") if c.strip()], device)
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    _print_memory(report)
+
+
+def _print_memory(report) -> None:
+    from .memory import PAPER_GB
+
+    paper = PAPER_GB.get(report.adapter, {}) if report.model == "ViT-B-16" else {}
+    bound = " (meta: upper bound)" if report.upper_bound else ""
+    table = Table(title=f"GB · {report.model} {report.adapter} · {report.benchmark} · batch {report.batch_size} · "
+                        f"{report.prompts} prompts · {report.device}{bound}", title_justify="left")
+    for name in ("config", "peak", "vs FO", "weights", "adapters", "grads", "optim", "activ."):
+        table.add_column(name, justify="left" if name == "config" else "right")
+    if paper:
+        table.add_column("paper", justify="right")
+    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
+    for row in report.rows:
+        cells = [row.config, gb(row.peak_bytes), "" if row.reduction_vs_fo is None else f"-{row.reduction_vs_fo:.1f}%",
+                 gb(row.frozen_weights), gb(row.trainable), gb(row.gradients), gb(row.optimizer_state),
+                 gb(row.activations)]
+        table.add_row(*cells, *([f"{paper[row.config]:.2f}" if row.config in paper else ""] if paper else []))
+    out.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .attach import AdaptedCLIP
 from .config import BRANCHES
 from .plan import Unit
+from .zo import scalar
 
 
 class ClipObjective:
@@ -44,7 +45,7 @@ class ClipObjective:
         loss = F.cross_entropy(self.model.logits(features["vision"], features["language"]), self.labels)
         loss.backward()
         self.features = {b: f.detach() for b, f in features.items()}
-        return loss.item()
+        return scalar(loss)
 
     # -- ZO --------------------------------------------------------------------------------------
 
@@ -60,10 +61,10 @@ class ClipObjective:
                 if text is None:
                     text = self._finish("language", entry["language"][0], start["language"], self.inputs["language"])
                 if "vision" in fixed:
-                    return float(self._ce_sum(fixed["vision"], text, self.labels) / len(self.labels))
+                    return scalar(self._ce_sum(fixed["vision"], text, self.labels)) / len(self.labels)
                 total = 0.0
                 for h, images, labels in zip(entry["vision"], *self._chunks(self.inputs["vision"], self.labels)):
-                    total += float(self._ce_sum(self._finish("vision", h, start["vision"], images), text, labels))
+                    total += scalar(self._ce_sum(self._finish("vision", h, start["vision"], images), text, labels))
                 return total / len(self.labels)
 
         return loss

@@ -70,24 +70,28 @@ def perturb_(block: Block, seed: int, scale: float) -> None:
         param.add_(z, alpha=scale * eps)
 
 
-def estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings) -> list[torch.Tensor]:
-    """ĝ for every parameter of `block`: the mean over q seeded directions of (d / ε) · z."""
+def estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
+             ) -> tuple[list[torch.Tensor], float]:
+    """ĝ for every parameter of `block` (the mean over q seeded directions of (d / ε) · z), and the
+    loss at θ: measured (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²))."""
     base = None if settings.two_sided else loss()
     grads = [torch.zeros_like(p) for p in block.params]
+    seen = []
     for query in range(settings.queries):
         s = derive_seed(seed, block.name, query)
         perturb_(block, s, +1.0)
         plus = loss()
         if settings.two_sided:
             perturb_(block, s, -2.0)
-            d = (plus - loss()) / 2.0
+            minus = loss()
             perturb_(block, s, +1.0)
+            d, seen = (plus - minus) / 2.0, seen + [plus, minus]
         else:
             perturb_(block, s, -1.0)
             d = plus - base
         for g, eps, z in zip(grads, block.eps, _directions(block, s)):
             g.add_(z, alpha=d / (eps * settings.queries))
-    return grads
+    return grads, (base if base is not None else sum(seen) / len(seen))
 
 
 def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: torch.optim.Optimizer | None,
@@ -96,33 +100,33 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
     counter = _Counter(objective)
     fo_loss = counter.fo_backward()
     fo_grad_norm = _grad_norm(fo_optimizer)
-    zo_loss, updates = None, []
+    zo_losses, updates = [], []
     for block in blocks:
-        loss = counter.loss_fn(block.units)
-        grads = estimate(block, loss, seed, settings)
+        grads, zo_loss = estimate(block, counter.loss_fn(block.units), seed, settings)
+        zo_losses.append(zo_loss)
         updates.extend(g.sign_() if settings.sign else g for g in grads)
     if fo_optimizer is not None:
         fo_optimizer.step()
         fo_optimizer.zero_grad(set_to_none=True)
         objective.reset()
     params = [p for block in blocks for p in block.params]
-    moved, zo_loss = True, None
+    moved = True
     if blocks and settings.conservative:
-        moved, zo_loss = _conservative_(counter, blocks, params, updates, zo_lr)
+        moved = _conservative_(counter, blocks, params, updates, zo_lr)
     elif blocks:
         for p, u in zip(params, updates):
             p.add_(u, alpha=-zo_lr)
     norm = zo_lr * _norm(updates) if moved else 0.0
-    loss = fo_loss if fo_loss is not None else (zo_loss if zo_loss is not None else float("nan"))
+    loss = fo_loss if fo_loss is not None else sum(zo_losses) / len(zo_losses)
     return StepStats(loss, fo_grad_norm, norm, moved, counter.count)
 
 
 def _conservative_(objective: Objective, blocks: Sequence[Block], params: list[torch.Tensor],
-                   updates: list[torch.Tensor], lr: float) -> tuple[bool, float]:
+                   updates: list[torch.Tensor], lr: float) -> bool:
     """Keep the lowest-loss candidate of θ + k·λη·u for k in (0, −1, +1); ties keep θ.
 
     Candidates are written from a copy of θ, so the kept parameters equal one candidate exactly.
-    Returns (moved, loss at θ).
+    Returns whether θ moved.
     """
     units = tuple(u for block in blocks for u in block.units)
     loss = objective.loss_fn(units)
@@ -133,7 +137,7 @@ def _conservative_(objective: Objective, blocks: Sequence[Block], params: list[t
         losses[k] = loss()
     best = min(losses, key=losses.get)  # dict order makes ties go to θ, then θ − ηu
     _set_candidate_(params, theta, updates, best * lr)
-    return best != 0.0, losses[0.0]
+    return best != 0.0
 
 
 def _set_candidate_(params, theta, updates, step: float) -> None:
@@ -141,11 +145,19 @@ def _set_candidate_(params, theta, updates, step: float) -> None:
         p.copy_(t).add_(u, alpha=step)
 
 
+def scalar(value: torch.Tensor) -> float:
+    """A loss tensor as a Python float; meta tensors (memory estimates) carry no value and read as 0."""
+    return 0.0 if value.is_meta else float(value.detach())
+
+
 def _directions(block: Block, seed: int):
     # One generator per device, seeded once, consumed in the frozen parameter order: the same seed
     # always replays the same z, and only one z tensor is alive at a time.
     generators: dict[torch.device, torch.Generator] = {}
     for param in block.params:
+        if param.is_meta:  # no generator exists for meta; an empty tensor allocates the same
+            yield torch.empty_like(param)
+            continue
         gen = generators.get(param.device)
         if gen is None:
             gen = generators[param.device] = torch.Generator(device=param.device).manual_seed(seed)
@@ -160,7 +172,7 @@ def _grad_norm(optimizer: torch.optim.Optimizer | None) -> float:
 
 
 def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    return float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))) if tensors else 0.0
+    return scalar(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))) if tensors else 0.0
 
 
 class _Counter:

@@ -262,10 +262,80 @@ def prepare_cmd(
 
 
 @app.command("probe-variance")
-def probe_variance_cmd() -> None:
-    """Measure ZO (and FO) gradient variance per branch and per layer."""
-    err.print("error: probe-variance is not available yet in this version of zocli")
-    raise typer.Exit(1)
+def probe_variance_cmd(
+    run_dir: Annotated[Optional[Path], Opt("--run", help="Probe a run's checkpoint (with --task K) instead of a fresh model.")] = None,
+    task: Annotated[Optional[int], Opt("--task", help="Checkpoint after task K, and the task whose batches are drawn (default: last / 0).")] = None,
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Fresh model: presets to resolve.")] = None,
+    benchmark: Annotated[Optional[str], Opt()] = None,
+    inc: Annotated[Optional[int], Opt()] = None,
+    model: Annotated[Optional[str], Opt()] = None,
+    pretrained: Annotated[Optional[str], Opt()] = None,
+    adapter: Annotated[Optional[str], Opt()] = None,
+    batch_size: Annotated[Optional[int], Opt()] = None,
+    batches: Annotated[int, Opt(min=1, help="Batches N to draw from the task.")] = 4,
+    draws: Annotated[int, Opt(min=2, help="ZO estimates per batch.")] = 8,
+    queries: Annotated[int, Opt(min=1, help="Directions Q averaged in each estimate.")] = 1,
+    eps: Annotated[Optional[float], Opt()] = None,
+    eps_vision: Annotated[Optional[float], Opt()] = None,
+    eps_language: Annotated[Optional[float], Opt()] = None,
+    estimator: Annotated[Optional[str], Opt(help="one-sided | two-sided.")] = None,
+    seed: Annotated[Optional[int], Opt()] = None,
+    data_root: Annotated[Optional[str], Opt()] = None,
+    device: Annotated[Optional[str], Opt()] = None,
+    plot: Annotated[Optional[Path], Opt("--plot", help="Write the variance distributions to this PNG.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Per-branch and per-layer variance of ZO gradient estimates, against FO gradients."""
+    measuring = {"eps": eps, "eps_vision": eps_vision, "eps_language": eps_language, "estimator": estimator,
+                 "seed": seed, "batch_size": batch_size, "device": device,
+                 "data_root": data_root or os.environ.get("ZOCLI_DATA")}
+    with _errors():
+        from .probe import probe_variance
+
+        if run_dir is not None:
+            from .evaluate import open_run, restore
+
+            run, session, tasks = open_run(run_dir, task, measuring)
+            restore(run, session, tasks[-1])
+            probe_task = tasks[-1] if task is not None else 0
+        else:
+            from .config import resolve
+            from .session import open_session
+
+            flags = {"benchmark": benchmark, "inc": inc, "model": model, "pretrained": pretrained,
+                     "adapter": adapter, **measuring}
+            cfg = resolve(preset or [], flags).config
+            _precheck(cfg)
+            session, probe_task = open_session(cfg), task or 0
+        report = probe_variance(session, probe_task, batches, draws, queries)
+        if plot is not None:
+            from .plots import PlotUnavailable, variance_histogram
+
+            try:
+                variance_histogram(report, plot)
+            except PlotUnavailable as exc:
+                err.print(f"[red]error:[/red] {exc}")
+                raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(report.as_dict()))
+        return
+    _print_variance(report, plot)
+
+
+def _print_variance(report, plot: Optional[Path]) -> None:
+    table = Table(title=f"{report.model} {report.adapter} · {report.benchmark} task {report.task} · "
+                        f"{report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}",
+                  title_justify="left")
+    for name in ("branch", "coords", "ε", "ZO var mean", "ZO median", "ZO q95", "FO var mean", "cos(ZO,FO)"):
+        table.add_column(name, justify="left" if name == "branch" else "right")
+    for b in report.branches:
+        table.add_row(b.branch, str(b.coordinates), f"{b.eps:g}", f"{b.zo.mean:.3e}", f"{b.zo.median:.3e}",
+                      f"{b.zo.quantiles['q95']:.3e}", f"{b.fo.mean:.3e}", f"{b.cosine_zo_fo:.4f}")
+    out.print(table)
+    ratio = report.ratio_vision_language
+    out.print(f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×")
+    if plot is not None:
+        out.print(f"plot: {plot}")
 
 
 @app.command("memory")

@@ -19,9 +19,10 @@ from .loader import TaskImages, eval_loader, select
 from .metrics import summarize
 from .objective import deterministic
 from .rundir import RunDir
-from .session import open_session
+from .session import Session, open_session
 
-RUNTIME_KEYS = ("data_root", "device", "workers", "eval_batch_size")
+# What a checkpoint pins: the model and protocol its adapters were trained for.
+MODEL_KEYS = ("benchmark", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank", "lora_alpha")
 
 
 @dataclass(frozen=True)
@@ -64,30 +65,38 @@ class RunEvaluation:
                 "task_sizes": self.task_sizes, **(self.summary or {})}
 
 
-def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None = None) -> RunEvaluation:
-    """Rebuild the model from the run's checkpoints alone and evaluate them again.
+def open_run(run_root: Path, task: int | None = None, overrides: dict | None = None
+             ) -> tuple[RunDir, Session, tuple[int, ...]]:
+    """A run's session rebuilt from the config in its checkpoint metadata, and the committed tasks.
 
-    The config comes from the checkpoint metadata; `overrides` may change only where things run
-    (data root, device, workers, eval batch size), never the model.
+    `overrides` may change where things run and how they are measured, never the model itself.
     """
     run = RunDir.open(run_root)
     done = read_manifest(run)["tasks_done"]
     if done == 0:
         raise CheckpointError(f"{run.checkpoints}: no task has been committed yet")
-    tasks = tuple(range(done)) if task is None else (task,)
     if task is not None and not 0 <= task < done:
         raise ConfigError(f"--task {task} is out of range: {run.root} has tasks 0..{done - 1}")
+    tasks = tuple(range(done)) if task is None else (task,)
     _, meta = load_task(run, tasks[0])
-    cfg = replace(Config(**meta["config"]), **{k: v for k, v in (overrides or {}).items()
-                                               if k in RUNTIME_KEYS and v is not None})
-    session = open_session(cfg)
-    expected = session.model.units.state_dict()
+    safe = {k: v for k, v in (overrides or {}).items() if k not in MODEL_KEYS and v is not None}
+    return run, open_session(replace(Config(**meta["config"]), **safe)), tasks
+
+
+def restore(run: RunDir, session: Session, task: int) -> None:
+    """Load the adapters committed after `task` into the session's model (strict)."""
+    tensors, _ = load_task(run, task, session.model.units.state_dict())
+    session.model.units.load_state_dict(tensors)
+
+
+def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None = None) -> RunEvaluation:
+    """Rebuild the model from the run's checkpoints alone and evaluate them again."""
+    run, session, tasks = open_run(run_root, task, overrides)
     matrix, sizes = [], []
     for t in tasks:
-        tensors, _ = load_task(run, t, expected)
-        session.model.units.load_state_dict(tensors)
+        restore(run, session, t)
         accuracy = evaluate_seen(session.model, session.test, session.test_labels, session.split, t,
-                                 session.tokens, session.device, cfg.eval_batch_size, session.workers)
+                                 session.tokens, session.device, session.cfg.eval_batch_size, session.workers)
         matrix.append(list(accuracy.row))
         sizes = list(accuracy.sizes)
     summary = summarize(matrix, sizes).as_dict() if task is None else None

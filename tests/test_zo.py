@@ -1,0 +1,493 @@
+"""zocli.zo: the finite-difference estimator and the hybrid FO/ZO step, on a small smooth toy.
+
+The toy is a tanh MLP 20→8→5 (d = 213 parameters) with a fixed batch and cross-entropy; its loss
+closures run under no_grad, like every ZO forward. Targets and measured values: zo.md §8.12.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from zocli import zo
+from zocli.rng import derive_seed
+from zocli.zo import Block, ZOSettings, estimate, hybrid_step, perturb_
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny tensors: intra-op threading only costs time here, and a lot of it on a shared 2-core box.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------- toy
+
+
+class Toy:
+    """tanh MLP 20→8→5 on 256 fixed samples. Layer 1 (W1, b1) and layer 2 (W2, b2) are the units
+    ("vision", 1) and ("vision", 2); each can be FO (requires_grad) or ZO."""
+
+    UNITS = (("vision", 1), ("vision", 2))
+
+    def __init__(self, dtype=torch.float32, zo_units=UNITS, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(256, 20, generator=g, dtype=dtype)
+        self.y = torch.randint(0, 5, (256,), generator=g)
+        self.params = {
+            ("vision", 1): [torch.randn(8, 20, generator=g, dtype=dtype) * 0.5,
+                            torch.randn(8, generator=g, dtype=dtype) * 0.1],
+            ("vision", 2): [torch.randn(5, 8, generator=g, dtype=dtype),
+                            torch.randn(5, generator=g, dtype=dtype) * 0.1],
+        }
+        self.zo_units = tuple(zo_units)
+        for unit, ps in self.params.items():
+            for p in ps:
+                p.requires_grad_(unit not in self.zo_units)
+
+    def all_params(self) -> list[torch.Tensor]:
+        return [p for unit in self.UNITS for p in self.params[unit]]
+
+    def fo_params(self) -> list[torch.Tensor]:
+        return [p for unit in self.UNITS if unit not in self.zo_units for p in self.params[unit]]
+
+    def zo_params(self) -> list[torch.Tensor]:
+        return [p for unit in self.UNITS if unit in self.zo_units for p in self.params[unit]]
+
+    def forward(self, ps=None) -> torch.Tensor:
+        w1, b1, w2, b2 = self.all_params() if ps is None else ps
+        return F.cross_entropy(torch.tanh(self.x @ w1.T + b1) @ w2.T + b2, self.y)
+
+    def loss(self) -> float:
+        with torch.no_grad():
+            return float(self.forward())
+
+    def gradient(self) -> torch.Tensor:
+        """Autograd gradient of the loss w.r.t. every parameter, flattened in `all_params` order."""
+        ps = [p.detach().clone().requires_grad_() for p in self.all_params()]
+        return torch.cat([g.flatten() for g in torch.autograd.grad(self.forward(ps), ps)])
+
+    def block(self, name="vision", eps=1e-3, units=None) -> Block:
+        units = self.zo_units if units is None else units
+        params = tuple(p for u in units for p in self.params[u])
+        return Block(name, tuple(units), params, (eps,) * len(params))
+
+
+class ToyObjective:
+    """`zo.Objective` over a Toy: FO backward into the FO params, no-grad closures for ZO."""
+
+    def __init__(self, toy: Toy):
+        self.toy = toy
+        self.fo_calls = self.loss_fn_calls = self.resets = 0
+        self.fo_grads_seen: list[bool] = []  # per FO param: had .grad after fo_backward
+        self.zo_grads_seen: list[bool] = []
+
+    def fo_backward(self):
+        if not self.toy.fo_params():
+            return None
+        self.fo_calls += 1
+        loss = self.toy.forward()
+        loss.backward()
+        self.fo_grads_seen = [p.grad is not None for p in self.toy.fo_params()]
+        self.zo_grads_seen = [p.grad is not None for p in self.toy.zo_params()]
+        return float(loss.detach())
+
+    def loss_fn(self, units):
+        self.loss_fn_calls += 1
+        return self.toy.loss
+
+    def reset(self):
+        self.resets += 1
+
+
+def flat(tensors) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in tensors])
+
+
+def directions(block: Block, seed: int) -> list[torch.Tensor]:
+    return list(zo._directions(block, seed))
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+
+# ---------------------------------------------------------------------------------------------- statistics
+
+N_UNBIASED = 8000  # ≈3 s; MC floor √((d+2)/N) = 0.16
+COSINE_TRIALS = 60
+
+
+def test_estimator_is_unbiased():
+    toy = Toy(torch.float64)
+    block, g = toy.block(eps=1e-3), toy.gradient()
+    d = g.numel()
+    assert 190 <= d <= 230
+    # estimate with q = N is exactly the mean of N single-direction estimates (seeded per query).
+    grads, _ = estimate(block, toy.loss, seed=123, settings=ZOSettings(two_sided=True, queries=N_UNBIASED))
+    mean = flat(grads)
+    rel, floor = float((mean - g).norm() / g.norm()), math.sqrt((d + 2) / N_UNBIASED)
+    print(f"unbiasedness: d={d} N={N_UNBIASED} rel_err={rel:.4f} floor={floor:.4f} cos={cosine(mean, g):.4f}")
+    assert rel < 2 * floor
+    assert cosine(mean, g) > 0.97
+
+
+def test_cosine_grows_with_queries():
+    toy = Toy(torch.float64)
+    block, g = toy.block(eps=1e-3), toy.gradient()
+    d = g.numel()
+    means = {}
+    for q in (1, 4, 16, 64):
+        cosines = []
+        for trial in range(COSINE_TRIALS):
+            grads, _ = estimate(block, toy.loss, seed=derive_seed("trial", q, trial),
+                                settings=ZOSettings(two_sided=True, queries=q))
+            cosines.append(cosine(flat(grads), g))
+        if q == 1:
+            # two-sided, ε → 0: ĝ·g = (g·z)² ≥ 0 for every single direction
+            assert min(cosines) >= 0
+        means[q] = sum(cosines) / len(cosines)
+    theory = {q: math.sqrt(q / (d + q + 1)) for q in means}
+    print("cosine vs q:", {q: (round(means[q], 4), round(theory[q], 4)) for q in means})
+    qs = sorted(means)
+    assert all(means[a] < means[b] for a, b in zip(qs, qs[1:]))
+    for q in (4, 16, 64):
+        assert abs(means[q] / theory[q] - 1) < 0.25, (q, means[q], theory[q])
+    assert abs(means[1] / math.sqrt(2 / (math.pi * d)) - 1) < 0.25  # E|cos| for q = 1
+
+
+def test_directional_derivative_matches_autograd():
+    toy = Toy(torch.float32)
+    block, g = toy.block(eps=1e-3), toy.gradient()
+    theta = [p.clone() for p in block.params]
+    checked, worst = 0, {"two": 0.0, "one": 0.0}
+    for seed in range(40):
+        s = derive_seed(seed, block.name, 0)  # the direction estimate() uses for query 0
+        z = directions(block, s)
+        gz = float(g.double() @ flat(z).double())
+        if abs(gz) < 0.5 * float(g.norm()):  # near-orthogonal directions make a relative error meaningless
+            continue
+        base = toy.loss()
+        perturb_(block, s, +1.0)
+        plus = toy.loss()
+        perturb_(block, s, -2.0)
+        minus = toy.loss()
+        for p, t in zip(block.params, theta):
+            p.copy_(t)
+        two, one = (plus - minus) / 2 / 1e-3, (plus - base) / 1e-3
+        worst["two"] = max(worst["two"], abs(two - gz) / abs(gz))
+        worst["one"] = max(worst["one"], abs(one - gz) / abs(gz))
+        # estimate() with q = 1 is exactly that finite difference times z
+        for two_sided, d in ((True, (plus - minus) / 2.0), (False, plus - base)):
+            grads, _ = estimate(block, toy.loss, seed=seed, settings=ZOSettings(two_sided=two_sided))
+            for p, t in zip(block.params, theta):
+                p.copy_(t)
+            for got, zi in zip(grads, z):
+                assert torch.equal(got, torch.zeros_like(zi).add_(zi, alpha=d / 1e-3))
+        checked += 1
+        if checked == 5:
+            break
+    print(f"directional derivative (fp32, ε=1e-3): worst two-sided {worst['two']:.2e}, one-sided {worst['one']:.2e}")
+    assert checked == 5
+    assert worst["two"] < 0.01
+    assert worst["one"] < 0.02
+
+
+def test_estimate_returns_loss_at_theta_and_restores_params():
+    toy = Toy(torch.float32)
+    block = toy.block()
+    before = [p.clone() for p in block.params]
+    base = toy.loss()
+    _, one = estimate(block, toy.loss, 7, ZOSettings(two_sided=False, queries=3))
+    assert one == base  # measured at θ
+    _, two = estimate(block, toy.loss, 7, ZOSettings(two_sided=True, queries=3))
+    assert abs(two - base) < 1e-4  # mean of the ±εz losses: L(θ) + O(ε²)
+    for p, b in zip(block.params, before):
+        assert torch.allclose(p, b, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+
+
+def test_seed_replay_restores_params():
+    toy = Toy(torch.float32)
+    block = toy.block(eps=1e-3)
+    theta = [p.clone() for p in block.params]
+    perturb_(block, 5, +1.0)
+    assert not any(torch.equal(p, t) for p, t in zip(block.params, theta))  # it did move
+    perturb_(block, 5, -2.0)
+    perturb_(block, 5, +1.0)
+    one_cycle = max(float((p - t).abs().max()) for p, t in zip(block.params, theta))
+    assert one_cycle <= 1e-6
+    for cycle in range(100):
+        for scale in (1.0, -2.0, 1.0):
+            perturb_(block, derive_seed("cycle", cycle), scale)
+    hundred = max(float((p - t).abs().max()) for p, t in zip(block.params, theta))
+    assert hundred <= 1e-6, hundred
+
+
+def test_directions_replay_bit_identical():
+    toy = Toy(torch.float32)
+    block = toy.block()
+    a, b = directions(block, 99), directions(block, 99)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert [x.shape for x in a] == [p.shape for p in block.params]
+    assert [x.dtype for x in a] == [p.dtype for p in block.params]
+    c = directions(block, 100)
+    assert not any(torch.equal(x, y) for x, y in zip(a, c))
+    # perturb_ adds exactly scale·ε·z
+    theta = [p.clone() for p in block.params]
+    perturb_(block, 99, 1.0)
+    for p, t, z in zip(block.params, theta, a):
+        assert torch.equal(p, t.add(z, alpha=1e-3))
+
+
+def test_blocks_and_queries_get_distinct_directions(monkeypatch):
+    # Two same-shaped blocks in one step: each (block, query) must draw its own z (derive_seed).
+    toy = Toy(torch.float32)
+    twin = Toy(torch.float32)  # identical values and shapes
+    blocks = [toy.block("vision"), twin.block("language")]
+    seen: list[tuple[str, int]] = []
+    real = zo.perturb_
+
+    def spy(block, seed, scale):
+        seen.append((block.name, seed))
+        return real(block, seed, scale)
+
+    monkeypatch.setattr(zo, "perturb_", spy)
+
+    class Both(ToyObjective):
+        def loss_fn(self, units):
+            return lambda: toy.loss() + twin.loss()
+
+    hybrid_step(Both(toy), blocks, None, 1e-2, ZOSettings(queries=2, conservative=False), seed=3)
+    seeds = {}
+    for name, seed in seen:
+        seeds.setdefault(name, []).append(seed)
+    assert set(seeds) == {"vision", "language"}
+    per_block = {name: sorted(set(s)) for name, s in seeds.items()}
+    assert all(len(s) == 2 for s in per_block.values())  # one seed per query, replayed for ±
+    assert len(set(per_block["vision"]) | set(per_block["language"])) == 4
+    assert set(per_block["vision"]) == {derive_seed(3, "vision", q) for q in range(2)}
+    za = directions(blocks[0], derive_seed(3, "vision", 0))
+    zb = directions(blocks[1], derive_seed(3, "language", 0))
+    assert not any(torch.equal(x, y) for x, y in zip(za, zb))
+    # and so the twins, starting equal, end different
+    assert not torch.equal(flat(toy.zo_params()), flat(twin.zo_params()))
+
+
+# ---------------------------------------------------------------------------------------------- the step
+
+SETTINGS = [
+    ZOSettings(),
+    ZOSettings(two_sided=False, queries=2),
+    ZOSettings(sign=True, conservative=False),
+    ZOSettings(queries=3, sign=True, conservative=True),
+]
+
+
+def _adam(toy: Toy):
+    return torch.optim.Adam(toy.fo_params(), lr=1e-2, betas=(0.9, 0.999)) if toy.fo_params() else None
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"2s{int(s.two_sided)}-q{s.queries}-sign{int(s.sign)}"
+                         f"-cons{int(s.conservative)}")
+@pytest.mark.parametrize("zo_units", [Toy.UNITS, (("vision", 2),)], ids=["dual", "hybrid"])
+def test_step_leaves_global_rng_and_is_reproducible(settings, zo_units):
+    runs = []
+    for _ in range(2):
+        toy = Toy(torch.float32, zo_units)
+        opt = _adam(toy)
+        state = torch.get_rng_state()
+        stats = [hybrid_step(ToyObjective(toy), [toy.block()], opt, 5e-2, settings, seed=derive_seed(0, step))
+                 for step in range(3)]
+        assert torch.equal(torch.get_rng_state(), state)
+        runs.append((toy, stats))
+    (a, sa), (b, sb) = runs
+    assert all(torch.equal(x, y) for x, y in zip(a.all_params(), b.all_params()))
+    assert sa == sb
+    # a different seed takes a different step
+    c = Toy(torch.float32, zo_units)
+    hybrid_step(ToyObjective(c), [c.block()], _adam(c), 5e-2, settings, seed=derive_seed(0, 0) + 1)
+    fresh = Toy(torch.float32, zo_units)
+    hybrid_step(ToyObjective(fresh), [fresh.block()], _adam(fresh), 5e-2, settings, seed=derive_seed(0, 0))
+    assert not torch.equal(flat(c.zo_params()), flat(fresh.zo_params()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mozo_sign_q1_moves_every_coordinate_by_lr(dtype):
+    lr, seed = 1e-2, 11
+    toy = Toy(dtype)
+    block = toy.block()
+    theta = [p.clone() for p in block.params]
+    s = derive_seed(seed, block.name, 0)
+    perturb_(block, s, +1.0)
+    plus = toy.loss()
+    perturb_(block, s, -2.0)
+    minus = toy.loss()
+    perturb_(block, s, +1.0)
+    for p, t in zip(block.params, theta):  # undo the replay roundoff so the step starts at θ exactly
+        p.copy_(t)
+    d = plus - minus
+    assert d != 0
+    stats = hybrid_step(ToyObjective(toy), [block], None, lr, ZOSettings(sign=True, conservative=False), seed)
+    n = sum(t.numel() for t in theta)
+    for p, t, z in zip(block.params, theta, directions(block, s)):
+        u = math.copysign(1.0, d) * torch.sign(z)
+        assert torch.equal(p, t.add(u, alpha=-lr))  # −λη·sign(d)·sign(z), bit for bit
+        if dtype == torch.float64:
+            assert torch.allclose((p - t).abs(), torch.full_like(t, lr), rtol=1e-10, atol=0)
+    assert stats.moved
+    assert stats.zo_update_norm == pytest.approx(lr * math.sqrt(n), rel=1e-12)
+    assert stats.fo_grad_norm == 0.0
+
+
+def test_aggressive_plain_update_is_minus_lr_ghat():
+    lr, seed = 3e-2, 4
+    toy = Toy(torch.float32)
+    ref = copy.deepcopy(toy)
+    settings = ZOSettings(queries=2, conservative=False)
+    ghat, _ = estimate(ref.block(), ref.loss, seed, settings)
+    theta = [p.clone() for p in toy.zo_params()]
+    stats = hybrid_step(ToyObjective(toy), [toy.block()], None, lr, settings, seed)
+    for p, t, g in zip(toy.zo_params(), theta, ghat):
+        # estimate leaves θ up to replay roundoff; the update itself is −λη·ĝ
+        assert torch.allclose(p, t.add(g, alpha=-lr), rtol=0, atol=1e-6)
+    assert stats.zo_update_norm == pytest.approx(lr * float(flat(ghat).double().norm()), rel=1e-9)
+    assert stats.forwards == 2 * 2  # two-sided, q = 2, no FO pass, no candidates
+
+
+def _candidates(theta, u, lr):
+    return {k: [t.clone().add_(g, alpha=k * lr) for t, g in zip(theta, u)] for k in (0.0, -1.0, 1.0)}
+
+
+def _loss_with(toy: Toy, values) -> float:
+    saved = [p.clone() for p in toy.zo_params()]
+    with torch.no_grad():
+        for p, v in zip(toy.zo_params(), values):
+            p.copy_(v)
+        value = toy.loss()
+        for p, v in zip(toy.zo_params(), saved):
+            p.copy_(v)
+    return value
+
+
+@pytest.mark.parametrize("zo_units", [Toy.UNITS, (("vision", 2),)], ids=["dual", "with-adam-fo"])
+@pytest.mark.parametrize("sign", [False, True], ids=["plain", "sign"])
+def test_conservative_keeps_the_best_candidate(zo_units, sign):
+    settings = ZOSettings(sign=sign, conservative=True)
+    lr = 0.3 if not sign else 0.05  # large enough that some steps are rejected
+    toy = Toy(torch.float32, zo_units)
+    opt = _adam(toy)
+    chosen = []
+    for step in range(12):
+        seed = derive_seed("cons", step)
+        ref = copy.deepcopy(toy)  # the estimate runs at θ before the FO step
+        u, _ = estimate(ref.block(), ref.loss, seed, settings)
+        if sign:
+            u = [g.sign() for g in u]
+        theta = [p.clone() for p in toy.zo_params()]
+        obj = ToyObjective(toy)
+        stats = hybrid_step(obj, [toy.block()], opt, lr, settings, seed)
+        # the FO step happened; candidates are judged at the post-FO point
+        candidates = _candidates(theta, u, lr)
+        losses = {k: _loss_with(toy, v) for k, v in candidates.items()}
+        kept = [k for k, v in candidates.items() if all(torch.equal(p, c) for p, c in zip(toy.zo_params(), v))]
+        assert kept, "the ZO params are not exactly one of {θ, θ−ηu, θ+ηu}"
+        k = kept[0]
+        best = min(losses.values())
+        assert losses[k] == best
+        assert toy.loss() <= losses[0.0]  # the kept point is no worse than θ after the FO step
+        if losses[0.0] == best:
+            assert k == 0.0  # ties keep θ
+        assert stats.moved == (k != 0.0)
+        expected_norm = lr * float(flat(u).double().norm()) if k != 0.0 else 0.0
+        assert stats.zo_update_norm == pytest.approx(expected_norm, rel=1e-9, abs=0)
+        has_fo = opt is not None
+        assert stats.forwards == has_fo + 2 + 3
+        assert obj.fo_calls == has_fo and obj.resets == has_fo
+        chosen.append(k)
+        if opt is not None:
+            assert all(s["step"] == step + 1 for s in opt.state.values())  # one optimizer step per step
+    assert 0.0 in chosen and {-1.0, 1.0} & set(chosen), chosen  # both outcomes were exercised
+
+
+def test_conservative_flat_loss_keeps_theta():
+    toy = Toy(torch.float32)
+
+    class Flat(ToyObjective):
+        def loss_fn(self, units):
+            self.loss_fn_calls += 1
+            return lambda: 1.0
+
+    theta = [p.clone() for p in toy.zo_params()]
+    stats = hybrid_step(Flat(toy), [toy.block()], None, 0.1, ZOSettings(), seed=1)
+    assert all(torch.equal(p, t) for p, t in zip(toy.zo_params(), theta)) or \
+        all(torch.allclose(p, t, rtol=0, atol=1e-6) for p, t in zip(toy.zo_params(), theta))
+    assert not stats.moved and stats.zo_update_norm == 0.0
+
+
+def test_conservative_tie_keeps_theta_exactly():
+    # Real loss for the estimate (so u ≠ 0), flat loss for the candidates: a three-way tie.
+    toy = Toy(torch.float32)
+
+    class TieOnCandidates(ToyObjective):
+        def loss_fn(self, units):
+            self.loss_fn_calls += 1
+            return toy.loss if self.loss_fn_calls == 1 else (lambda: 0.5)
+
+    block = toy.block()
+    perturbed = []
+    real = zo.perturb_
+    theta_before = [p.clone() for p in block.params]
+    obj = TieOnCandidates(toy)
+    stats = hybrid_step(obj, [block], None, 0.1, ZOSettings(), seed=2)
+    assert obj.loss_fn_calls == 2
+    del perturbed, real
+    # θ here is the point after the estimate's replay (within roundoff of θ_before); it is kept
+    assert all(torch.allclose(p, t, rtol=0, atol=1e-6) for p, t in zip(block.params, theta_before))
+    assert not stats.moved and stats.zo_update_norm == 0.0
+
+
+def test_adam_steps_once_per_hybrid_step_with_momentum():
+    toy = Toy(torch.float32, (("vision", 2),))
+    opt = torch.optim.Adam(toy.fo_params(), lr=1e-2, betas=(0.9, 0.999))
+    for step in range(4):
+        # reference: the same Adam state, one step on the gradient at the current point
+        ref = copy.deepcopy(toy)
+        ref_opt = torch.optim.Adam(ref.fo_params(), lr=1e-2, betas=(0.9, 0.999))
+        ref_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+        ref.forward().backward()
+        ref_opt.step()
+        obj = ToyObjective(toy)
+        hybrid_step(obj, [toy.block()], opt, 0.05, ZOSettings(sign=True), seed=derive_seed("adam", step))
+        assert all(torch.equal(p, r) for p, r in zip(toy.fo_params(), ref.fo_params()))
+        assert all(int(s["step"]) == step + 1 for s in opt.state.values())
+        # ZO params never enter the FO optimizer and never get .grad; FO params had grads
+        assert obj.fo_grads_seen == [True, True] and obj.zo_grads_seen == [False, False]
+        assert all(p.grad is None for p in toy.zo_params())
+        assert all(p.grad is None for p in toy.fo_params())  # zero_grad(set_to_none) after the step
+    in_opt = {id(p) for group in opt.param_groups for p in group["params"]}
+    assert not in_opt & {id(p) for p in toy.zo_params()}
+
+
+def test_step_stats_loss_and_forward_count():
+    toy = Toy(torch.float32, (("vision", 2),))
+    fo_loss = toy.loss()
+    stats = hybrid_step(ToyObjective(toy), [toy.block()], _adam(toy), 1e-2, ZOSettings(queries=3), seed=0)
+    assert stats.loss == pytest.approx(fo_loss, abs=1e-6)  # the FO training loss at θ
+    assert stats.fo_grad_norm > 0
+    assert stats.forwards == 1 + 2 * 3 + 3
+
+    dual = Toy(torch.float32)
+    at_theta = dual.loss()
+    stats = hybrid_step(ToyObjective(dual), [dual.block()], None, 1e-2,
+                        ZOSettings(two_sided=False, queries=2, conservative=False), seed=0)
+    assert stats.loss == at_theta  # one-sided: measured at θ
+    assert stats.forwards == 1 + 2 and stats.fo_grad_norm == 0.0

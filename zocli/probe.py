@@ -1,0 +1,178 @@
+"""`zocli probe-variance`: how noisy ZO gradients are, per branch and per layer (the MoZO motivation).
+
+For N batches of a task and R draws per batch, each draw a ZO estimate averaged over Q directions
+(exactly `zo.estimate`, one finite difference per branch with that branch's ε), we accumulate the
+per-coordinate variance of the estimates; the FO gradient (autograd, deterministic mode) across the
+same batches is the reference. Variance of a Q-direction average falls as 1/Q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .attach import AdaptedCLIP
+from .config import BRANCHES, Config
+from .loader import select, train_loader
+from .objective import ClipObjective, deterministic
+from .rng import derive_seed
+from .session import Session
+from .step import DEFAULT_ZO_CHUNK, make_blocks, settings
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+HIST_BINS = 40
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Summary of per-coordinate variances (a histogram of log10 variance on shared bin edges)."""
+
+    mean: float
+    median: float
+    quantiles: dict[str, float]
+    hist_counts: list[int]
+    zero: int  # coordinates with exactly zero variance (not in the histogram)
+
+
+@dataclass(frozen=True)
+class BranchVariance:
+    branch: str
+    coordinates: int
+    eps: float
+    zo: Distribution
+    fo: Distribution
+    cosine_zo_fo: float  # mean cosine between one ZO estimate and the FO gradient of its batch
+    layers: dict[int, dict[str, float]]  # layer -> {"zo_mean", "fo_mean"}
+
+
+@dataclass(frozen=True)
+class VarianceReport:
+    model: str
+    adapter: str
+    benchmark: str
+    task: int
+    batches: int
+    draws: int
+    queries: int
+    estimator: str
+    seed: int
+    hist_edges_log10: list[float]
+    branches: tuple[BranchVariance, ...]
+    ratio_vision_language: dict[str, float]  # vision / language of mean and median variance
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "branches": [asdict(b) for b in self.branches]}
+
+
+class _Welford:
+    """Running per-coordinate mean and variance of a flat vector, in float64."""
+
+    def __init__(self, size: int):
+        self.n, self.mean, self.m2 = 0, torch.zeros(size, dtype=torch.float64), torch.zeros(size, dtype=torch.float64)
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().cpu()
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+
+    def variance(self) -> torch.Tensor:
+        return self.m2 / max(self.n - 1, 1)
+
+
+def probe_variance(session: Session, task: int = 0, batches: int = 4, draws: int = 8, queries: int = 1) -> VarianceReport:
+    """Measure ZO and FO gradient variance on `batches` batches of `task` (model state as given)."""
+    cfg = replace(session.cfg, vision="zo", language="zo", layers="all", queries=queries, granularity="branch")
+    model = session.model
+    units = frozenset(u for u, _ in model.unit_items())
+    blocks = {block.name: block for block in make_blocks(model, units, cfg)}
+    sizes = {b: sum(p.numel() for p in blocks[b].params) for b in BRANCHES}
+    zo, fo = ({b: _Welford(sizes[b]) for b in BRANCHES} for _ in range(2))
+    cosines = {b: [] for b in BRANCHES}
+    for index, (images, labels, tokens) in enumerate(_batches(session, cfg, task, batches)):
+        fo_grads = _fo_gradients(model, images, labels, tokens)
+        objective = ClipObjective(model, images, labels, tokens, units, cfg.zo_chunk or DEFAULT_ZO_CHUNK)
+        for branch in BRANCHES:
+            fo[branch].add(fo_grads[branch])
+            loss = objective.loss_fn(blocks[branch].units)
+            for draw in range(draws):
+                grads, _ = _estimate(blocks[branch], loss, derive_seed(cfg.seed, "probe", index, draw), cfg)
+                zo[branch].add(grads)
+                cosines[branch].append(float(F.cosine_similarity(grads, fo_grads[branch], dim=0)))
+    return _report(session, cfg, task, batches, draws, queries, blocks, zo, fo, cosines)
+
+
+def _estimate(block, loss, seed: int, cfg: Config):
+    from .zo import estimate
+
+    grads, value = estimate(block, loss, seed, settings(cfg))
+    return torch.cat([g.flatten() for g in grads]), value
+
+
+def _batches(session: Session, cfg: Config, task: int, count: int):
+    first, last = session.split.bounds(task)
+    rows = select(session.train_labels, session.train.position, first, last)
+    loader = train_loader(session.train, rows, cfg.batch_size, max(1, cfg.epochs), (cfg.seed, task, "probe"), 0,
+                          max_steps=count)
+    for images, labels in loader:
+        yield images.to(session.device), (labels - first).to(session.device), session.tokens[first:last]
+
+
+def _fo_gradients(model: AdaptedCLIP, images, labels, tokens) -> dict[str, torch.Tensor]:
+    """Autograd gradient of the batch loss for every adapter, deterministic mode, flat per branch."""
+    params = {b: [p for (br, _), unit in model.unit_items() if br == b for p in unit.parameters()] for b in BRANCHES}
+    for plist in params.values():
+        for p in plist:
+            p.requires_grad_(True)
+    with deterministic(model):
+        logits = model.logits(model.encode("vision", images), model.encode("language", tokens))
+        loss = F.cross_entropy(logits, labels)
+    flat = {}
+    for branch, plist in params.items():
+        # Gating-noise weights take no part in a deterministic forward: their gradient is zero.
+        grads = torch.autograd.grad(loss, plist, retain_graph=True, allow_unused=True)
+        flat[branch] = torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
+                                  for p, g in zip(plist, grads)]).detach()
+    for plist in params.values():
+        for p in plist:
+            p.requires_grad_(False)
+    return flat
+
+
+def _report(session, cfg, task, batches, draws, queries, blocks, zo, fo, cosines) -> VarianceReport:
+    variances = {b: (zo[b].variance(), fo[b].variance()) for b in BRANCHES}
+    # Exactly-zero variances (e.g. gating-noise weights under a deterministic FO pass) stay out of the
+    # log histogram; `zero` in each distribution counts them.
+    logs = torch.cat([torch.log10(v[v > 0]) for pair in variances.values() for v in pair])
+    edges = torch.linspace(float(logs.min()), float(logs.max()) + 1e-9, HIST_BINS + 1)
+    branches = []
+    for branch in BRANCHES:
+        zo_var, fo_var = variances[branch]
+        branches.append(BranchVariance(branch, zo_var.numel(), cfg.eps_for(branch), _distribution(zo_var, edges),
+                                       _distribution(fo_var, edges), sum(cosines[branch]) / len(cosines[branch]),
+                                       _per_layer(session.model, blocks[branch], zo_var, fo_var)))
+    vision, language = branches
+    ratio = {"zo_mean": vision.zo.mean / language.zo.mean, "zo_median": vision.zo.median / language.zo.median,
+             "fo_mean": vision.fo.mean / language.fo.mean if language.fo.mean else float("nan")}
+    return VarianceReport(session.cfg.model, session.cfg.adapter, session.bench.name, task, batches, draws, queries,
+                          cfg.estimator, cfg.seed, [round(float(e), 4) for e in edges], tuple(branches), ratio)
+
+
+def _distribution(var: torch.Tensor, edges: torch.Tensor) -> Distribution:
+    quantiles = torch.quantile(var.float(), torch.tensor(QUANTILES)).tolist() if var.numel() <= 2**24 \
+        else [float(var.kthvalue(max(1, int(q * var.numel()))).values) for q in QUANTILES]
+    counts = torch.histogram(torch.log10(var[var > 0]).float(), bins=edges.float()).hist
+    named = {f"q{int(q * 100):02d}": v for q, v in zip(QUANTILES, quantiles)}
+    return Distribution(float(var.mean()), float(var.median()), named, [int(c) for c in counts], int((var == 0).sum()))
+
+
+def _per_layer(model: AdaptedCLIP, block, zo_var: torch.Tensor, fo_var: torch.Tensor) -> dict[int, dict[str, float]]:
+    layers, offset = {}, 0
+    for unit in block.units:
+        n = sum(p.numel() for p in model.unit(unit).parameters())
+        layers[unit[1]] = {"zo_mean": float(zo_var[offset:offset + n].mean()), "fo_mean": float(fo_var[offset:offset + n].mean())}
+        offset += n
+    return layers

@@ -6,8 +6,10 @@ tensor file and is the commit point: a checkpoint it does not list does not exis
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model (one line, names the file)."""
 
 
-def save_task(run: RunDir, task: int, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
-    """Write task_XX.safetensors atomically, then record it (with its sha256) in the manifest."""
+def save_task(run: RunDir, task: int, state: dict[str, torch.Tensor], meta: dict[str, Any],
+              results: dict[str, Any] | None = None) -> Path:
+    """Write task_XX.safetensors atomically, then commit it in the manifest with its sha256 and
+    `results` (accuracy rows so far, metrics.jsonl length): the manifest is written last."""
     path = run.task_file(task)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     metadata = {"format": "pt", "zocli_format": str(FORMAT_VERSION), "zocli_version": __version__,
@@ -36,6 +40,7 @@ def save_task(run: RunDir, task: int, state: dict[str, torch.Tensor], meta: dict
     manifest = read_manifest(run)
     manifest["files"][f"{task}"] = {"file": path.name, "sha256": hashlib.sha256(data).hexdigest()}
     manifest["tasks_done"] = task + 1
+    manifest.update(results or {})
     write_json(run.manifest, manifest)
     return path
 
@@ -97,3 +102,63 @@ def _maybe_json(value: str) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
+
+
+# ----------------------------------------------------------------------------------------------
+# mid-task training state: what `--resume` needs to continue a task exactly where it stopped
+
+
+@dataclass(frozen=True)
+class TrainState:
+    task: int
+    step: int  # steps of `task` already applied
+    adapters: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None  # torch optimizer state_dict of the FO units
+    rng: dict[str, torch.Tensor]  # global RNG states (gating noise, dropout): "cpu", "cuda.N"
+    history: list[dict[str, Any]]  # per-step statistics so far, for the task's summary event
+    metrics_bytes: int  # length of metrics.jsonl at this commit; anything after it is discarded
+
+
+def save_state(run: RunDir, state: TrainState) -> None:
+    """Atomically write checkpoints/resume.safetensors: tensors in safetensors, the rest as JSON."""
+    tensors = {f"adapters.{k}": v.detach().contiguous().cpu() for k, v in state.adapters.items()}
+    tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in state.rng.items()})
+    groups = None
+    if state.optimizer is not None:
+        groups = state.optimizer["param_groups"]
+        for index, slots in state.optimizer["state"].items():
+            tensors.update({f"optim.{index}.{name}": torch.as_tensor(v).contiguous().cpu()
+                            for name, v in slots.items()})
+    meta = {"task": state.task, "step": state.step, "history": state.history, "param_groups": groups,
+            "metrics_bytes": state.metrics_bytes}
+    atomic_write(run.state_file, save(tensors, metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def load_state(run: RunDir) -> TrainState | None:
+    """The mid-task state, or None when there is none."""
+    if not run.state_file.is_file():
+        return None
+    tensors, meta = read_file(run.state_file)
+    group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    optimizer = None
+    if meta["param_groups"] is not None:
+        slots: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in group("optim.").items():
+            index, name = key.split(".", 1)
+            slots.setdefault(int(index), {})[name] = value
+        optimizer = {"state": slots, "param_groups": meta["param_groups"]}
+    return TrainState(meta["task"], meta["step"], group("adapters."), optimizer, group("rng."), meta["history"],
+                      meta["metrics_bytes"])
+
+
+def encode_rng(states: dict[str, torch.Tensor]) -> dict[str, str]:
+    """RNG state tensors (uint8) as base64 strings, for the JSON manifest."""
+    return {k: base64.b64encode(v.numpy().tobytes()).decode() for k, v in states.items()}
+
+
+def decode_rng(encoded: dict[str, str]) -> dict[str, torch.Tensor]:
+    return {k: torch.frombuffer(bytearray(base64.b64decode(v)), dtype=torch.uint8) for k, v in encoded.items()}
+
+
+def drop_state(run: RunDir) -> None:
+    run.state_file.unlink(missing_ok=True)

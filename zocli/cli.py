@@ -83,6 +83,7 @@ def train_cmd(
     preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Preset name or TOML file; repeatable, applied in order.")] = None,
     out_dir: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (default runs/<benchmark>-<plan>-s<seed>).")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a non-empty run directory.")] = False,
+    resume: Annotated[Optional[Path], Opt("--resume", help="Continue RUN_DIR from its last commit point.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
     benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.", rich_help_panel="Data")] = None,
     inc: Annotated[Optional[int], Opt(help="Classes per task.", rich_help_panel="Data")] = None,
@@ -119,26 +120,68 @@ def train_cmd(
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Execution")] = None,
     workers: Annotated[Optional[int], Opt(help="Data-loading processes (default 0 on CPU, ≤8 on CUDA).", rich_help_panel="Execution")] = None,
     eval_batch_size: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
+    save_every: Annotated[Optional[int], Opt(help="Also commit a resumable state every N steps inside a task.", rich_help_panel="Execution")] = None,
 ) -> None:
     """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
-    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json")}
+    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
-    with _errors():
-        from .config import resolve
+    with _errors(), _graceful_stop() as should_stop:
+        from .train import Interrupted
 
-        resolved = resolve(preset or [], flags)
-        cfg = resolved.config
-        _precheck(cfg)
-        target = out_dir or Path("runs") / _default_name(cfg)
-        from .train import run
-
-        with _progress(enabled=not as_json) as on_event:
-            result = run(resolved, target, overwrite=overwrite, on_event=on_event)
+        try:
+            with _progress(enabled=not as_json) as on_event:
+                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop)
+        except Interrupted as stop:
+            err.print(str(stop), highlight=False)
+            raise typer.Exit(130) from None
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
         _print_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}")
+
+
+RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
+
+
+def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop):
+    from .train import resume as resume_run
+    from .train import run
+
+    if resume is not None:
+        changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
+        if changed or preset or out_dir or overwrite:
+            what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
+            raise ConfigError(f"--resume continues a run with its saved config; {what} cannot change "
+                              f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
+        return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
+    from .config import resolve
+
+    resolved = resolve(preset or [], flags)
+    _precheck(resolved.config)
+    target = out_dir or Path("runs") / _default_name(resolved.config)
+    return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
+
+
+@contextmanager
+def _graceful_stop():
+    """First Ctrl-C / SIGTERM: finish the step, commit, exit 130. A second one stops at once."""
+    import signal
+
+    requested = {"stop": False}
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+        err.print("stopping after this step (again to abort now) ...")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _precheck(cfg) -> None:

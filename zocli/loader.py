@@ -85,13 +85,21 @@ class EpochBatches(Sampler):
 def train_loader(dataset: TaskImages, rows: Sequence[int], batch_size: int, epochs: int, seed: tuple,
                  workers: int, start: int = 0, max_steps: int | None = None, pin: bool = False) -> DataLoader:
     sampler = EpochBatches(rows, batch_size, epochs, seed, start, max_steps)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
+                      generator=_private_generator(seed))
 
 
 def eval_loader(dataset: TaskImages, rows: Sequence[int], batch_size: int, workers: int,
                 pin: bool = False) -> DataLoader:
     keys = [(row, None) for row in rows]
-    return DataLoader(dataset, sampler=keys, batch_size=batch_size, num_workers=workers, pin_memory=pin)
+    return DataLoader(dataset, sampler=keys, batch_size=batch_size, num_workers=workers, pin_memory=pin,
+                      generator=_private_generator(("eval",)))
+
+
+def _private_generator(seed: tuple) -> torch.Generator:
+    # A DataLoader without a generator draws its worker base seed from the global RNG each time it
+    # is iterated, which would shift gating noise and dropout after a resume.
+    return torch.Generator().manual_seed(derive_seed(*seed, "loader"))
 
 
 def _train_crop(image: torch.Tensor, size: int, seed: int) -> torch.Tensor:

@@ -80,19 +80,29 @@ class RunDir:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def state_file(self) -> Path:
+        return self.checkpoints / "resume.safetensors"
+
     def task_file(self, task: int) -> Path:
         return self.checkpoints / f"task_{task:02d}.safetensors"
+
+    @staticmethod
+    def check_available(root: Path, overwrite: bool = False) -> None:
+        """Refuse a non-empty target unless `overwrite` (checked before any expensive work)."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"--out {root} exists and is not a directory")
+        if root.is_dir() and any(root.iterdir()) and not overwrite:
+            raise RunDirError(f"run directory {root} is not empty; pass --resume to continue it "
+                              f"or --overwrite to replace it")
 
     @classmethod
     def create(cls, root: Path, overwrite: bool = False) -> RunDir:
         """A fresh run directory; a non-empty one is refused unless `overwrite`."""
         root = Path(root)
-        if root.exists() and not root.is_dir():
-            raise RunDirError(f"--out {root} exists and is not a directory")
+        cls.check_available(root, overwrite)
         if root.is_dir() and any(root.iterdir()):
-            if not overwrite:
-                raise RunDirError(f"run directory {root} is not empty; pass --resume to continue it "
-                                  f"or --overwrite to replace it")
             shutil.rmtree(root)
         try:
             (root / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -117,6 +127,16 @@ class RunDir:
             handle.write(json.dumps(event) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def truncate_log(self, length: int) -> None:
+        """Drop metrics.jsonl events written after the last commit point (they will be redone)."""
+        if self.metrics.is_file() and self.metrics.stat().st_size > length:
+            with open(self.metrics, "r+b") as handle:
+                handle.truncate(length)
+                os.fsync(handle.fileno())
+
+    def log_size(self) -> int:
+        return self.metrics.stat().st_size if self.metrics.is_file() else 0
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if not self.metrics.is_file():

@@ -11,20 +11,20 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import __version__, checkpoint
-from .config import Resolved
-from .evaluate import evaluate_seen
+from .config import Config, Resolved
+from .evaluate import evaluate_seen, restore
 from .loader import select, train_loader
 from .metrics import Summary, summarize
 from .plan import describe
 from .rng import derive_seed
-from .rundir import RunDir, write_json
+from .rundir import RunDir, read_json, write_json
 from .session import Session, open_session
 from .step import Stepper
 
@@ -50,66 +50,151 @@ class RunResult:
                 "peak_memory": self.peak_memory}
 
 
-def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callable[[Event], None] | None = None
-        ) -> RunResult:
+class Interrupted(Exception):
+    """A stop was requested: the run committed its state at a step boundary and can be resumed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"stopped; resume with: zocli train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callable[[Event], None] | None = None,
+        should_stop: Callable[[], bool] | None = None) -> RunResult:
     """Train every task of the sequence into a fresh run directory `out`."""
-    cfg, emit = resolved.config, on_event or (lambda event: None)
-    start = time.perf_counter()
+    cfg = resolved.config
+    RunDir.check_available(out, overwrite)
     session = open_session(cfg)
-    torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
     run_dir = RunDir.create(out, overwrite)
     write_json(run_dir.config, {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
                                 "zo_plan": describe(Stepper(session.model, cfg).units, session.model.depth())})
+    torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
+    return _train_from(session, run_dir, 0, None, on_event, should_stop)
+
+
+def resume(run_root: Path, overrides: dict[str, Any] | None = None,
+           on_event: Callable[[Event], None] | None = None, should_stop: Callable[[], bool] | None = None
+           ) -> RunResult:
+    """Continue a run from its last commit point: the end of a task, or a mid-task state."""
+    run_dir = RunDir.open(run_root)
+    saved = read_json(run_dir.config)
+    cfg = replace(Config(**saved["config"]), **{k: v for k, v in (overrides or {}).items() if v is not None})
+    session = open_session(cfg)
+    manifest = checkpoint.read_manifest(run_dir)
+    done = manifest["tasks_done"]
+    torch.manual_seed(cfg.seed)
+    if done:
+        restore(run_dir, session, done - 1)
+        session.acc_matrix, session.task_sizes = manifest["acc_matrix"], manifest["task_sizes"]
+        _set_rng(checkpoint.decode_rng(manifest["rng"]))
+    state = checkpoint.load_state(run_dir)
+    state = state if state is not None and state.task == done else None  # older states are stale
+    run_dir.truncate_log(state.metrics_bytes if state else manifest.get("metrics_bytes", 0))
+    return _train_from(session, run_dir, done, state, on_event, should_stop, manifest.get("wall_seconds", 0.0))
+
+
+def _train_from(session: Session, run_dir: RunDir, first_task: int, state: checkpoint.TrainState | None,
+                on_event, should_stop, elapsed: float = 0.0) -> RunResult:
+    emit, stop = on_event or (lambda event: None), should_stop or (lambda: False)
+    began = time.perf_counter() - elapsed
     peaks = []
-    for task in range(session.split.n_tasks):
-        peaks.append(_run_task(session, run_dir, task, emit))
+    for task in range(first_task, session.split.n_tasks):
+        if session.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(session.device)
+        run_dir.log(train_task(session, run_dir, task, state, emit, stop))
+        state = None
+        _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began)
+        peaks.append(torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None)
     summary = summarize(session.acc_matrix, session.task_sizes)
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
-                       time.perf_counter() - start, _peak_memory(session.device, peaks))
+                       time.perf_counter() - began, _peak_memory(session.device, peaks))
     write_json(run_dir.summary, result.as_dict())
     return result
 
 
-def _run_task(session: Session, run_dir: RunDir, task: int, emit: Callable[[Event], None]) -> int | None:
-    if session.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(session.device)
-    train_stats = train_task(session, task, emit)
-    run_dir.log(train_stats)
+def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float) -> None:
     accuracy = evaluate_seen(session.model, session.test, session.test_labels, session.split, task,
                              session.tokens, session.device, session.cfg.eval_batch_size, session.workers)
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)
     event = {"event": "eval", "task": task, "acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),
-             "seen_accuracy": round(summarize(session.acc_matrix, session.task_sizes).seen_accuracy[-1], 2)}
+             "seen_accuracy": summarize(session.acc_matrix, session.task_sizes).seen_accuracy[-1]}
     run_dir.log(event)
+    results = {"acc_matrix": session.acc_matrix, "task_sizes": session.task_sizes,
+               "metrics_bytes": run_dir.log_size(), "wall_seconds": round(elapsed, 3),
+               "rng": checkpoint.encode_rng(_get_rng())}
+    checkpoint.save_task(run_dir, task, session.model.units.state_dict(), _checkpoint_meta(session, task), results)
+    checkpoint.drop_state(run_dir)  # the task commit supersedes any mid-task state
     emit(event)
-    checkpoint.save_task(run_dir, task, session.model.units.state_dict(), _checkpoint_meta(session, task))
-    return torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None
 
 
-def train_task(session: Session, task: int, emit: Callable[[Event], None]) -> Event:
-    """Train the adapters on one task's classes; returns the task's step statistics."""
+def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.TrainState | None,
+               emit: Callable[[Event], None], stop: Callable[[], bool]) -> Event:
+    """Train the adapters on one task's classes (from `state` if resuming); returns its statistics."""
     cfg, model = session.cfg, session.model
     first, last = session.split.bounds(task)
+    stepper, tokens = Stepper(model, cfg), session.tokens[first:last]
+    start, history = _restore_state(session, run_dir, stepper, state)
     rows = select(session.train_labels, session.train.position, first, last)
     loader = train_loader(session.train, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), session.workers,
-                          max_steps=cfg.max_steps, pin=session.device.type == "cuda")
-    total, stepper, tokens = len(loader), Stepper(model, cfg), session.tokens[first:last]
-    emit({"event": "task_start", "task": task, "steps": total, "classes": last - first})
+                          start=start, max_steps=cfg.max_steps, pin=session.device.type == "cuda")
+    total = start + len(loader)
+    emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": last - first})
     model.train()
-    history = []
-    for step, (images, labels) in enumerate(loader):
+    for step, (images, labels) in enumerate(loader, start=start):
         began = time.perf_counter()
         images = images.to(session.device, non_blocking=True)
         labels = (labels - first).to(session.device)  # local labels: CE over this task's classes only
         stats = stepper.step(images, labels, tokens, lr_at(step, total, cfg.warmup_steps, cfg.lr),
                              derive_seed(cfg.seed, "zo", task, step))
-        if not math.isfinite(stats.loss):
-            raise Diverged(f"task {task} step {step}: loss is {stats.loss}; lower --lr or --zo-lr-scale "
-                           f"(checkpoints up to task {task - 1} are intact)")
-        history.append((stats, time.perf_counter() - began))
+        _check_finite(stats.loss, model, task, step)
+        history.append({**asdict(stats), "seconds": time.perf_counter() - began})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
+        done = step + 1
+        if done < total and (stop() or (cfg.save_every and done % cfg.save_every == 0)):
+            _commit_state(run_dir, task, done, stepper, history)
+            if stop():
+                raise Interrupted(run_dir.root)
     return _task_stats(task, history, stepper)
+
+
+def _restore_state(session: Session, run_dir: RunDir, stepper: Stepper, state: checkpoint.TrainState | None
+                   ) -> tuple[int, list]:
+    if state is None:
+        return 0, []
+    checkpoint.check_keys(run_dir.state_file, state.adapters, session.model.units.state_dict())
+    session.model.units.load_state_dict(state.adapters)
+    if stepper.optimizer is not None and state.optimizer is not None:
+        stepper.optimizer.load_state_dict(state.optimizer)
+    _set_rng(state.rng)
+    return state.step, list(state.history)
+
+
+def _commit_state(run_dir: RunDir, task: int, step: int, stepper: Stepper, history: list) -> None:
+    optimizer = stepper.optimizer.state_dict() if stepper.optimizer is not None else None
+    checkpoint.save_state(run_dir, checkpoint.TrainState(task, step, stepper.model.units.state_dict(), optimizer,
+                                                         _get_rng(), history, run_dir.log_size()))
+
+
+def _get_rng() -> dict[str, torch.Tensor]:
+    """The global RNG states that gating noise and dropout draw from."""
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def _set_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["cpu"])
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0):
+        if f"cuda.{i}" in rng:
+            torch.cuda.set_rng_state(rng[f"cuda.{i}"], i)
+
+
+def _check_finite(loss: float, model, task: int, step: int) -> None:
+    bad = not math.isfinite(loss) or any(not torch.isfinite(p).all() for p in model.adapter_parameters())
+    if bad:
+        raise Diverged(f"task {task} step {step}: non-finite {'loss' if not math.isfinite(loss) else 'parameters'}; "
+                       f"the last committed checkpoint is intact — lower --lr or --zo-lr-scale in a new run")
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -119,18 +204,14 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))) * base
 
 
-def _task_stats(task: int, history: list, stepper: Stepper) -> Event:
-    stats = [s for s, _ in history]
-    mean = lambda values: round(sum(values) / len(values), 6) if values else None  # noqa: E731
+def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
+    mean = lambda key: round(sum(h[key] for h in history) / len(history), 6) if history else None  # noqa: E731
     return {
-        "event": "train", "task": task, "steps": len(stats),
-        "loss_first": stats[0].loss if stats else None, "loss_last": stats[-1].loss if stats else None,
-        "acceptance_rate": mean([s.moved for s in stats]) if stepper.blocks and stepper.settings.conservative
-        else None,
-        "zo_update_norm": mean([s.zo_update_norm for s in stats]),
-        "fo_grad_norm": mean([s.fo_grad_norm for s in stats]),
-        "forwards_per_step": mean([s.forwards for s in stats]),
-        "step_seconds": mean([t for _, t in history]),
+        "event": "train", "task": task, "steps": len(history),
+        "loss_first": history[0]["loss"] if history else None, "loss_last": history[-1]["loss"] if history else None,
+        "acceptance_rate": mean("moved") if stepper.blocks and stepper.settings.conservative else None,
+        "zo_update_norm": mean("zo_update_norm"), "fo_grad_norm": mean("fo_grad_norm"),
+        "forwards_per_step": mean("forwards"), "step_seconds": mean("seconds"),
     }
 
 

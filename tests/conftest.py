@@ -9,7 +9,7 @@ import torch  # noqa: E402
 
 from zocli.config import Config, resolve  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on 2 cores
 
 
 def tiny_config(**overrides) -> Config:

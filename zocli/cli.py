@@ -241,21 +241,29 @@ def _print_matrix(matrix: list[list[float]], summary: dict, title: str) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `zocli train`.")],
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
     task: Annotated[Optional[int], Opt("--task", help="Re-evaluate only the checkpoint after task K.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
+    as_csv: Annotated[bool, Opt("--csv", help="Comparison as CSV on stdout.")] = False,
+    plot: Annotated[Optional[Path], Opt("--plot", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
     data_root: Annotated[Optional[str], Opt(help="Prepared data root (default: the run's).")] = None,
     device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N (default: the run's).")] = None,
     workers: Annotated[Optional[int], Opt(help="Data-loading processes.")] = None,
     eval_batch_size: Annotated[Optional[int], Opt()] = None,
 ) -> None:
-    """Rebuild a run's model from its checkpoints and re-evaluate: accuracy matrix, Last, Avg, forgetting, BWT."""
+    """Re-evaluate one run from its checkpoints, or compare several runs side by side."""
     overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
                  "eval_batch_size": eval_batch_size}
+    paths = _expand(run_dirs)
     with _errors():
+        if len(paths) > 1 or as_csv:
+            _compare(paths, as_json, as_csv, plot)
+            return
         from .evaluate import reevaluate
 
-        result = reevaluate(run_dir, task, overrides)
+        result = reevaluate(paths[0], task, overrides)
+        if plot is not None:
+            _plot(lambda plots: plots.accuracy_heatmap(result.acc_matrix, plot, Path(result.run_dir).name))
     if as_json:
         print(json.dumps(result.as_dict()))
     elif result.summary is not None:
@@ -263,6 +271,73 @@ def eval_cmd(
     else:
         row = result.acc_matrix[0]
         out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
+
+
+def _expand(patterns: list[str]) -> list[Path]:
+    """Paths as given, and quoted globs expanded here (a shell usually expands them first)."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        paths.extend(Path(m) for m in matches)
+    if not paths:
+        err.print(f"error: no run directory matches {' '.join(patterns)}")
+        raise typer.Exit(2)
+    return paths
+
+
+def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path]) -> None:
+    from .compare import compare
+
+    comparison = compare(paths)
+    if plot is not None:
+        _plot(lambda plots: plots.accuracy_curves(comparison, plot))
+    if as_json:
+        print(json.dumps(comparison.as_dict()))
+    elif as_csv:
+        _print_csv(comparison)
+    else:
+        _print_comparison(comparison)
+
+
+def _comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
+    header = ["run", *comparison.differing, "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"]
+    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
+    rows = [[Path(r.run).name, *(str(r.config.get(k)) for k in comparison.differing), f"{r.tasks_done}/{r.tasks_total}",
+             fmt(r.last, ".2f"), fmt(r.avg, ".2f"), fmt(r.forgetting, ".2f"),
+             fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 1e9, ".2f"), fmt(r.wall_seconds, ".1f")]
+            for r in comparison.rows]
+    return header, rows
+
+
+def _print_comparison(comparison) -> None:
+    header, rows = _comparison_cells(comparison)
+    table = Table(title_justify="left")
+    for name in header:
+        table.add_column(name, justify="left" if name == "run" or name in comparison.differing else "right")
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
+def _print_csv(comparison) -> None:
+    import csv
+
+    header, rows = _comparison_cells(comparison)
+    writer = csv.writer(sys.stdout)
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+def _plot(draw) -> None:
+    from . import plots
+
+    try:
+        draw(plots)
+    except plots.PlotUnavailable as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command("prepare")
@@ -302,6 +377,53 @@ def prepare_cmd(
 
 # ----------------------------------------------------------------------------------------------
 # not yet available
+
+
+presets_app = typer.Typer(help="List the shipped presets, or show one resolved.", invoke_without_command=True)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.callback()
+def presets_list_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, Opt("--json", help="Print {name: description} as JSON on stdout.")] = False,
+) -> None:
+    """One line per shipped preset: what it reproduces."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from .config import list_presets
+
+    described = {name: _preset_description(path) for name, path in list_presets().items()}
+    if as_json:
+        print(json.dumps(described))
+        return
+    width = max(map(len, described), default=0)
+    for name, text in described.items():
+        out.print(f"{name:<{width}}  {text}", highlight=False)
+
+
+@presets_app.command("show")
+def presets_show_cmd(
+    names: Annotated[list[str], typer.Argument(help="Preset names or TOML files, applied in order.")],
+    as_json: Annotated[bool, Opt("--json", help="Print the resolved config and sources as JSON.")] = False,
+) -> None:
+    """The config these presets resolve to (defaults < presets in order), with each value's source."""
+    with _errors():
+        from .config import resolve
+
+        resolved = resolve(names, {})
+    if as_json:
+        print(json.dumps(resolved.as_dict()))
+        return
+    for key, value in resolved.config.as_dict().items():
+        source = resolved.sources[key]
+        out.print(f"{key} = {json.dumps(value)}" + ("" if source == "default" else f"   # {source}"), highlight=False)
+
+
+def _preset_description(path: Path) -> str:
+    """The first header line of a preset, without its '# name:' prefix."""
+    first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+    return first.lstrip("# ").split(": ", 1)[-1]
 
 
 @app.command("probe-variance")
@@ -352,13 +474,7 @@ def probe_variance_cmd(
             session, probe_task = open_session(cfg), task or 0
         report = probe_variance(session, probe_task, batches, draws, queries)
         if plot is not None:
-            from .plots import PlotUnavailable, variance_histogram
-
-            try:
-                variance_histogram(report, plot)
-            except PlotUnavailable as exc:
-                err.print(f"[red]error:[/red] {exc}")
-                raise typer.Exit(1) from None
+            _plot(lambda plots: plots.variance_histogram(report, plot))
     if as_json:
         print(json.dumps(report.as_dict()))
         return

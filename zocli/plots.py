@@ -45,3 +45,34 @@ def _save(fig, plt, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def accuracy_curves(comparison, path: Path) -> Path:
+    """Accuracy on all seen classes after each task, one line per run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for row in comparison.rows:
+        label = Path(row.run).name + (f" (Avg {row.avg:.2f})" if row.avg is not None else "")
+        ax.plot(range(len(row.seen_accuracy)), row.seen_accuracy, marker="o", label=label)
+    ax.set_xlabel("after task")
+    ax.set_ylabel("accuracy on seen classes (%)")
+    ax.legend(fontsize="small")
+    return _save(fig, plt, path)
+
+
+def accuracy_heatmap(matrix: list[list[float]], path: Path, title: str = "") -> Path:
+    """acc[t][j]: rows = after task t, columns = task j (blank above the diagonal)."""
+    plt = _pyplot()
+    n = len(matrix)
+    grid = [[row[j] if j < len(row) else float("nan") for j in range(n)] for row in matrix]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.5 * n))
+    image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
+    for t, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            ax.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
+                    fontsize=8)
+    ax.set_xlabel("task j")
+    ax.set_ylabel("after task t")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="accuracy (%)")
+    return _save(fig, plt, path)

@@ -1,0 +1,73 @@
+"""Side-by-side comparison of finished (or partly finished) runs, read from their run directories.
+
+Nothing is re-evaluated: each row comes from summary.json, or for an unfinished run from the accuracy
+rows committed in its manifest. Columns are the config keys whose values differ between the runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import read_manifest
+from .config import KEYS
+from .metrics import summarize
+from .rundir import RunDir, read_json
+
+# Keys that say where a run ran, not what it was: never a reason for a column.
+PLACE_KEYS = ("data_root", "device", "workers", "eval_batch_size", "save_every")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run: str
+    config: dict[str, Any]
+    tasks_done: int
+    tasks_total: int
+    last: float | None
+    avg: float | None
+    forgetting: float | None
+    bwt: float | None
+    seen_accuracy: list[float]  # A_t after each finished task: the accuracy curve
+    peak_memory_bytes: int | None
+    wall_seconds: float | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    differing: tuple[str, ...]  # config keys whose values differ between runs
+    rows: tuple[RunRow, ...]
+
+    def as_dict(self) -> dict:
+        return {"differing": list(self.differing),
+                "runs": [{**{k: getattr(r, k) for k in r.__dataclass_fields__ if k != "config"},
+                          "config": {k: r.config.get(k) for k in self.differing}} for r in self.rows]}
+
+
+def compare(roots: list[Path]) -> Comparison:
+    rows = [_row(RunDir.open(root)) for root in roots]
+    differing = tuple(k for k in KEYS if k not in PLACE_KEYS and len({repr(r.config.get(k)) for r in rows}) > 1)
+    return Comparison(differing, tuple(rows))
+
+
+def _row(run: RunDir) -> RunRow:
+    config = read_json(run.config)["config"]
+    total = _task_count(config)
+    if run.summary.is_file():
+        s = read_json(run.summary)
+        return RunRow(str(run.root), config, len(s["acc_matrix"]), total, s["last"], s["avg"], s["forgetting"],
+                      s["bwt"], s["seen_accuracy"], s["peak_memory"]["bytes"], s["wall_seconds"])
+    manifest = read_manifest(run)
+    if not manifest["tasks_done"]:
+        return RunRow(str(run.root), config, 0, total, None, None, None, None, [], None, None)
+    s = summarize(manifest["acc_matrix"], manifest["task_sizes"])
+    return RunRow(str(run.root), config, manifest["tasks_done"], total, s.last, s.avg, s.forgetting, s.bwt,
+                  list(s.seen_accuracy), None, manifest.get("wall_seconds"))
+
+
+def _task_count(config: dict) -> int:
+    from . import benchmarks
+
+    bench = benchmarks.get(config["benchmark"])
+    return benchmarks.split(bench, config["inc"], config["base"]).n_tasks

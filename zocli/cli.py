@@ -16,9 +16,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from . import __version__
+from . import __version__, render
 from .config import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
@@ -138,7 +137,7 @@ def train_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
-        _print_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}")
+        out.print(render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}"))
 
 
 RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
@@ -221,20 +220,6 @@ def _progress(enabled: bool):
         yield on_event
 
 
-def _print_matrix(matrix: list[list[float]], summary: dict, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    table.add_column("after task", justify="right")
-    for j in range(len(matrix)):
-        table.add_column(f"T{j}", justify="right")
-    table.add_column("seen", justify="right", style="bold")
-    for t, row in enumerate(matrix):
-        cells = [f"{a:.1f}" for a in row] + [""] * (len(matrix) - len(row))
-        table.add_row(str(t), *cells, f"{summary['seen_accuracy'][t]:.2f}")
-    out.print(table)
-    out.print(f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
-              f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}")
-
-
 # ----------------------------------------------------------------------------------------------
 # eval and prepare
 
@@ -267,7 +252,7 @@ def eval_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
     elif result.summary is not None:
-        _print_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}")
+        out.print(render.accuracy_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}"))
     else:
         row = result.acc_matrix[0]
         out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
@@ -298,33 +283,13 @@ def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path
     elif as_csv:
         _print_csv(comparison)
     else:
-        _print_comparison(comparison)
-
-
-def _comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
-    header = ["run", *comparison.differing, "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"]
-    fmt = lambda v, spec: "" if v is None else format(v, spec)  # noqa: E731
-    rows = [[Path(r.run).name, *(str(r.config.get(k)) for k in comparison.differing), f"{r.tasks_done}/{r.tasks_total}",
-             fmt(r.last, ".2f"), fmt(r.avg, ".2f"), fmt(r.forgetting, ".2f"),
-             fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 1e9, ".2f"), fmt(r.wall_seconds, ".1f")]
-            for r in comparison.rows]
-    return header, rows
-
-
-def _print_comparison(comparison) -> None:
-    header, rows = _comparison_cells(comparison)
-    table = Table(title_justify="left")
-    for name in header:
-        table.add_column(name, justify="left" if name == "run" or name in comparison.differing else "right")
-    for row in rows:
-        table.add_row(*row)
-    out.print(table)
+        out.print(render.comparison(comparison))
 
 
 def _print_csv(comparison) -> None:
     import csv
 
-    header, rows = _comparison_cells(comparison)
+    header, rows = render.comparison_cells(comparison)
     writer = csv.writer(sys.stdout)
     writer.writerow(header)
     writer.writerows(rows)
@@ -478,21 +443,7 @@ def probe_variance_cmd(
     if as_json:
         print(json.dumps(report.as_dict()))
         return
-    _print_variance(report, plot)
-
-
-def _print_variance(report, plot: Optional[Path]) -> None:
-    table = Table(title=f"{report.model} {report.adapter} · {report.benchmark} task {report.task} · "
-                        f"{report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}",
-                  title_justify="left")
-    for name in ("branch", "coords", "ε", "ZO var mean", "ZO median", "ZO q95", "FO var mean", "cos(ZO,FO)"):
-        table.add_column(name, justify="left" if name == "branch" else "right")
-    for b in report.branches:
-        table.add_row(b.branch, str(b.coordinates), f"{b.eps:g}", f"{b.zo.mean:.3e}", f"{b.zo.median:.3e}",
-                      f"{b.zo.quantiles['q95']:.3e}", f"{b.fo.mean:.3e}", f"{b.cosine_zo_fo:.4f}")
-    out.print(table)
-    ratio = report.ratio_vision_language
-    out.print(f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×")
+    out.print(render.variance(report))
     if plot is not None:
         out.print(f"plot: {plot}")
 
@@ -527,27 +478,7 @@ def memory_cmd(
     if as_json:
         print(json.dumps(report.as_dict()))
         return
-    _print_memory(report)
-
-
-def _print_memory(report) -> None:
-    from .memory import PAPER_GB
-
-    paper = PAPER_GB.get(report.adapter, {}) if report.model == "ViT-B-16" else {}
-    bound = " (meta: upper bound)" if report.upper_bound else ""
-    table = Table(title=f"GB · {report.model} {report.adapter} · {report.benchmark} · batch {report.batch_size} · "
-                        f"{report.prompts} prompts · {report.device}{bound}", title_justify="left")
-    for name in ("config", "peak", "vs FO", "weights", "adapters", "grads", "optim", "activ."):
-        table.add_column(name, justify="left" if name == "config" else "right")
-    if paper:
-        table.add_column("paper", justify="right")
-    gb = lambda n: f"{n / 1e9:.2f}"  # noqa: E731
-    for row in report.rows:
-        cells = [row.config, gb(row.peak_bytes), "" if row.reduction_vs_fo is None else f"-{row.reduction_vs_fo:.1f}%",
-                 gb(row.frozen_weights), gb(row.trainable), gb(row.gradients), gb(row.optimizer_state),
-                 gb(row.activations)]
-        table.add_row(*cells, *([f"{paper[row.config]:.2f}" if row.config in paper else ""] if paper else []))
-    out.print(table)
+    out.print(render.memory(report))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,9 +26,6 @@ from .step import Stepper
 
 PAPER_ROWS = ("fo", "dual", "vision", "language")
 DEFAULT_CONFIGS = PAPER_ROWS + ("dual-hop-odd", "dual-hop-even", "dual-prefix", "dual-suffix")
-# The study's table (GB, ViT-B/16, CIFAR-100 at batch 128), for side-by-side display.
-PAPER_GB = {"moe": {"fo": 19.96, "dual": 2.17, "vision": 6.93, "language": 12.39},
-            "lora": {"fo": 15.11, "dual": 1.73, "vision": 5.71, "language": 11.09}}
 BRANCH_PLANS = {"fo": ("fo", "fo"), "dual": ("zo", "zo"), "vision": ("zo", "fo"), "language": ("fo", "zo")}
 SCHEMES = ("hop-odd", "hop-even", "prefix", "suffix")
 

@@ -126,7 +126,7 @@ def measure(cfg: Config, configs: Sequence[str] = DEFAULT_CONFIGS, device: str =
     bench = benchmarks.get(cfg.benchmark)
     prompts = benchmarks.split(bench, cfg.inc, cfg.base).sizes[0]
     model = build_model(replace(cfg, pretrained="none"), device)
-    images, labels, tokens = _synthetic_batch(model, bench, cfg.batch_size, prompts, device)
+    images, labels, tokens = synthetic_batch(model, bench, cfg.batch_size, prompts, device)
     rows = []
     for name, plan in plans.items():
         rows.append(_measure_one(model, replace(cfg, **plan), name, images, labels, tokens, device))
@@ -169,7 +169,7 @@ def _cuda_peak(stepper: Stepper, images, labels, tokens, lr: float) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def _synthetic_batch(model: AdaptedCLIP, bench, batch: int, prompts: int, device: str):
+def synthetic_batch(model: AdaptedCLIP, bench, batch: int, prompts: int, device: str):
     """Images and labels of the benchmark's shape; real prompts of its first task (token count matters)."""
     size = model.image_size
     images = torch.zeros(batch, 3, size, size, device=device)

@@ -1,0 +1,84 @@
+"""zocli.backbone: weights never come from the network, model names and the QuickGELU alias."""
+
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from zocli.backbone import UnknownModel, WeightsUnavailable, build, open_clip_name
+
+
+@pytest.fixture
+def empty_hf_cache(tmp_path, monkeypatch):
+    """Point the Hugging Face cache at an empty folder, whatever this machine has cached."""
+    import huggingface_hub.constants as hf_constants
+
+    cache = tmp_path / "hf-cache"
+    cache.mkdir()
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_openai_without_cache_fails_fast_with_a_one_line_fix(empty_hf_cache):
+    import open_clip  # noqa: F401  (import cost is not what this measures: waiting on a network is)
+    from huggingface_hub import try_to_load_from_cache  # noqa: F401
+
+    began = time.perf_counter()
+    with pytest.raises(WeightsUnavailable) as info:
+        build("ViT-B-16", "openai", "meta")
+    assert time.perf_counter() - began < 5.0
+    message = str(info.value)
+    assert "\n" not in message
+    assert "zocli prepare --weights" in message
+    assert "--pretrained PATH" in message
+
+
+def test_a_weights_file_path_loads_exactly(tiny_model, tmp_path):
+    state = {k: v.contiguous() for k, v in tiny_model.clip.state_dict().items()}
+    path = tmp_path / "tiny.safetensors"
+    save_file(state, str(path))
+    loaded = build("zocli-tiny", str(path), "cpu").clip.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    # and a random-init build is something else: the file really was read
+    other = build("zocli-tiny", "none", "cpu").clip.state_dict()
+    assert not all(torch.equal(other[k], state[k]) for k in state)
+
+
+def test_frozen_and_in_eval_mode(tmp_path):
+    backbone = build("zocli-tiny", "none", "cpu")
+    assert not any(p.requires_grad for p in backbone.clip.parameters())
+    assert not backbone.clip.training
+    assert backbone.image_size == 32
+    assert backbone.tokenizer(["a bad photo of a one."]).shape == (1, 20)
+
+
+@pytest.mark.parametrize("name", ["missing.safetensors", "missing.bin", "missing.pt"])
+def test_a_missing_weights_file_is_weights_unavailable(tmp_path, name):
+    with pytest.raises(WeightsUnavailable) as info:
+        build("zocli-tiny", str(tmp_path / name), "cpu")
+    assert str(tmp_path / name) in str(info.value)
+
+
+def test_unknown_model_suggests_a_close_name():
+    with pytest.raises(UnknownModel) as info:
+        build("ViT-B-61", "none", "meta")
+    assert "did you mean 'ViT-B-16'" in str(info.value)
+    with pytest.raises(UnknownModel) as info:
+        build("zocli-tiyn", "none", "cpu")
+    assert "did you mean 'zocli-tiny'" in str(info.value)
+
+
+def test_vit_b16_means_the_quickgelu_variant():
+    from open_clip.transformer import QuickGELU
+
+    assert open_clip_name("ViT-B-16") == "ViT-B-16-quickgelu"
+    backbone = build("ViT-B-16", "none", "meta")
+    assert backbone.name == "ViT-B-16-quickgelu"
+    for tower in (backbone.clip.visual.transformer, backbone.clip.transformer):
+        assert len(tower.resblocks) == 12
+        assert all(isinstance(block.mlp.gelu, QuickGELU) for block in tower.resblocks)
+    assert backbone.image_size == 224
+    assert all(p.is_meta for p in backbone.clip.parameters())

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .config import did_you_mean
+
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with.
 MODEL_ALIASES = {"ViT-B-16": "ViT-B-16-quickgelu", "ViT-B-32": "ViT-B-32-quickgelu", "ViT-L-14": "ViT-L-14-quickgelu"}
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -121,8 +123,6 @@ def _cached_tag_file(name: str, tag: str) -> str | None:
 def _check_known(name: str) -> None:
     open_clip = _open_clip()
     if name not in open_clip.list_models():
-        from .config import did_you_mean
-
         raise UnknownModel(f"unknown model {name!r}{did_you_mean(name, open_clip.list_models())}")
 
 

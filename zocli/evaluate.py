@@ -84,8 +84,15 @@ def open_run(run_root: Path, task: int | None = None, overrides: dict | None = N
 
 
 def restore(run: RunDir, session: Session, task: int) -> None:
-    """Load the adapters committed after `task` into the session's model (strict)."""
-    tensors, _ = load_task(run, task, session.model.units.state_dict())
+    """Load the adapters committed after `task` into the session's model (strict: hash, keys, shapes,
+    and the model/adapter config the checkpoint was trained with)."""
+    tensors, meta = load_task(run, task, session.model.units.state_dict())
+    saved = meta.get("config", {}) if isinstance(meta.get("config"), dict) else {}
+    wanted = session.cfg.as_dict()
+    differ = [k for k in MODEL_KEYS if saved.get(k) != wanted[k]]
+    if differ:
+        raise CheckpointError(f"{run.task_file(task)}: trained with a different {', '.join(differ)} "
+                              f"({', '.join(f'{k}={saved.get(k)!r}' for k in differ)}) than this run uses")
     session.model.units.load_state_dict(tensors)
 
 

@@ -22,7 +22,7 @@ from .config import Config, Resolved
 from .evaluate import evaluate_seen, restore
 from .loader import select, train_loader
 from .metrics import Summary, summarize
-from .plan import describe
+from .plan import describe, zo_units
 from .rng import derive_seed
 from .rundir import RunDir, read_json, write_json
 from .session import Session, open_session
@@ -66,7 +66,7 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     session = open_session(cfg)
     run_dir = RunDir.create(out, overwrite)
     write_json(run_dir.config, {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                                "zo_plan": describe(Stepper(session.model, cfg).units, session.model.depth())})
+                                "zo_plan": _plan(session)})
     torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
     return _train_from(session, run_dir, 0, None, on_event, should_stop)
 
@@ -218,8 +218,13 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
 def _checkpoint_meta(session: Session, task: int) -> dict[str, Any]:
     cfg = session.cfg
     return {"config": cfg.as_dict(), "classes_seen": session.split.seen(task), "class_order": list(session.bench.order),
-            "zo_plan": describe(Stepper(session.model, cfg).units, session.model.depth()),
+            "zo_plan": _plan(session),
             "backbone": session.model.clip.__class__.__name__}
+
+
+def _plan(session: Session) -> dict[str, list[int]]:
+    depth = session.model.depth()
+    return describe(zo_units(session.cfg, depth), depth)
 
 
 def _peak_memory(device: torch.device, peaks: list[int | None]) -> dict[str, Any]:

@@ -1,0 +1,212 @@
+"""zocli.cli through Typer's CliRunner: help, a real demo run, eval reproducing it, and the error contract.
+
+Exit codes (DESIGN §9, cli.py): 0 ok; 1 runtime error (missing data, weights, corrupt checkpoint, an
+occupied --out); 2 usage error (bad flag value, impossible split, unknown name); 130 interrupted.
+"""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from zocli.cli import app
+
+COMMANDS = ["train", "eval", "prepare", "probe-variance", "memory"]
+# The demo needs the whole 5-epoch schedule per task (9 batches of 32 per epoch, so 45 steps) before task 0
+# is reliably above 75 %: with 15, 30 or 40 steps task 0 stays at chance (50 %) for seed 0, and 45 steps gave
+# 86-99 % for seeds 0-5 when this was written.
+DEMO_STEPS = ["--max-steps", "45", "--epochs", "5"]
+
+
+def invoke(args, **kwargs):
+    return CliRunner().invoke(app, [str(a) for a in args], prog_name="zocli", **kwargs)
+
+
+def _no_traceback(result) -> None:
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+
+
+def _flat(text: str) -> str:
+    """The text with its line wrapping undone (see the one-line tests below)."""
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, digits_root):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = invoke(["train", "--preset", "demo", "--data-root", digits_root, "--out", out, *DEMO_STEPS, "--json"])
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+# ---------------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = invoke([command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage: zocli " + command in _flat(result.stdout)
+
+
+def test_top_level_help_lists_the_commands():
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    assert all(command in result.stdout for command in COMMANDS)
+
+
+# ---------------------------------------------------------------------------------------------- train and eval
+
+
+def test_train_json_is_one_document_with_a_lower_triangular_matrix(trained):
+    out, result = trained
+    summary = json.loads(result.stdout)  # the whole of stdout is exactly one JSON document
+    matrix = summary["acc_matrix"]
+    assert len(matrix) == 5
+    assert [len(row) for row in matrix] == [1, 2, 3, 4, 5]
+    assert all(0.0 <= a <= 100.0 for row in matrix for a in row)
+    assert matrix[0][0] > 75.0  # chance is 50 % on two classes
+    assert len(summary["task_sizes"]) == 5 and sum(summary["task_sizes"]) == 360
+    assert summary["last"] == summary["seen_accuracy"][-1]
+    assert summary["run_dir"] == str(out)
+    for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/manifest.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["acc_matrix"] == matrix
+
+
+def test_train_records_config_sources(trained):
+    out, _ = trained
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["sources"]["benchmark"] == "preset:demo"
+    assert saved["sources"]["max_steps"] == "flag" and saved["config"]["max_steps"] == 45
+    assert saved["sources"]["adapter"] == "default"
+
+
+def test_eval_reproduces_train_exactly(trained, digits_root):
+    out, train_result = trained
+    trained_summary = json.loads(train_result.stdout)
+    result = invoke(["eval", out, "--json", "--data-root", digits_root])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["acc_matrix"] == trained_summary["acc_matrix"]
+    assert evaluated["task_sizes"] == trained_summary["task_sizes"]
+    for key in ("last", "avg", "forgetting", "bwt"):
+        assert evaluated[key] == trained_summary[key], key
+
+
+def test_eval_one_task_gives_that_row(trained, digits_root):
+    out, train_result = trained
+    row = json.loads(train_result.stdout)["acc_matrix"][2]
+    result = invoke(["eval", out, "--task", 2, "--json", "--data-root", digits_root])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads(result.stdout)
+    assert evaluated["tasks"] == [2]
+    assert evaluated["acc_matrix"] == [row]
+
+
+def test_eval_task_out_of_range_is_a_usage_error(trained, digits_root):
+    out, _ = trained
+    result = invoke(["eval", out, "--task", 7, "--data-root", digits_root])
+    assert result.exit_code == 2
+    _no_traceback(result)
+    assert "--task 7" in _flat(result.stderr)
+
+
+def test_eval_of_something_that_is_not_a_run(tmp_path):
+    result = invoke(["eval", tmp_path])
+    assert result.exit_code == 1
+    _no_traceback(result)
+    assert "not a zocli run directory" in _flat(result.stderr)
+
+
+def test_second_train_into_the_same_out_is_refused(trained, digits_root):
+    # An occupied --out is reported as a runtime error (RunDirError → exit 1), before any work starts.
+    out, _ = trained
+    before = (out / "summary.json").read_bytes()
+    result = invoke(["train", "--preset", "demo", "--data-root", digits_root, "--out", out, "--max-steps", 1])
+    assert result.exit_code == 1
+    _no_traceback(result)
+    assert "--overwrite" in _flat(result.stderr)
+    assert (out / "summary.json").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+USAGE_ERRORS = {
+    "inc-does-not-divide": (["--preset", "demo", "--inc", "3"], "--inc 3"),
+    "unknown-benchmark": (["--preset", "demo", "--benchmark", "cifar10"], "did you mean 'cifar100'"),
+    "layers-without-zo": (["--preset", "demo", "--layers", "hop-odd"], "--vision zo"),
+    "eps-zero": (["--preset", "demo", "--eps", "0"], "--eps"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_usage_errors_exit_2_without_traceback(case, tmp_path, digits_root):
+    args, expected = USAGE_ERRORS[case]
+    result = invoke(["train", *args, "--data-root", digits_root, "--out", tmp_path / "run"])
+    assert result.exit_code == 2, result.output
+    _no_traceback(result)
+    assert result.stdout == ""
+    assert result.stderr.startswith("error:")
+    assert expected in _flat(result.stderr)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+_WRAPS = pytest.mark.xfail(
+    reason="BUG: cli.err = rich Console(stderr=True) without soft_wrap, so when stderr is not a terminal "
+           "(scripts, CI logs) error messages longer than 80 columns are hard-wrapped onto several lines, "
+           "against DESIGN §9's one line", strict=True)
+
+
+@pytest.mark.parametrize("case", [
+    "eps-zero",  # short enough not to wrap
+    pytest.param("inc-does-not-divide", marks=_WRAPS),
+    pytest.param("unknown-benchmark", marks=_WRAPS),
+    pytest.param("layers-without-zo", marks=_WRAPS),
+])
+def test_usage_errors_are_one_line(case, tmp_path, digits_root, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")  # what a non-terminal stderr gets by default
+    args, _ = USAGE_ERRORS[case]
+    result = invoke(["train", *args, "--data-root", digits_root, "--out", tmp_path / "run"])
+    assert result.exit_code == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_missing_data_names_the_prepare_command(tmp_path):
+    empty = tmp_path / "empty-root"
+    empty.mkdir()
+    result = invoke(["train", "--benchmark", "cifar100", "--data-root", empty, "--out", tmp_path / "run"])
+    assert result.exit_code == 1, result.output
+    _no_traceback(result)
+    assert "zocli prepare --benchmark cifar100" in _flat(result.stderr)
+    assert result.stdout == ""
+
+
+@_WRAPS
+def test_missing_data_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    result = invoke(["train", "--benchmark", "cifar100", "--data-root", tmp_path, "--out", tmp_path / "run"])
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def test_prepare_digits_json(tmp_path):
+    from zocli import benchmarks, data
+
+    result = invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report == {"data": str(tmp_path / "digits")}
+    dd = data.load(benchmarks.get("digits"), tmp_path)
+    assert len(dd["train"]) + len(dd["test"]) == 1797
+
+
+def test_prepare_with_nothing_to_do_is_a_usage_error():
+    result = invoke(["prepare"])
+    assert result.exit_code == 2
+    _no_traceback(result)

@@ -1,6 +1,8 @@
 """zocli.backbone: weights never come from the network, model names and the QuickGELU alias."""
 
+import json
 import time
+from importlib import resources
 
 import pytest
 import torch
@@ -82,3 +84,26 @@ def test_vit_b16_means_the_quickgelu_variant():
         assert all(isinstance(block.mlp.gelu, QuickGELU) for block in tower.resblocks)
     assert backbone.image_size == 224
     assert all(p.is_meta for p in backbone.clip.parameters())
+
+
+def _local_dir(tmp_path, model) -> str:
+    """An open_clip model directory (`local-dir:` schema): open_clip_config.json + weights."""
+    config = json.loads((resources.files("zocli") / "model_configs" / "zocli-tiny.json").read_text())
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
+    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()},
+              str(tmp_path / "open_clip_model.safetensors"))
+    return f"local-dir:{tmp_path}"
+
+
+def test_a_local_dir_loads_exactly(tiny_model, tmp_path):
+    backbone = build("zocli-tiny", _local_dir(tmp_path, tiny_model), "cpu")
+    state, loaded = tiny_model.clip.state_dict(), backbone.clip.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+    assert not any(p.requires_grad for p in backbone.clip.parameters())
+
+
+def test_a_missing_local_dir_is_weights_unavailable(tmp_path):
+    with pytest.raises(WeightsUnavailable) as info:
+        build("zocli-tiny", f"local-dir:{tmp_path / 'missing'}", "cpu")
+    assert str(tmp_path / "missing") in str(info.value)

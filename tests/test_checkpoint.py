@@ -205,9 +205,6 @@ def test_unparseable_manifest_names_the_manifest(saved):
     assert str(run.manifest) in str(info.value)
 
 
-@pytest.mark.xfail(reason="BUG: a manifest entry without 'sha256' (valid JSON, wrong structure) raises a bare "
-                          "KeyError from checkpoint.load_task instead of CheckpointError, so `zocli eval` "
-                          "would print a traceback", strict=True)
 def test_malformed_manifest_entry_is_a_checkpoint_error(saved):
     run, path, model, _ = saved
     run.manifest.write_text(json.dumps({"tasks_done": 1, "files": {"0": {"file": "task_00.safetensors"}}}))
@@ -221,15 +218,25 @@ def test_malformed_manifest_entry_is_a_checkpoint_error(saved):
 
 def test_rundir_create_refuses_a_non_empty_directory(tmp_path):
     root = tmp_path / "run"
-    root.mkdir()
+    run = RunDir.create(root)
+    run.config.write_text("{}")  # a previous run
     (root / "something").write_text("precious")
     with pytest.raises(RunDirError) as info:
         RunDir.create(root)
     assert "--overwrite" in str(info.value)
     assert (root / "something").read_text() == "precious"  # refused means untouched
-    run = RunDir.create(root, overwrite=True)
-    assert not (root / "something").exists()
+    run = RunDir.create(root, overwrite=True)  # --overwrite replaces a previous run
+    assert not (root / "something").exists() and not run.config.exists()
     assert run.checkpoints.is_dir()
+
+
+def test_overwrite_refuses_to_delete_a_directory_that_is_not_a_run(tmp_path):
+    root = tmp_path / "my-project"
+    root.mkdir()
+    (root / "source.py").write_text("precious")
+    with pytest.raises(RunDirError):
+        RunDir.create(root, overwrite=True)
+    assert (root / "source.py").read_text() == "precious"
 
 
 def test_rundir_create_accepts_new_or_empty_directories(tmp_path):

@@ -53,6 +53,10 @@ def build(model: str, pretrained: str = "none", device: str | torch.device = "cp
     open_clip = _open_clip()
     name = open_clip_name(model)
     if pretrained.startswith("local-dir:"):
+        folder = Path(pretrained.removeprefix("local-dir:")).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsUnavailable(f"--pretrained {pretrained}: {folder} is not an open_clip model directory "
+                                     f"(no open_clip_config.json)")
         name, weights = pretrained, None
     else:
         _check_known(name)
@@ -72,7 +76,7 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
     if pretrained == "none":
         return None
     path = Path(pretrained).expanduser()
-    if path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.exists():
+    if "/" in pretrained or path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.exists():
         if not path.is_file():
             raise WeightsUnavailable(f"weights file {path} does not exist")
         return str(path)

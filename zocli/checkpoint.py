@@ -49,17 +49,21 @@ def read_manifest(run: RunDir) -> dict[str, Any]:
     if not run.manifest.is_file():
         return {"zocli_format": FORMAT_VERSION, "tasks_done": 0, "files": {}}
     manifest = read_json(run.manifest)
-    if not isinstance(manifest, dict) or "files" not in manifest:
-        raise CheckpointError(f"{run.manifest}: not a zocli manifest")
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+            and isinstance(manifest.get("tasks_done"), int)):
+        raise CheckpointError(f"{run.manifest}: not a zocli manifest (needs files and tasks_done)")
     return manifest
 
 
 def load_task(run: RunDir, task: int, expected: dict[str, torch.Tensor] | None = None
               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, metadata) of a committed task, verified against the manifest hash and `expected` keys/shapes."""
-    entry = read_manifest(run)["files"].get(str(task))
+    files = read_manifest(run)["files"]
+    entry = files.get(str(task)) if isinstance(files, dict) else None
     if entry is None:
         raise CheckpointError(f"{run.checkpoints}: task {task} has no committed checkpoint")
+    if not isinstance(entry, dict) or not {"file", "sha256"} <= set(entry):
+        raise CheckpointError(f"{run.manifest}: malformed entry for task {task} (needs file and sha256)")
     path = run.checkpoints / entry["file"]
     try:
         data = path.read_bytes()

@@ -23,7 +23,7 @@ from .config import ConfigError
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Zeroth-order / first-order continual learning of CLIP adapters.")
 out = Console(soft_wrap=True)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs
 STATE = {"debug": False}
 
 USAGE_ERRORS = (ConfigError,)
@@ -34,9 +34,11 @@ def _runtime_errors() -> tuple[type[BaseException], ...]:
     from .checkpoint import CheckpointError
     from .data import DataMissing, SourceError
     from .rundir import RunDirError
+    from .step import DeviceUnavailable
     from .train import Diverged
 
-    return WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel
+    return (WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel,
+            DeviceUnavailable)
 
 
 @contextmanager
@@ -126,7 +128,7 @@ def train_cmd(
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     with _errors(), _graceful_stop() as should_stop:
-        from .train import Interrupted
+        from .rundir import Interrupted
 
         try:
             with _progress(enabled=not as_json) as on_event:
@@ -144,21 +146,23 @@ RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_ev
 
 
 def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop):
-    from .train import resume as resume_run
-    from .train import run
-
+    # Every usage check runs before torch, open_clip and datasets are imported.
     if resume is not None:
         changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
         if changed or preset or out_dir or overwrite:
             what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
             raise ConfigError(f"--resume continues a run with its saved config; {what} cannot change "
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
+        from .train import resume as resume_run
+
         return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
     from .config import resolve
 
     resolved = resolve(preset or [], flags)
     _precheck(resolved.config)
     target = out_dir or Path("runs") / _default_name(resolved.config)
+    from .train import run
+
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -110,6 +111,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("--layers-n only applies to --layers prefix or suffix")
     if cfg.mozo and not cfg.zo_branches:
         raise ConfigError("--mozo changes the ZO update, but no branch is ZO: add --vision zo and/or --language zo")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if "{}" not in cfg.prompt:
         raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
 

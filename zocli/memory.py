@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten
 
 from . import benchmarks
 from .attach import AdaptedCLIP, build_model
-from .config import Config, ConfigError, did_you_mean
+from .config import MOZO_EPS_VISION, Config, ConfigError, did_you_mean
 from .step import Stepper
 
 PAPER_ROWS = ("fo", "dual", "vision", "language")
@@ -112,12 +112,17 @@ def plan_for(name: str) -> dict[str, str]:
     """'vision-hop-odd' → {vision: zo, language: fo, layers: hop-odd}; '+mozo' suffix allowed."""
     base, _, extra = name.partition("+")
     branch, _, scheme = base.partition("-")
-    if branch not in BRANCH_PLANS or (scheme and (scheme not in SCHEMES or branch == "fo")) or extra not in ("", "mozo"):
+    no_zo = branch == "fo"
+    if branch not in BRANCH_PLANS or (scheme and (scheme not in SCHEMES or no_zo)) or extra not in ("", "mozo") \
+            or (extra and no_zo):
         options = [*BRANCH_PLANS, *(f"{b}-{s}" for b in ("dual", "vision", "language") for s in SCHEMES)]
         raise ConfigError(f"unknown memory config {name!r}{did_you_mean(name, options)}; "
                           f"use fo, dual, vision, language, optionally -hop-odd/-hop-even/-prefix/-suffix")
     vision, language = BRANCH_PLANS[branch]
-    return {"vision": vision, "language": language, "layers": scheme or "all", "mozo": extra == "mozo"}
+    plan = {"vision": vision, "language": language, "layers": scheme or "all", "mozo": extra == "mozo"}
+    if extra == "mozo":  # what --mozo implies (config.resolve fills these for train)
+        plan.update(normalize="sign", eps_vision=MOZO_EPS_VISION)
+    return plan
 
 
 def measure(cfg: Config, configs: Sequence[str] = DEFAULT_CONFIGS, device: str = "meta") -> MemoryReport:

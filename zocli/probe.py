@@ -84,7 +84,23 @@ class _Welford:
 
 
 def probe_variance(session: Session, task: int = 0, batches: int = 4, draws: int = 8, queries: int = 1) -> VarianceReport:
-    """Measure ZO and FO gradient variance on `batches` batches of `task` (model state as given)."""
+    """Measure ZO and FO gradient variance on `batches` batches of `task` (model state as given).
+
+    Finite-difference round trips are exact only up to fp32 rounding, so the adapters and their
+    requires_grad flags are put back exactly afterwards: probing leaves the model as it found it.
+    """
+    model = session.model
+    saved = {k: v.clone() for k, v in model.units.state_dict().items()}
+    flags = [p.requires_grad for p in model.adapter_parameters()]
+    try:
+        return _probe(session, task, batches, draws, queries)
+    finally:
+        model.units.load_state_dict(saved)
+        for p, flag in zip(model.adapter_parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _probe(session: Session, task: int, batches: int, draws: int, queries: int) -> VarianceReport:
     cfg = replace(session.cfg, vision="zo", language="zo", layers="all", queries=queries, granularity="branch")
     model = session.model
     units = frozenset(u for u, _ in model.unit_items())

@@ -21,6 +21,14 @@ class RunDirError(RuntimeError):
     """The run directory cannot be used as asked (exists, not writable, not a run)."""
 
 
+class Interrupted(Exception):
+    """A stop was requested: the run committed its state at a step boundary and can be resumed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"stopped; resume with: zocli train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory, fsync, rename, fsync the directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -93,9 +101,14 @@ class RunDir:
         root = Path(root)
         if root.exists() and not root.is_dir():
             raise RunDirError(f"--out {root} exists and is not a directory")
-        if root.is_dir() and any(root.iterdir()) and not overwrite:
-            raise RunDirError(f"run directory {root} is not empty; pass --resume to continue it "
-                              f"or --overwrite to replace it")
+        if root.is_dir() and any(root.iterdir()):
+            if not overwrite:
+                raise RunDirError(f"run directory {root} is not empty; pass --resume to continue it "
+                                  f"or --overwrite to replace it")
+            if not (root / "config.json").is_file():
+                # --overwrite deletes the directory: only ever a zocli run, never arbitrary files.
+                raise RunDirError(f"--overwrite only replaces a zocli run directory, and {root} is not one "
+                                  f"(no config.json); choose another --out")
 
     @classmethod
     def create(cls, root: Path, overwrite: bool = False) -> RunDir:

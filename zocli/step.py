@@ -17,12 +17,19 @@ from .zo import Block, StepStats, ZOSettings, hybrid_step
 DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
 
 
+class DeviceUnavailable(RuntimeError):
+    """The requested device does not exist on this machine."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name} was asked for, but CUDA is not available on this machine")
-    return torch.device(name)
+        raise DeviceUnavailable(f"--device {name} was asked for, but CUDA is not available on this machine")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise DeviceUnavailable(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def settings(cfg: Config) -> ZOSettings:

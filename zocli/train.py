@@ -24,7 +24,7 @@ from .loader import select, train_loader
 from .metrics import Summary, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
-from .rundir import RunDir, read_json, write_json
+from .rundir import Interrupted, RunDir, read_json, write_json
 from .session import Session, open_session
 from .step import Stepper
 
@@ -48,14 +48,6 @@ class RunResult:
         return {"run_dir": str(self.run_dir), "acc_matrix": self.acc_matrix, "task_sizes": self.task_sizes,
                 **self.summary.as_dict(), "wall_seconds": round(self.wall_seconds, 2),
                 "peak_memory": self.peak_memory}
-
-
-class Interrupted(Exception):
-    """A stop was requested: the run committed its state at a step boundary and can be resumed."""
-
-    def __init__(self, run_dir: Path):
-        super().__init__(f"stopped; resume with: zocli train --resume {run_dir}")
-        self.run_dir = run_dir
 
 
 def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callable[[Event], None] | None = None,

@@ -34,6 +34,15 @@ class AdaptedCLIP(nn.Module):
         device = next(self.clip.parameters()).device
         self.units.to(device)
 
+    def train(self, mode: bool = True) -> AdaptedCLIP:
+        """Switch only the adapters: dropout and gating noise live there. The frozen CLIP stays in
+        eval mode (its configs have no active dropout), which also keeps attention on its fast path
+        and makes the many mode switches of a ZO step cheap."""
+        self.training = mode
+        self.units.train(mode)
+        self.clip.eval()
+        return self
+
     # -- structure -----------------------------------------------------------------------------
 
     def blocks(self, branch: str) -> nn.ModuleList:

@@ -1,0 +1,133 @@
+"""`zocli eval` (one run re-evaluated, or several compared) and `zocli presets`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import render
+from ._shared import Opt, app, err, errors, out, plot_to
+
+@app.command("eval")
+def eval_cmd(
+    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
+    task: Annotated[Optional[int], Opt("--task", help="Re-evaluate only the checkpoint after task K.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
+    as_csv: Annotated[bool, Opt("--csv", help="Comparison as CSV on stdout.")] = False,
+    plot: Annotated[Optional[Path], Opt("--plot", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
+    data_root: Annotated[Optional[str], Opt(help="Prepared data root (default: the run's).")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N (default: the run's).")] = None,
+    workers: Annotated[Optional[int], Opt(help="Data-loading processes.")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt()] = None,
+) -> None:
+    """Re-evaluate one run from its checkpoints, or compare several runs side by side."""
+    overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
+                 "eval_batch_size": eval_batch_size}
+    paths = _expand(run_dirs)
+    with errors():
+        if len(paths) > 1 or as_csv:
+            _compare(paths, as_json, as_csv, plot)
+            return
+        from ..evaluate import reevaluate
+
+        result = reevaluate(paths[0], task, overrides)
+        if plot is not None:
+            plot_to(lambda plots: plots.accuracy_heatmap(result.acc_matrix, plot, Path(result.run_dir).name))
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    elif result.summary is not None:
+        out.print(render.accuracy_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}"))
+    else:
+        row = result.acc_matrix[0]
+        out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
+
+
+def _expand(patterns: list[str]) -> list[Path]:
+    """Paths as given, and quoted globs expanded here (a shell usually expands them first)."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
+        paths.extend(Path(m) for m in matches)
+    if not paths:
+        err.print(f"error: no run directory matches {' '.join(patterns)}")
+        raise typer.Exit(2)
+    return paths
+
+
+def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path]) -> None:
+    from ..compare import compare
+
+    comparison = compare(paths)
+    if plot is not None:
+        plot_to(lambda plots: plots.accuracy_curves(comparison, plot))
+    if as_json:
+        print(json.dumps(comparison.as_dict()))
+    elif as_csv:
+        _print_csv(comparison)
+    else:
+        out.print(render.comparison(comparison))
+
+
+def _print_csv(comparison) -> None:
+    import csv
+
+    header, rows = render.comparison_cells(comparison)
+    writer = csv.writer(sys.stdout)
+    writer.writerow(header)
+    writer.writerows(rows)
+
+
+presets_app = typer.Typer(help="List the shipped presets, or show one resolved.", invoke_without_command=True)
+app.add_typer(presets_app, name="presets")
+
+
+@presets_app.callback()
+def presets_list_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, Opt("--json", help="Print {name: description} as JSON on stdout.")] = False,
+) -> None:
+    """One line per shipped preset: what it reproduces."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from ..config import list_presets
+
+    described = {name: _preset_description(path) for name, path in list_presets().items()}
+    if as_json:
+        print(json.dumps(described))
+        return
+    width = max(map(len, described), default=0)
+    for name, text in described.items():
+        out.print(f"{name:<{width}}  {text}", highlight=False)
+
+
+@presets_app.command("show")
+def presets_show_cmd(
+    names: Annotated[list[str], typer.Argument(help="Preset names or TOML files, applied in order.")],
+    as_json: Annotated[bool, Opt("--json", help="Print the resolved config and sources as JSON.")] = False,
+) -> None:
+    """The config these presets resolve to (defaults < presets in order), with each value's source."""
+    with errors():
+        from ..config import resolve
+
+        resolved = resolve(names, {})
+    if as_json:
+        print(json.dumps(resolved.as_dict()))
+        return
+    for key, value in resolved.config.as_dict().items():
+        source = resolved.sources[key]
+        out.print(f"{key} = {json.dumps(value)}" + ("" if source == "default" else f"   # {source}"), highlight=False)
+
+
+def _preset_description(path: Path) -> str:
+    """The first header line of a preset, without its '# name:' prefix."""
+    first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
+    return first.lstrip("# ").split(": ", 1)[-1]
+
+

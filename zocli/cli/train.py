@@ -1,0 +1,197 @@
+"""`zocli train` (with resume and graceful stop) and `zocli prepare`."""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from .. import render
+from ..config import ConfigError
+from ._shared import Opt, app, err, errors, out, precheck
+
+@app.command("train")
+def train_cmd(
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Preset name or TOML file; repeatable, applied in order.")] = None,
+    out_dir: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (default runs/<benchmark>-<plan>-s<seed>).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a non-empty run directory.")] = False,
+    resume: Annotated[Optional[Path], Opt("--resume", help="Continue RUN_DIR from its last commit point.")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.", rich_help_panel="Data")] = None,
+    inc: Annotated[Optional[int], Opt(help="Classes per task.", rich_help_panel="Data")] = None,
+    base: Annotated[Optional[int], Opt(help="Classes in the first task (default: --inc).", rich_help_panel="Data")] = None,
+    prompt: Annotated[Optional[str], Opt(help="Prompt template with {} for the class name.", rich_help_panel="Data")] = None,
+    data_root: Annotated[Optional[str], Opt(help="Prepared data root (env ZOCLI_DATA, default ~/.cache/zocli).", rich_help_panel="Data")] = None,
+    model: Annotated[Optional[str], Opt(help="open_clip model (ViT-B-16 = ViT-B-16-quickgelu; zocli-tiny).", rich_help_panel="Model")] = None,
+    pretrained: Annotated[Optional[str], Opt(help="openai | PATH | local-dir:DIR | none.", rich_help_panel="Model")] = None,
+    adapter: Annotated[Optional[str], Opt(help="moe | lora.", rich_help_panel="Model")] = None,
+    lora_rank: Annotated[Optional[int], Opt(rich_help_panel="Model")] = None,
+    lora_alpha: Annotated[Optional[float], Opt(rich_help_panel="Model")] = None,
+    epochs: Annotated[Optional[int], Opt(help="Epochs per task.", rich_help_panel="Optimisation")] = None,
+    batch_size: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
+    lr: Annotated[Optional[float], Opt(help="AdamW learning rate (FO); ZO uses λ·lr.", rich_help_panel="Optimisation")] = None,
+    weight_decay: Annotated[Optional[float], Opt(rich_help_panel="Optimisation")] = None,
+    warmup_steps: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
+    max_steps: Annotated[Optional[int], Opt(help="Cap on steps per task (smoke runs).", rich_help_panel="Optimisation")] = None,
+    vision: Annotated[Optional[str], Opt(help="fo | zo for the vision branch.", rich_help_panel="Zeroth order")] = None,
+    language: Annotated[Optional[str], Opt(help="fo | zo for the language branch.", rich_help_panel="Zeroth order")] = None,
+    layers: Annotated[Optional[str], Opt(help="all | hop-odd | hop-even | prefix | suffix (layers of ZO branches that are ZO).", rich_help_panel="Zeroth order")] = None,
+    layers_n: Annotated[Optional[int], Opt(help="Layers in prefix/suffix (default half).", rich_help_panel="Zeroth order")] = None,
+    mozo: Annotated[Optional[bool], Opt("--mozo/--no-mozo", help="MoZO: sign normalisation and eps_vision < eps_language.", rich_help_panel="Zeroth order")] = None,
+    normalize: Annotated[Optional[str], Opt(help="none | sign.", rich_help_panel="Zeroth order")] = None,
+    eps: Annotated[Optional[float], Opt(help="Perturbation scale ε.", rich_help_panel="Zeroth order")] = None,
+    eps_vision: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
+    eps_language: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
+    estimator: Annotated[Optional[str], Opt(help="one-sided | two-sided.", rich_help_panel="Zeroth order")] = None,
+    queries: Annotated[Optional[int], Opt(help="Directions q per estimate.", rich_help_panel="Zeroth order")] = None,
+    conservative: Annotated[Optional[bool], Opt("--conservative/--aggressive", help="Keep the best of {θ, θ−ηu, θ+ηu}.", rich_help_panel="Zeroth order")] = None,
+    zo_lr_scale: Annotated[Optional[float], Opt(help="λ: ZO learning rate = λ·lr.", rich_help_panel="Zeroth order")] = None,
+    granularity: Annotated[Optional[str], Opt(help="branch | joint | layer.", rich_help_panel="Zeroth order")] = None,
+    zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.", rich_help_panel="Zeroth order")] = None,
+    seed: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
+    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Execution")] = None,
+    workers: Annotated[Optional[int], Opt(help="Data-loading processes (default 0 on CPU, ≤8 on CUDA).", rich_help_panel="Execution")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
+    save_every: Annotated[Optional[int], Opt(help="Also commit a resumable state every N steps inside a task.", rich_help_panel="Execution")] = None,
+) -> None:
+    """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
+    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
+    if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
+        flags["data_root"] = os.environ["ZOCLI_DATA"]
+    with errors(), _graceful_stop() as should_stop:
+        from ..rundir import Interrupted
+
+        try:
+            with _progress(enabled=not as_json) as on_event:
+                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop)
+        except Interrupted as stop:
+            err.print(str(stop), highlight=False)
+            raise typer.Exit(130) from None
+    if as_json:
+        print(json.dumps(result.as_dict()))
+    else:
+        out.print(render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}"))
+
+
+RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
+
+
+def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop):
+    # Every usage check runs before torch, open_clip and datasets are imported.
+    if resume is not None:
+        changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
+        if changed or preset or out_dir or overwrite:
+            what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
+            raise ConfigError(f"--resume continues a run with its saved config; {what} cannot change "
+                              f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
+        from ..train import resume as resume_run
+
+        return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
+    from ..config import resolve
+
+    resolved = resolve(preset or [], flags)
+    precheck(resolved.config)
+    target = out_dir or Path("runs") / _default_name(resolved.config)
+    from ..train import run
+
+    return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
+
+
+@contextmanager
+def _graceful_stop():
+    """First Ctrl-C / SIGTERM: finish the step, commit, exit 130. A second one stops at once."""
+    import signal
+
+    requested = {"stop": False}
+
+    def handler(signum, frame):
+        if requested["stop"]:
+            raise KeyboardInterrupt
+        requested["stop"] = True
+        err.print("stopping after this step (again to abort now) ...")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: requested["stop"]
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _default_name(cfg) -> str:
+    plan = "fo" if not cfg.zo_branches else "-".join(cfg.zo_branches) + f"-zo-{cfg.layers}"
+    return f"{cfg.benchmark}-inc{cfg.inc}-{cfg.adapter}-{plan}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
+
+
+@contextmanager
+def _progress(enabled: bool):
+    """Rich progress on stderr, only on a terminal; yields the core's on_event callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=err, transient=True,
+                        disable=not (enabled and err.is_terminal))
+    bars: dict[int, Any] = {}
+
+    def on_event(event: dict) -> None:
+        kind = event["event"]
+        if kind == "task_start":
+            bars[event["task"]] = progress.add_task(f"task {event['task']}", total=event["steps"], info="")
+        elif kind == "step":
+            progress.update(bars[event["task"]], advance=1, info=f"loss {event['loss']:.4f}")
+        elif kind == "eval":
+            progress.remove_task(bars.pop(event["task"]))
+            if enabled:
+                err.print(f"task {event['task']}: seen accuracy {event['seen_accuracy']:.2f}%")
+
+    with progress:
+        yield on_event
+
+
+# ----------------------------------------------------------------------------------------------
+# eval and prepare
+
+
+@app.command("prepare")
+def prepare_cmd(
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.")] = None,
+    source: Annotated[Optional[Path], Opt(help="Import from a local folder instead of the Hugging Face hub.")] = None,
+    data_root: Annotated[Optional[str], Opt(help="Where prepared data goes (env ZOCLI_DATA, default ~/.cache/zocli).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Rebuild an existing prepared copy.")] = False,
+    weights: Annotated[bool, Opt("--weights", help="Also download pretrained model weights.")] = False,
+    model: Annotated[str, Opt(help="Model whose weights --weights downloads.")] = "ViT-B-16",
+    pretrained: Annotated[str, Opt(help="open_clip pretrained tag for --weights.")] = "openai",
+    as_json: Annotated[bool, Opt("--json", help="Print what was prepared as JSON on stdout.")] = False,
+) -> None:
+    """Build the normalized on-disk copy of a benchmark (and optionally fetch weights) so training runs offline."""
+    if benchmark is None and not weights:
+        err.print("error: nothing to prepare: pass --benchmark NAME and/or --weights")
+        raise typer.Exit(2)
+    root = Path(data_root or os.environ.get("ZOCLI_DATA") or "~/.cache/zocli").expanduser()
+    report: dict[str, str] = {}
+    with errors():
+        if benchmark is not None:
+            from .. import benchmarks, data
+
+            bench = benchmarks.get(benchmark)
+            note = None if as_json else (lambda line: err.print(line, highlight=False))
+            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite))
+        if weights:
+            from ..backbone import download_weights
+
+            report["weights"] = str(download_weights(model, pretrained))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        for kind, path in report.items():
+            out.print(f"{kind}: {path}")
+
+
+# ----------------------------------------------------------------------------------------------
+# not yet available
+
+

@@ -264,8 +264,6 @@ def test_ctrl_c_commits_exits_130_and_resumes_identically(reference, spawn, tmp_
     assert_same_run(ref, run, printed)
 
 
-@pytest.mark.xfail(reason="BUG: a second Ctrl-C ('again to abort now') exits 130 with only 'interrupted' on "
-                   "stderr, without the 'zocli train --resume DIR' hint the first one gives", strict=True)
 def test_second_ctrl_c_aborts_at_once_and_still_says_how_to_resume(spawn, tmp_path):
     run = tmp_path / "run"
     proc = spawn("int2")

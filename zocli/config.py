@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -99,8 +100,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value}")
     for name in ("eps", "eps_vision", "eps_language", "lr"):
         value = getattr(cfg, name)
-        if value is not None and not value > 0:
-            raise ConfigError(f"--{_flag(name)} must be > 0, got {value}")
+        if value is not None and not 0 < value < math.inf:
+            raise ConfigError(f"--{_flag(name)} must be > 0 and finite, got {value}")
+    if not all(math.isfinite(v) for v in (cfg.zo_lr_scale, cfg.weight_decay, cfg.lora_alpha)):
+        raise ConfigError("--zo-lr-scale, --weight-decay and --lora-alpha must be finite")
     if cfg.zo_lr_scale < 0 or cfg.weight_decay < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0:
         raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps and --save-every must be >= 0")
     if cfg.layers != "all" and not cfg.zo_branches:

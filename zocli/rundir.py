@@ -130,6 +130,8 @@ class RunDir:
     def open(cls, root: Path) -> RunDir:
         """An existing run; anything without config.json is not a run directory."""
         run = cls(Path(root))
+        if not run.root.exists():
+            raise RunDirError(f"{root} does not exist")
         if not run.config.is_file():
             raise RunDirError(f"{root} is not a zocli run directory (no config.json)")
         return run
@@ -140,6 +142,11 @@ class RunDir:
             handle.write(json.dumps(event) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+    def clean_partial_writes(self) -> None:
+        """Remove temp files of atomic writes that a killed process never renamed into place."""
+        for tmp in [*self.root.glob(".*.tmp"), *self.checkpoints.glob(".*.tmp")]:
+            tmp.unlink(missing_ok=True)
 
     def truncate_log(self, length: int) -> None:
         """Drop metrics.jsonl events written after the last commit point (they will be redone)."""

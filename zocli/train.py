@@ -68,6 +68,12 @@ def resume(run_root: Path, overrides: dict[str, Any] | None = None,
            ) -> RunResult:
     """Continue a run from its last commit point: the end of a task, or a mid-task state."""
     run_dir = RunDir.open(run_root)
+    run_dir.clean_partial_writes()  # a resume is the run's only writer
+    if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
+        recorded = read_json(run_dir.summary)
+        return RunResult(run_dir.root, recorded["acc_matrix"], recorded["task_sizes"],
+                         summarize(recorded["acc_matrix"], recorded["task_sizes"]), recorded["wall_seconds"],
+                         recorded["peak_memory"])
     saved = read_json(run_dir.config)
     cfg = replace(Config(**saved["config"]), **{k: v for k, v in (overrides or {}).items() if v is not None})
     session = open_session(cfg)

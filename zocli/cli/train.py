@@ -62,14 +62,19 @@ def train_cmd(
     flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
+    where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
     with errors(), _graceful_stop() as should_stop:
         from ..rundir import Interrupted
 
         try:
             with _progress(enabled=not as_json) as on_event:
-                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop)
+                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where)
         except Interrupted as stop:
             err.print(str(stop), highlight=False)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:  # the second Ctrl-C: no commit now, the last commit point stands
+            hint = f"; resume from the last commit with: zocli train --resume {where['run']}" if "run" in where else ""
+            err.print(f"aborted{hint}", highlight=False)
             raise typer.Exit(130) from None
     if as_json:
         print(json.dumps(result.as_dict()))
@@ -80,7 +85,7 @@ def train_cmd(
 RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
 
 
-def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop):
+def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where):
     # Every usage check runs before torch, open_clip and datasets are imported.
     if resume is not None:
         changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
@@ -90,6 +95,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
         from ..train import resume as resume_run
 
+        where["run"] = resume
         return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
     from ..config import resolve
 
@@ -98,6 +104,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     target = out_dir or Path("runs") / _default_name(resolved.config)
     from ..train import run
 
+    where["run"] = target
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
 
 

@@ -18,13 +18,6 @@ from zocli.rng import derive_seed
 from zocli.zo import Block, ZOSettings, estimate, hybrid_step, perturb_
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: intra-op threading only costs time here, and a lot of it on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------- toy

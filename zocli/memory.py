@@ -131,7 +131,7 @@ def measure(cfg: Config, configs: Sequence[str] = DEFAULT_CONFIGS, device: str =
     bench = benchmarks.get(cfg.benchmark)
     prompts = benchmarks.split(bench, cfg.inc, cfg.base).sizes[0]
     model = build_model(replace(cfg, pretrained="none"), device)
-    images, labels, tokens = synthetic_batch(model, bench, cfg.batch_size, prompts, device)
+    images, labels, tokens = synthetic_batch(model, bench, cfg.batch_size, prompts, device, cfg.prompt)
     rows = []
     for name, plan in plans.items():
         rows.append(_measure_one(model, replace(cfg, **plan), name, images, labels, tokens, device))
@@ -174,13 +174,14 @@ def _cuda_peak(stepper: Stepper, images, labels, tokens, lr: float) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def synthetic_batch(model: AdaptedCLIP, bench, batch: int, prompts: int, device: str):
+def synthetic_batch(model: AdaptedCLIP, bench, batch: int, prompts: int, device: str,
+                    template: str = "a bad photo of a {}."):
     """Images and labels of the benchmark's shape; real prompts of its first task (token count matters)."""
     size = model.image_size
     images = torch.zeros(batch, 3, size, size, device=device)
     labels = torch.arange(batch, device=device) % prompts
     names = bench.prompt_names()[:prompts]
-    tokens = model.tokenizer([f"a bad photo of a {n}." for n in names]).to(device)
+    tokens = model.tokenizer([template.format(n) for n in names]).to(device)
     return images, labels, tokens
 
 

@@ -20,6 +20,7 @@ from .objective import ClipObjective, deterministic
 from .rng import derive_seed
 from .session import Session
 from .step import DEFAULT_ZO_CHUNK, make_blocks, settings
+from .zo import estimate
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 40
@@ -122,8 +123,6 @@ def _probe(session: Session, task: int, batches: int, draws: int, queries: int) 
 
 
 def _estimate(block, loss, seed: int, cfg: Config):
-    from .zo import estimate
-
     grads, value = estimate(block, loss, seed, settings(cfg))
     return torch.cat([g.flatten() for g in grads]), value
 

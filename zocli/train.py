@@ -189,7 +189,9 @@ def _set_rng(rng: dict[str, torch.Tensor]) -> None:
 
 
 def _check_finite(loss: float, model, task: int, step: int) -> None:
-    bad = not math.isfinite(loss) or any(not torch.isfinite(p).all() for p in model.adapter_parameters())
+    # one device sync for all adapter tensors, not one per tensor
+    finite = torch.stack([torch.isfinite(p).all() for p in model.adapter_parameters()]).all()
+    bad = not math.isfinite(loss) or not bool(finite)
     if bad:
         raise Diverged(f"task {task} step {step}: non-finite {'loss' if not math.isfinite(loss) else 'parameters'}; "
                        f"the last committed checkpoint is intact — lower --lr or --zo-lr-scale in a new run")

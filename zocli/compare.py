@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import benchmarks
 from .checkpoint import read_manifest
 from .config import KEYS
 from .metrics import summarize
@@ -67,7 +68,5 @@ def _row(run: RunDir) -> RunRow:
 
 
 def _task_count(config: dict) -> int:
-    from . import benchmarks
-
     bench = benchmarks.get(config["benchmark"])
     return benchmarks.split(bench, config["inc"], config["base"]).n_tasks

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .attach import AdaptedCLIP
-from .benchmarks import Split
 from .checkpoint import CheckpointError, load_task, read_manifest
 from .config import Config, ConfigError
-from .loader import TaskImages, eval_loader, select
+from .loader import eval_loader, select
 from .metrics import summarize
 from .objective import deterministic
 from .rundir import RunDir
@@ -32,17 +30,18 @@ class TaskAccuracy:
 
 
 @torch.no_grad()
-def evaluate_seen(model: AdaptedCLIP, test: TaskImages, labels: list[int], split: Split, task: int,
-                  tokens: torch.Tensor, device: torch.device, batch_size: int, workers: int) -> TaskAccuracy:
-    """Accuracy row after training `task`: tokens (C, T) are the prompts of every class, in order."""
+def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
+    """Accuracy row after training `task`, on the test sets of tasks 0..task."""
+    model, test, split, device = session.model, session.test, session.split, session.device
     seen = split.seen(task)
-    rows = select(labels, test.position, 0, seen)
+    rows = select(session.test_labels, test.position, 0, seen)
     bounds = torch.tensor([split.bounds(j)[1] for j in range(task + 1)])  # class-position end of each task
     correct = torch.zeros(task + 1, dtype=torch.long)
     total = torch.zeros(task + 1, dtype=torch.long)
     with deterministic(model):
-        text = model.encode("language", tokens[:seen].to(device))  # (seen, E)
-        for images, positions in eval_loader(test, rows, batch_size, workers, pin=device.type == "cuda"):
+        text = model.encode("language", session.tokens[:seen].to(device))  # (seen, E)
+        loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
+        for images, positions in loader:
             image = model.encode("vision", images.to(device, non_blocking=True))  # (B, E)
             predicted = model.logits(image, text).argmax(dim=-1).cpu()  # (B,)
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) task of each true class
@@ -102,8 +101,7 @@ def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None =
     matrix, sizes = [], []
     for t in tasks:
         restore(run, session, t)
-        accuracy = evaluate_seen(session.model, session.test, session.test_labels, session.split, t,
-                                 session.tokens, session.device, session.cfg.eval_batch_size, session.workers)
+        accuracy = evaluate_seen(session, t)
         matrix.append(list(accuracy.row))
         sizes = list(accuracy.sizes)
     summary = summarize(matrix, sizes).as_dict() if task is None else None

@@ -63,7 +63,8 @@ class ClipObjective:
                 if "vision" in fixed:
                     return scalar(self._ce_sum(fixed["vision"], text, self.labels)) / len(self.labels)
                 total = 0.0
-                for h, images, labels in zip(entry["vision"], *self._chunks(self.inputs["vision"], self.labels)):
+                pieces = zip(entry["vision"], self._pieces("vision"), self.labels.split(self.chunk))
+                for h, images, labels in pieces:
                     total += scalar(self._ce_sum(self._finish("vision", h, start["vision"], images), text, labels))
                 return total / len(self.labels)
 
@@ -78,17 +79,18 @@ class ClipObjective:
         """Detached features of a tower at θ, computed deterministically once and then reused."""
         if branch not in self.features:
             with torch.no_grad(), deterministic(self.model):
-                inputs = self.inputs[branch]
-                parts = [self.model.encode(branch, x) for x in self._chunks(inputs)[0]] if branch == "vision" \
-                    else [self.model.encode(branch, inputs)]
-            self.features[branch] = torch.cat(parts)
+                self.features[branch] = torch.cat([self.model.encode(branch, x) for x in self._pieces(branch)])
         return self.features[branch]
 
     def _prefix(self, branch: str, layer: int) -> Iterator[torch.Tensor]:
-        """Hidden states entering `layer` (1-based), per image micro-batch (one piece for text)."""
-        pieces = self._chunks(self.inputs[branch])[0] if branch == "vision" else (self.inputs[branch],)
-        for x in pieces:
+        """Hidden states entering `layer` (1-based), per piece of `_pieces`."""
+        for x in self._pieces(branch):
             yield self.model.run_blocks(branch, self.model.embed(branch, x), 1, layer - 1)
+
+    def _pieces(self, branch: str) -> tuple[torch.Tensor, ...]:
+        """Images in micro-batches (what bounds ZO activation memory); the few prompts in one piece."""
+        inputs = self.inputs[branch]
+        return inputs.split(self.chunk) if branch == "vision" else (inputs,)
 
     def _finish(self, branch: str, h: torch.Tensor, layer: int, inputs: torch.Tensor) -> torch.Tensor:
         return self.model.head(branch, self.model.run_blocks(branch, h, layer), inputs)
@@ -97,8 +99,6 @@ class ClipObjective:
         logits = self.model.logits(image, text).float()  # the loss stays fp32 (zo.md §8.10)
         return F.cross_entropy(logits, labels, reduction="sum")
 
-    def _chunks(self, *tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
-        return tuple(t.split(self.chunk) for t in tensors)
 
 
 @contextmanager

@@ -110,8 +110,7 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
 
 
 def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float) -> None:
-    accuracy = evaluate_seen(session.model, session.test, session.test_labels, session.split, task,
-                             session.tokens, session.device, session.cfg.eval_batch_size, session.workers)
+    accuracy = evaluate_seen(session, task)
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)
     event = {"event": "eval", "task": task, "acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),

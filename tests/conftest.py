@@ -13,8 +13,8 @@ torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on 2
 
 
 def tiny_config(**overrides) -> Config:
-    """The demo preset (digits, zocli-tiny, random init, CPU) with overrides."""
-    return resolve(["demo"], overrides).config
+    """The digits-demo preset (digits, zocli-tiny, random init, CPU) with overrides: the fast protocol."""
+    return resolve(["digits-demo"], overrides).config
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,16 @@ def digits_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data")
     data.prepare(benchmarks.get("digits"), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def testbed_root(tmp_path_factory):
+    """A data root with the generated test-bed prepared once for the whole session."""
+    from zocli import benchmarks, data
+
+    root = tmp_path_factory.mktemp("testbed")
+    data.prepare(benchmarks.get("testbed"), root)
     return root
 
 

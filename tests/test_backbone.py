@@ -1,5 +1,6 @@
 """zocli.backbone: weights never come from the network, model names and the QuickGELU alias."""
 
+import hashlib
 import json
 import time
 from importlib import resources
@@ -107,3 +108,38 @@ def test_a_missing_local_dir_is_weights_unavailable(tmp_path):
     with pytest.raises(WeightsUnavailable) as info:
         build("zocli-tiny", f"local-dir:{tmp_path / 'missing'}", "cpu")
     assert str(tmp_path / "missing") in str(info.value)
+
+
+def test_shipped_testbed_weights_load_offline_and_match_their_record(empty_hf_cache):
+    from safetensors.torch import load_file
+
+    from zocli.backbone import shipped_record, shipped_weights
+
+    path = shipped_weights("zocli-tiny", "testbed")
+    record = shipped_record("zocli-tiny", "testbed")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256"]
+    assert record["command"].startswith("python scripts/pretrain_testbed.py")
+    assert path.stat().st_size < 5_000_000  # "a few MB at most": fp16 token embedding, fp32 rest
+    clip = build("zocli-tiny", "testbed").clip  # the same open_clip call as any weights file
+    saved = load_file(str(path))
+    for name, value in clip.state_dict().items():
+        assert torch.equal(value, saved[name].to(value.dtype)), name
+
+
+def test_tampered_shipped_weights_are_refused(tmp_path, monkeypatch):
+    from zocli import backbone
+
+    for f in backbone._weights_dir().iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    weights = tmp_path / "zocli-tiny-testbed.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    monkeypatch.setattr(backbone, "_weights_dir", lambda: tmp_path)
+    with pytest.raises(WeightsUnavailable, match="does not match its recorded sha256"):
+        build("zocli-tiny", "testbed")
+
+
+def test_the_testbed_tag_belongs_to_the_tiny_model_only():
+    with pytest.raises(WeightsUnavailable, match="no pretrained tag 'testbed'"):
+        build("ViT-B-32", "testbed", device="meta")

@@ -9,12 +9,13 @@ import pytest
 from zocli import benchmarks
 from zocli.config import ConfigError
 
-N_CLASSES = {"cifar100": 100, "tinyimg": 200, "imgr": 200, "digits": 10}
+N_CLASSES = {"cifar100": 100, "tinyimg": 200, "imgr": 200, "testbed": 100, "digits": 10}
 VALID_SPLITS = [
     ("cifar100", 10, None), ("cifar100", 5, None), ("cifar100", 20, None), ("cifar100", 2, None),
     ("cifar100", 10, 50), ("cifar100", 5, 50),
     ("tinyimg", 10, 100), ("tinyimg", 20, 100), ("tinyimg", 5, 100), ("tinyimg", 20, None),
     ("imgr", 20, None), ("imgr", 10, None), ("imgr", 50, 100),
+    ("testbed", 10, None), ("testbed", 20, None), ("testbed", 10, 50),
     ("digits", 2, None), ("digits", 5, None), ("digits", 1, None), ("digits", 2, 4), ("digits", 10, None),
 ]
 
@@ -115,3 +116,9 @@ def test_unknown_benchmark_suggests_a_close_name():
     with pytest.raises(ConfigError) as info:
         benchmarks.get("tinyimgnet")
     assert "did you mean" in str(info.value)
+
+
+def test_testbed_order_is_the_documented_seeded_permutation():
+    bench = benchmarks.get("test-bed")
+    assert bench.name == "testbed" and bench.names == bench.classes  # names are read by the text tower
+    assert list(bench.order) == np.random.RandomState(1993).permutation(100).tolist()

@@ -40,7 +40,7 @@ def _says(text: str, expected: str) -> bool:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_root):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = invoke(["train", "--preset", "demo", "--data-root", digits_root, "--out", out, *DEMO_STEPS, "--json"])
+    result = invoke(["train", "--preset", "digits-demo", "--data-root", digits_root, "--out", out, *DEMO_STEPS, "--json"])
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -83,7 +83,7 @@ def test_train_json_is_one_document_with_a_lower_triangular_matrix(trained):
 def test_train_records_config_sources(trained):
     out, _ = trained
     saved = json.loads((out / "config.json").read_text())
-    assert saved["sources"]["benchmark"] == "preset:demo"
+    assert saved["sources"]["benchmark"] == "preset:digits-demo"
     assert saved["sources"]["max_steps"] == "flag" and saved["config"]["max_steps"] == 45
     assert saved["sources"]["adapter"] == "default"
 
@@ -129,7 +129,7 @@ def test_second_train_into_the_same_out_is_refused(trained, digits_root):
     # An occupied --out is reported as a runtime error (RunDirError → exit 1), before any work starts.
     out, _ = trained
     before = (out / "summary.json").read_bytes()
-    result = invoke(["train", "--preset", "demo", "--data-root", digits_root, "--out", out, "--max-steps", 1])
+    result = invoke(["train", "--preset", "digits-demo", "--data-root", digits_root, "--out", out, "--max-steps", 1])
     assert result.exit_code == 1
     _no_traceback(result)
     assert _says(result.stderr, "--overwrite")
@@ -140,10 +140,10 @@ def test_second_train_into_the_same_out_is_refused(trained, digits_root):
 
 
 USAGE_ERRORS = {
-    "inc-does-not-divide": (["--preset", "demo", "--inc", "3"], "--inc 3"),
-    "unknown-benchmark": (["--preset", "demo", "--benchmark", "cifar10"], "did you mean 'cifar100'"),
-    "layers-without-zo": (["--preset", "demo", "--layers", "hop-odd"], "--vision zo"),
-    "eps-zero": (["--preset", "demo", "--eps", "0"], "--eps"),
+    "inc-does-not-divide": (["--preset", "digits-demo", "--inc", "3"], "--inc 3"),
+    "unknown-benchmark": (["--preset", "digits-demo", "--benchmark", "cifar10"], "did you mean 'cifar100'"),
+    "layers-without-zo": (["--preset", "digits-demo", "--layers", "hop-odd"], "--vision zo"),
+    "eps-zero": (["--preset", "digits-demo", "--eps", "0"], "--eps"),
 }
 
 
@@ -177,7 +177,7 @@ def test_usage_errors_come_before_the_heavy_imports(tmp_path, monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "zocli.train", None)  # importing it now raises ImportError
-    result = invoke(["train", "--preset", "demo", "--eps", "0", "--out", tmp_path / "run"])
+    result = invoke(["train", "--preset", "digits-demo", "--eps", "0", "--out", tmp_path / "run"])
     assert result.exit_code == 2, result.exception
 
 
@@ -222,7 +222,7 @@ def test_prepare_with_nothing_to_do_is_a_usage_error():
 
 
 def test_unknown_model_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "demo", "--model", "zocli-tiyn", "--data-root", digits_root,
+    result = invoke(["train", "--preset", "digits-demo", "--model", "zocli-tiyn", "--data-root", digits_root,
                      "--out", tmp_path / "run"])
     assert result.exit_code == 2, result.output
     _no_traceback(result)
@@ -255,7 +255,7 @@ def test_corrupt_checkpoint_in_eval_is_a_runtime_error(trained, digits_root, tmp
 
 
 def test_bad_device_name_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "demo", "--device", "gpu", "--data-root", digits_root,
+    result = invoke(["train", "--preset", "digits-demo", "--device", "gpu", "--data-root", digits_root,
                      "--out", tmp_path / "run"])
     _no_traceback(result)
     assert result.exit_code == 2
@@ -269,7 +269,7 @@ def _has_cuda() -> bool:
 
 @pytest.mark.skipif(_has_cuda(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "demo", "--device", "cuda", "--data-root", digits_root,
+    result = invoke(["train", "--preset", "digits-demo", "--device", "cuda", "--data-root", digits_root,
                      "--out", tmp_path / "run"])
     _no_traceback(result)
     assert result.exit_code in (1, 2)

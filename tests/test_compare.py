@@ -31,8 +31,8 @@ def runs(tmp_path_factory, digits_root):
 
     parent = tmp_path_factory.mktemp("compare") / "runs"
     flags = {"data_root": str(digits_root), "max_steps": 4}  # = tiny_config(**flags), with its sources
-    fo = run(resolve(["demo"], flags), parent / "fo").run_dir
-    zo = run(resolve(["demo"], {**flags, "vision": "zo"}), parent / "zo").run_dir
+    fo = run(resolve(["digits-demo"], flags), parent / "fo").run_dir
+    zo = run(resolve(["digits-demo"], {**flags, "vision": "zo"}), parent / "zo").run_dir
     return fo, zo
 
 

@@ -64,8 +64,8 @@ def test_precedence_defaults_presets_in_order_flags(tmp_path):
 
 
 def test_shipped_preset_by_name_is_recorded_by_name():
-    resolved = resolve(["demo"], {"lr": 0.1})
-    assert resolved.sources["benchmark"] == "preset:demo" and resolved.config.benchmark == "digits"
+    resolved = resolve(["digits-demo"], {"lr": 0.1})
+    assert resolved.sources["benchmark"] == "preset:digits-demo" and resolved.config.benchmark == "digits"
     assert resolved.sources["lr"] == "flag" and resolved.config.lr == 0.1
     assert json.loads(json.dumps(resolved.as_dict()))["sources"]["lr"] == "flag"
 
@@ -163,7 +163,7 @@ def test_unknown_flag_is_a_config_error():
 
 
 def test_config_round_trips_through_json():
-    cfg = resolve(["demo"], {"vision": "zo", "mozo": True}).config
+    cfg = resolve(["digits-demo"], {"vision": "zo", "mozo": True}).config
     assert from_json(json.dumps(cfg.as_dict())) == cfg
     assert Config(**json.loads(json.dumps(cfg.as_dict()))) == cfg
     with pytest.raises(ConfigError):
@@ -186,4 +186,4 @@ def test_every_preset_loads_and_validates(name):
     assert any(source == f"preset:{name}" for source in resolved.sources.values())
     benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)  # its protocol is possible
     # and it composes with the demo preset, the way method presets are meant to be stacked
-    resolve(["demo", name])
+    resolve(["digits-demo", name])

@@ -5,6 +5,7 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before datasets is imported: the hub must never be contacted
 
 import shutil
+from collections import Counter
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from zocli import benchmarks, data
+from zocli import benchmarks, data, world
 
 
 def _png(path: Path, seed: int, mode: str = "RGB", size: int = 8) -> None:
@@ -254,3 +255,30 @@ def test_overwrite_replaces(tmp_path):
     assert data.prepare(bench, tmp_path, overwrite=True) == target
     assert not (target / "marker").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary left behind
+
+
+def test_testbed_is_generated_offline_complete_and_disjoint(testbed_root):
+    bench = benchmarks.get("testbed")
+    dd = data.load(bench, testbed_root)
+    for split, per_class in data.TESTBED_PER_CLASS.items():
+        assert sorted(Counter(dd[split]["label"]).items()) == [(c, per_class) for c in range(100)]
+    pixels = {split: {np.asarray(im).tobytes() for im in dd[split]["image"]} for split in ("train", "test")}
+    assert len(pixels["train"]) == 6000 and len(pixels["test"]) == 2000  # no duplicate image anywhere
+    assert not pixels["train"] & pixels["test"]  # no test image is also a training image
+
+
+def test_testbed_rows_are_the_worlds_seeded_draws(testbed_root):
+    # Every copy is the same: row (label, index) is world.render(label, seed (0, split, label, index)).
+    dd = data.load(benchmarks.get("testbed"), testbed_root)
+    for split, split_id in (("train", 0), ("test", 1)):
+        per_class = data.TESTBED_PER_CLASS[split]
+        for row in (0, per_class + 3, len(dd[split]) - 1):
+            label, index = divmod(row, per_class)
+            expected = world.render(label, "benchmark", (data.TESTBED_SEED, split_id, label, index))
+            assert dd[split][row]["label"] == label
+            assert np.array_equal(np.asarray(dd[split][row]["image"]), expected)
+
+
+def test_testbed_takes_no_source(tmp_path):
+    with pytest.raises(data.SourceError, match="made on this machine"):
+        data.prepare(benchmarks.get("testbed"), tmp_path, source=tmp_path)

@@ -56,8 +56,8 @@ def runs(tmp_path_factory, digits_root):
 
     base = tmp_path_factory.mktemp("error-runs")
     flags = {"data_root": str(digits_root), "max_steps": 2, "inc": 5, "eval_batch_size": 512}
-    moe = run(resolve(["demo"], flags), base / "moe").run_dir
-    lora = run(resolve(["demo"], {**flags, "adapter": "lora"}), base / "lora").run_dir
+    moe = run(resolve(["digits-demo"], flags), base / "moe").run_dir
+    lora = run(resolve(["digits-demo"], {**flags, "adapter": "lora"}), base / "lora").run_dir
     return moe, lora
 
 
@@ -79,7 +79,7 @@ def paths(tmp_path, digits_root, runs, monkeypatch):
     return {"tmp": str(tmp_path), "data": str(digits_root), "run": str(runs[0])}
 
 
-DEMO = ["train", "--preset", "demo", "--data-root", "{data}", "--max-steps", "1", "--out", "{tmp}/out"]
+DEMO = ["train", "--preset", "digits-demo", "--data-root", "{data}", "--max-steps", "1", "--out", "{tmp}/out"]
 
 # (id, argv with {placeholders}, exit code, substrings of the one stderr line)
 CASES = [
@@ -100,7 +100,7 @@ CASES = [
     ("mozo-without-zo", DEMO + ["--mozo"], 2, ["--mozo", "add --vision zo"]),
     ("unknown-model", DEMO + ["--model", "ViT-B-61"], 2, ["unknown model 'ViT-B-61'", "did you mean 'ViT-B-16'"]),
     ("unwritable-out", DEMO[:-1] + ["{tmp}/a-file/sub"], 1, ["a-file/sub"]),
-    ("data-not-prepared", ["train", "--preset", "demo", "--benchmark", "cifar100", "--inc", "10",
+    ("data-not-prepared", ["train", "--preset", "digits-demo", "--benchmark", "cifar100", "--inc", "10",
                            "--data-root", "{tmp}/empty-root", "--out", "{tmp}/out"], 1,
      ["benchmark cifar100 is not prepared", "zocli prepare --benchmark cifar100"]),
     ("weights-offline", DEMO + ["--model", "ViT-B-16", "--pretrained", "openai"], 1,
@@ -112,7 +112,7 @@ CASES = [
     ("eval-task-out-of-range", ["eval", "{run}", "--task", "7"], 2, ["--task 7 is out of range", "0..1"]),
     ("overwrite-something-else", DEMO + ["--out", "{tmp}/not-a-run", "--overwrite"], 1,
      ["--overwrite only replaces a zocli run directory"]),
-    ("out-not-empty", ["train", "--preset", "demo", "--data-root", "{data}", "--out", "{run}"], 1,
+    ("out-not-empty", ["train", "--preset", "digits-demo", "--data-root", "{data}", "--out", "{run}"], 1,
      ["is not empty", "--resume", "--overwrite"]),
     ("resume-changes-a-flag", ["train", "--resume", "{run}", "--lr", "0.5"], 2, ["--lr cannot change"]),
     ("resume-changes-out", ["train", "--resume", "{run}", "--out", "{tmp}/x"], 2, ["cannot change"]),
@@ -121,7 +121,7 @@ CASES = [
     ("prepare-digits-source", ["prepare", "--benchmark", "digits", "--source", "{tmp}",
                                "--data-root", "{tmp}/prep"], 1, ["--source does not apply"]),
     ("presets-show-unknown", ["presets", "show", "nope"], 2, ["unknown preset 'nope'"]),
-    ("memory-unknown-config", ["memory", "--preset", "demo", "--configs", "fo,bogus"], 2,
+    ("memory-unknown-config", ["memory", "--preset", "digits-demo", "--configs", "fo,bogus"], 2,
      ["unknown memory config 'bogus'"]),
 ]
 
@@ -143,7 +143,7 @@ NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine 
 
 @pytest.mark.parametrize("argv, code, needle", [
     pytest.param(DEMO + ["--device", "cuda"], 1, "CUDA is not available", id="train-cuda-without-cuda", marks=NO_CUDA),
-    pytest.param(["memory", "--preset", "demo", "--device", "cuda"], 1, "CUDA is not available",
+    pytest.param(["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available",
                  id="memory-cuda-without-cuda", marks=NO_CUDA),
     pytest.param(DEMO + ["--device", "tpu"], 2, "--device must be", id="device-unknown"),
 ])
@@ -185,7 +185,7 @@ def test_one_line_also_when_stderr_is_a_file(tmp_path):
     # Without COLUMNS and off a terminal rich wraps at 80 columns: this message (~120 characters) came out
     # as two lines in a pipeline's log until `err` got soft_wrap=True.
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = _zocli(["train", "--preset", "demo", "--inc", "3", "--out", str(tmp_path / "out")], tmp_path, env)
+    proc = _zocli(["train", "--preset", "digits-demo", "--inc", "3", "--out", str(tmp_path / "out")], tmp_path, env)
     assert proc.returncode == 2
     assert len([line for line in proc.stderr.splitlines() if line.strip()]) == 1, proc.stderr
 

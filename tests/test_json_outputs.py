@@ -28,7 +28,7 @@ def one_document(args: list) -> object:
 def runs(tmp_path_factory, digits_root):
     """`zocli train --json` itself (2 tasks x 2 steps), and a copy of its run to compare against."""
     base = tmp_path_factory.mktemp("json")
-    data = one_document(["train", "--preset", "demo", "--data-root", digits_root, "--inc", "5", "--max-steps", "2",
+    data = one_document(["train", "--preset", "digits-demo", "--data-root", digits_root, "--inc", "5", "--max-steps", "2",
                          "--out", base / "a", "--json"])
     shutil.copytree(base / "a", base / "b")
     return base / "a", base / "b", data
@@ -57,12 +57,12 @@ def test_prepare(tmp_path):
 
 
 def test_memory():
-    data = one_document(["memory", "--preset", "demo", "--configs", "fo,dual", "--json"])
+    data = one_document(["memory", "--preset", "digits-demo", "--configs", "fo,dual", "--json"])
     assert [r["config"] for r in data["rows"]] == ["fo", "dual"]
 
 
 def test_probe_variance(digits_root):
-    data = one_document(["probe-variance", "--preset", "demo", "--data-root", digits_root, "--batches", "1",
+    data = one_document(["probe-variance", "--preset", "digits-demo", "--data-root", digits_root, "--batches", "1",
                          "--draws", "2", "--json"])
     assert "ratio_vision_language" in data
 
@@ -72,4 +72,4 @@ def test_presets():
 
 
 def test_presets_show():
-    assert one_document(["presets", "show", "demo", "--json"])["config"]["benchmark"] == "digits"
+    assert one_document(["presets", "show", "digits-demo", "--json"])["config"]["benchmark"] == "digits"

@@ -214,7 +214,7 @@ def test_mozo_row_measures_a_mozo_step(monkeypatch):
 
     monkeypatch.setattr(memory, "Stepper", Recording)
     measure(tiny_config(batch_size=4), ("dual+mozo",), device="cpu")
-    expected = resolve(["demo"], {"vision": "zo", "language": "zo", "mozo": True}).config
+    expected = resolve(["digits-demo"], {"vision": "zo", "language": "zo", "mozo": True}).config
     assert seen and seen[0].sign == expected.sign  # True
     assert seen[0].eps_for("vision") == expected.eps_for("vision")  # 5e-4
 
@@ -228,7 +228,7 @@ def invoke(*args):
 
 
 def test_cli_memory_json_is_one_document():
-    result = invoke("memory", "--preset", "demo", "--batch-size", "8", "--configs", "fo,dual", "--device", "cpu",
+    result = invoke("memory", "--preset", "digits-demo", "--batch-size", "8", "--configs", "fo,dual", "--device", "cpu",
                     "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # the whole stdout, nothing else
@@ -239,14 +239,14 @@ def test_cli_memory_json_is_one_document():
 
 
 def test_cli_memory_unknown_config_is_a_usage_error():
-    result = invoke("memory", "--preset", "demo", "--configs", "nonsense", "--device", "cpu")
+    result = invoke("memory", "--preset", "digits-demo", "--configs", "nonsense", "--device", "cpu")
     assert result.exit_code == 2
     assert result.stdout == ""
     assert "nonsense" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_memory_unknown_config_error_is_one_line():
-    result = invoke("memory", "--preset", "demo", "--configs", "nonsense", "--device", "cpu")
+    result = invoke("memory", "--preset", "digits-demo", "--configs", "nonsense", "--device", "cpu")
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 

@@ -141,7 +141,7 @@ def test_train_interrupt_resume_evaluate_and_load_never_unpickle(no_unpickling, 
     from zocli.config import resolve
     from zocli.rundir import RunDir
 
-    resolved = resolve(["demo"], {"data_root": str(digits_root), "max_steps": 3})
+    resolved = resolve(["digits-demo"], {"data_root": str(digits_root), "max_steps": 3})
     out = tmp_path / "run"
     steps = []
 

@@ -125,7 +125,7 @@ def test_plot_is_written(reports, tmp_path):
 def test_cli_probe_variance_json_and_plot(digits_root, tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "file.png"
-    args = ["probe-variance", "--preset", "demo", "--data-root", digits_root, "--batches", "2", "--draws", "3",
+    args = ["probe-variance", "--preset", "digits-demo", "--data-root", digits_root, "--batches", "2", "--draws", "3",
             "--json", "--plot", plot]
     result = CliRunner().invoke(app, [str(a) for a in args], prog_name="zocli")
     assert result.exit_code == 0, result.output

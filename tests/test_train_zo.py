@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from zocli import evaluate, train
+from zocli.backbone import shipped_record
 from zocli.checkpoint import load_task, read_manifest
 from zocli.config import resolve
 from zocli.rundir import RunDir
@@ -58,7 +59,7 @@ def expected_forwards(cfg, plan) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_end_to_end(case, digits_root, tmp_path):
     flags, plan = CASES[case]
-    resolved = resolve(["demo"], {"data_root": str(digits_root), "max_steps": 3, "epochs": 1, "batch_size": 16,
+    resolved = resolve(["digits-demo"], {"data_root": str(digits_root), "max_steps": 3, "epochs": 1, "batch_size": 16,
                                   **flags})
     cfg = resolved.config
     out = tmp_path / "run"
@@ -113,7 +114,7 @@ def test_hybrid_training_is_deterministic(digits_root, tmp_path):
     the FO pass's gating noise from the run seed)."""
     flags = {"data_root": str(digits_root), "max_steps": 2, "epochs": 1, "batch_size": 16,
              "vision": "zo", "language": "zo", "layers": "hop-odd", "mozo": True}
-    results = [train.run(resolve(["demo"], flags), tmp_path / name) for name in ("a", "b")]
+    results = [train.run(resolve(["digits-demo"], flags), tmp_path / name) for name in ("a", "b")]
     assert results[0].acc_matrix == results[1].acc_matrix
     runs = [RunDir.open(tmp_path / name) for name in ("a", "b")]
     for task in range(N_TASKS):
@@ -126,3 +127,16 @@ def test_hybrid_training_is_deterministic(digits_root, tmp_path):
         return [{k: v for k, v in e.items() if k != "step_seconds"} for e in events if e["event"] == "train"]
 
     assert train_events("a") == train_events("b")
+
+
+def test_fo_adapters_learn_beyond_zero_shot_on_the_testbed(testbed_root, tmp_path):
+    """The regression test that training works: a short FO run on the test-bed beats zero-shot CLIP,
+    whose row is measured before task 0 and matches the accuracy recorded with the shipped weights."""
+    flags = {"data_root": str(testbed_root), "base": 50, "inc": 50, "max_steps": 40}
+    result = train.run(resolve(["demo"], flags), tmp_path / "run")
+    documented = shipped_record("zocli-tiny", "testbed")["zero_shot"]["seen"]
+    assert result.zero_shot_seen == pytest.approx(documented, abs=1.0)
+    assert len(result.zero_shot) == 2
+    assert result.summary.last >= result.zero_shot_seen + 8, (result.summary, result.zero_shot_seen)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["zero_shot_seen"] == result.zero_shot_seen and summary["zero_shot"] == result.zero_shot

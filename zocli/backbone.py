@@ -2,11 +2,15 @@
 
 `--pretrained` accepts `openai` (or another open_clip tag), a weights file, `local-dir:DIR` (an
 open_clip model directory) or `none` (random init). Tags resolve only from the local Hugging Face
-cache: `train` never touches the network; `zocli prepare --weights` is what downloads.
+cache: `train` never touches the network; `zocli prepare --weights` is what downloads. Tags that ship
+inside the package (`zocli-tiny` + `testbed`) resolve to their file, checked against its sha256, and
+load through the same open_clip call as any weights file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,6 +24,8 @@ from .config import did_you_mean
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with.
 MODEL_ALIASES = {"ViT-B-16": "ViT-B-16-quickgelu", "ViT-B-32": "ViT-B-32-quickgelu", "ViT-L-14": "ViT-L-14-quickgelu"}
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+# (model, tag) -> stem of zocli/weights/STEM.safetensors and its STEM.json record (sha256, command)
+SHIPPED = {("zocli-tiny", "testbed"): "zocli-tiny-testbed"}
 
 
 class WeightsUnavailable(RuntimeError):
@@ -75,6 +81,8 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
     """A local weights path for `pretrained`, or None for random init; never downloads."""
     if pretrained == "none":
         return None
+    if (name, pretrained) in SHIPPED:
+        return str(shipped_weights(name, pretrained))
     path = Path(pretrained).expanduser()
     if "/" in pretrained or path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.exists():
         if not path.is_file():
@@ -90,8 +98,31 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
     return cached
 
 
+def shipped_record(name: str, tag: str) -> dict:
+    """The JSON record beside a shipped weights file: sha256, the command that made it, its accuracy."""
+    return json.loads((_weights_dir() / f"{SHIPPED[(name, tag)]}.json").read_text())
+
+
+def shipped_weights(name: str, tag: str) -> Path:
+    """The package's weights file for (name, tag), verified against the sha256 recorded beside it."""
+    path = _weights_dir() / f"{SHIPPED[(name, tag)]}.safetensors"
+    if not path.is_file():
+        raise WeightsUnavailable(f"the shipped {tag!r} weights for {name} are missing from the package ({path}); "
+                                 f"reinstall zocli or regenerate them with scripts/pretrain_testbed.py")
+    expected = shipped_record(name, tag)["sha256"]
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise WeightsUnavailable(f"{path} does not match its recorded sha256 {expected[:12]}…; reinstall zocli")
+    return path
+
+
+def _weights_dir() -> Path:
+    return Path(str(resources.files("zocli") / "weights"))
+
+
 def download_weights(name: str, tag: str) -> Path:
     """Fetch an open_clip pretrained tag into the Hugging Face cache (the only network access)."""
+    if (name, tag) in SHIPPED:  # nothing to fetch: the package carries them
+        return shipped_weights(name, tag)
     open_clip = _open_clip()
     cfg = open_clip.get_pretrained_cfg(open_clip_name(name), tag)
     if not cfg:

@@ -45,6 +45,13 @@ def save_task(run: RunDir, task: int, state: dict[str, torch.Tensor], meta: dict
     return path
 
 
+def record(run: RunDir, results: dict[str, Any]) -> None:
+    """Add `results` to the manifest without committing a task (the zero-shot row before task 0)."""
+    manifest = read_manifest(run)
+    manifest.update(results)
+    write_json(run.manifest, manifest)
+
+
 def read_manifest(run: RunDir) -> dict[str, Any]:
     if not run.manifest.is_file():
         return {"zocli_format": FORMAT_VERSION, "tasks_done": 0, "files": {}}
@@ -121,12 +128,14 @@ class TrainState:
     rng: dict[str, torch.Tensor]  # global RNG states (gating noise, dropout): "cpu", "cuda.N"
     history: list[dict[str, Any]]  # per-step statistics so far, for the task's summary event
     metrics_bytes: int  # length of metrics.jsonl at this commit; anything after it is discarded
+    zo_state: dict[str, torch.Tensor] | None = None  # the ZO rule's state (ZO-Adam moments), if it has one
 
 
 def save_state(run: RunDir, state: TrainState) -> None:
     """Atomically write checkpoints/resume.safetensors: tensors in safetensors, the rest as JSON."""
     tensors = {f"adapters.{k}": v.detach().contiguous().cpu() for k, v in state.adapters.items()}
     tensors.update({f"rng.{k}": v.contiguous().cpu() for k, v in state.rng.items()})
+    tensors.update({f"zo.{k}": v.detach().contiguous().cpu() for k, v in (state.zo_state or {}).items()})
     groups = None
     if state.optimizer is not None:
         groups = state.optimizer["param_groups"]
@@ -152,7 +161,7 @@ def load_state(run: RunDir) -> TrainState | None:
             slots.setdefault(int(index), {})[name] = value
         optimizer = {"state": slots, "param_groups": meta["param_groups"]}
     return TrainState(meta["task"], meta["step"], group("adapters."), optimizer, group("rng."), meta["history"],
-                      meta["metrics_bytes"])
+                      meta["metrics_bytes"], group("zo.") or None)
 
 
 def encode_rng(states: dict[str, torch.Tensor]) -> dict[str, str]:

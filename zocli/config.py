@@ -17,7 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-FO_ZO = ("fo", "zo")
+BRANCH_MODES = ("fo", "zo", "frozen")
+ZO_RULES = ("sgd", "adam", "noise", "random-search")
 LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
@@ -49,8 +50,8 @@ class Config:
     warmup_steps: int = 30  # linear warm-up, then cosine to 0, restarted every task
     max_steps: int | None = None  # cap on steps per task, for smoke runs; None trains full epochs
     # zeroth-order units (DESIGN §6)
-    vision: Literal["fo", "zo"] = "fo"
-    language: Literal["fo", "zo"] = "fo"
+    vision: Literal["fo", "zo", "frozen"] = "fo"  # frozen: the --layers units are neither trained nor perturbed
+    language: Literal["fo", "zo", "frozen"] = "fo"
     layers: Literal["all", "hop-odd", "hop-even", "prefix", "suffix"] = "all"
     layers_n: int | None = None  # size of prefix/suffix; None means half the tower
     mozo: bool = False  # sign normalisation + eps_vision < eps_language
@@ -61,7 +62,10 @@ class Config:
     estimator: Literal["one-sided", "two-sided"] = "two-sided"  # same cost at q=1, 3x more accurate
     queries: int = 1
     conservative: bool = True  # keep the best of {θ, θ-ηu, θ+ηu} on the step's batch
-    zo_lr_scale: float = 1.0  # λ: ZO step = λ · FO learning rate
+    zo_rule: Literal["sgd", "adam", "noise", "random-search"] = "sgd"  # what turns ĝ into the step u
+    zo_lr: float | None = None  # absolute peak ZO learning rate; None: λ · lr
+    zo_lr_scale: float = 1.0  # λ: ZO step = λ · FO learning rate (when --zo-lr is unset)
+    probe_every: int = 0  # every N steps log cos(ZO update, exact FO gradient of the ZO units); 0: off
     granularity: Literal["branch", "joint", "layer"] = "branch"
     zo_chunk: int | None = None  # ZO micro-batch; None picks one that bounds activation memory
     # execution
@@ -77,6 +81,22 @@ class Config:
     @property
     def zo_branches(self) -> tuple[str, ...]:
         return tuple(b for b in BRANCHES if getattr(self, b) == "zo")
+
+    @property
+    def frozen_branches(self) -> tuple[str, ...]:
+        return tuple(b for b in BRANCHES if getattr(self, b) == "frozen")
+
+    @property
+    def zo_rule_name(self) -> str:
+        """The ZO update rule as runs, tables and checkpoints name it: sgd, sign-sgd, adam, sign-adam,
+        noise, random-search (the two controls ignore --normalize)."""
+        if self.zo_rule in ("noise", "random-search") or not self.sign:
+            return self.zo_rule
+        return f"sign-{self.zo_rule}"
+
+    def zo_lr_at(self, fo_lr: float) -> float:
+        """The ZO step size when the FO schedule is at `fo_lr`: the same warm-up and cosine shape."""
+        return fo_lr * (self.zo_lr / self.lr if self.zo_lr is not None else self.zo_lr_scale)
 
     @property
     def sign(self) -> bool:
@@ -98,18 +118,17 @@ def _validate(cfg: Config) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value}")
-    for name in ("eps", "eps_vision", "eps_language", "lr"):
+    for name in ("eps", "eps_vision", "eps_language", "lr", "zo_lr"):
         value = getattr(cfg, name)
         if value is not None and not 0 < value < math.inf:
             raise ConfigError(f"--{_flag(name)} must be > 0 and finite, got {value}")
     if not all(math.isfinite(v) for v in (cfg.zo_lr_scale, cfg.weight_decay, cfg.lora_alpha)):
         raise ConfigError("--zo-lr-scale, --weight-decay and --lora-alpha must be finite")
-    if cfg.zo_lr_scale < 0 or cfg.weight_decay < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0:
-        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps and --save-every must be >= 0")
-    if cfg.layers != "all" and not cfg.zo_branches:
-        raise ConfigError(
-            f"--layers {cfg.layers} selects ZO layers, but no branch is ZO: add --vision zo and/or --language zo"
-        )
+    if min(cfg.zo_lr_scale, cfg.weight_decay, cfg.warmup_steps, cfg.save_every, cfg.probe_every) < 0:
+        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps, --save-every and --probe-every must be >= 0")
+    if cfg.layers != "all" and not (cfg.zo_branches or cfg.frozen_branches):
+        raise ConfigError(f"--layers {cfg.layers} selects ZO (or frozen) layers, but no branch is ZO: "
+                          f"add --vision zo and/or --language zo")
     if cfg.layers_n is not None and cfg.layers not in ("prefix", "suffix"):
         raise ConfigError("--layers-n only applies to --layers prefix or suffix")
     if cfg.mozo and not cfg.zo_branches:

@@ -8,7 +8,7 @@ They run under no_grad, in eval mode (no dropout, no gating noise), images in mi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -73,6 +73,10 @@ class ClipObjective:
     def reset(self) -> None:
         self.features = {}
 
+    def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        images, tokens = self.inputs["vision"], self.inputs["language"]
+        return exact_gradient(self.model, images, self.labels, tokens, params)
+
     # -- pieces ----------------------------------------------------------------------------------
 
     def _features(self, branch: str) -> torch.Tensor:
@@ -99,6 +103,23 @@ class ClipObjective:
         logits = self.model.logits(image, text).float()  # the loss stays fp32 (zo.md §8.10)
         return F.cross_entropy(logits, labels, reduction="sum")
 
+
+
+def exact_gradient(model: AdaptedCLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
+                   params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Autograd gradient of the deterministic batch loss w.r.t. `params`, whatever their requires_grad
+    (ZO units have it off); zeros for parameters the loss does not use (gating noise in eval mode)."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad(), deterministic(model):
+            logits = model.logits(model.encode("vision", images), model.encode("language", tokens))  # (B, C)
+            grads = torch.autograd.grad(F.cross_entropy(logits, labels), list(params), allow_unused=True)
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
 
 
 @contextmanager

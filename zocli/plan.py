@@ -27,9 +27,18 @@ def zo_layers(scheme: str, n_layers: int, n: int | None = None) -> tuple[int, ..
 
 def zo_units(cfg: Config, depth: dict[str, int]) -> frozenset[Unit]:
     """All ZO units of a model whose towers have `depth[branch]` blocks."""
+    return _units(cfg, cfg.zo_branches, depth)
+
+
+def frozen_units(cfg: Config, depth: dict[str, int]) -> frozenset[Unit]:
+    """The units a `frozen` control branch takes out of training: the same --layers selection as ZO."""
+    return _units(cfg, cfg.frozen_branches, depth)
+
+
+def _units(cfg: Config, branches: tuple[str, ...], depth: dict[str, int]) -> frozenset[Unit]:
     return frozenset(
         (branch, layer)
-        for branch in cfg.zo_branches
+        for branch in branches
         for layer in zo_layers(cfg.layers, depth[branch], cfg.layers_n)
     )
 

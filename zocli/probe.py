@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from .attach import AdaptedCLIP
 from .config import BRANCHES, Config
 from .loader import select, train_loader
-from .objective import ClipObjective, deterministic
+from .objective import ClipObjective, exact_gradient
 from .rng import derive_seed
 from .session import Session
 from .step import DEFAULT_ZO_CHUNK, make_blocks, settings
@@ -104,6 +104,7 @@ def probe_variance(session: Session, task: int = 0, batches: int = 4, draws: int
 def _probe(session: Session, task: int, batches: int, draws: int, queries: int) -> VarianceReport:
     cfg = replace(session.cfg, vision="zo", language="zo", layers="all", queries=queries, granularity="branch")
     model = session.model
+    model.units.requires_grad_(False)  # every unit is ZO here: perturbed in place (probe_variance restores flags)
     units = frozenset(u for u, _ in model.unit_items())
     blocks = {block.name: block for block in make_blocks(model, units, cfg)}
     sizes = {b: sum(p.numel() for p in blocks[b].params) for b in BRANCHES}
@@ -138,22 +139,10 @@ def _batches(session: Session, cfg: Config, task: int, count: int):
 
 def _fo_gradients(model: AdaptedCLIP, images, labels, tokens) -> dict[str, torch.Tensor]:
     """Autograd gradient of the batch loss for every adapter, deterministic mode, flat per branch."""
-    params = {b: [p for (br, _), unit in model.unit_items() if br == b for p in unit.parameters()] for b in BRANCHES}
-    for plist in params.values():
-        for p in plist:
-            p.requires_grad_(True)
-    with deterministic(model):
-        logits = model.logits(model.encode("vision", images), model.encode("language", tokens))
-        loss = F.cross_entropy(logits, labels)
     flat = {}
-    for branch, plist in params.items():
-        # Gating-noise weights take no part in a deterministic forward: their gradient is zero.
-        grads = torch.autograd.grad(loss, plist, retain_graph=True, allow_unused=True)
-        flat[branch] = torch.cat([(torch.zeros_like(p) if g is None else g).flatten()
-                                  for p, g in zip(plist, grads)]).detach()
-    for plist in params.values():
-        for p in plist:
-            p.requires_grad_(False)
+    for branch in BRANCHES:
+        params = [p for (b, _), unit in model.unit_items() if b == branch for p in unit.parameters()]
+        flat[branch] = torch.cat([g.flatten() for g in exact_gradient(model, images, labels, tokens, params)])
     return flat
 
 

@@ -14,18 +14,25 @@ PAPER_GB = {"moe": {"fo": 19.96, "dual": 2.17, "vision": 6.93, "language": 12.39
             "lora": {"fo": 15.11, "dual": 1.73, "vision": 5.71, "language": 11.09}}
 
 
-def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str) -> Group:
-    """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT."""
+def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_shot: dict | None = None) -> Group:
+    """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT.
+
+    `zero_shot` ({"acc": row, "seen": all-class accuracy}) adds the untouched model's row on top."""
     table = Table(title=title, title_justify="left")
     table.add_column("after task", justify="right")
     for j in range(len(matrix)):
         table.add_column(f"T{j}", justify="right")
     table.add_column("seen", justify="right", style="bold")
+    if zero_shot and zero_shot.get("acc"):
+        table.add_row("zero-shot", *(f"{a:.1f}" for a in zero_shot["acc"][:len(matrix)]),
+                      f"{zero_shot['seen']:.2f}", style="dim", end_section=True)
     for t, row in enumerate(matrix):
         cells = [f"{a:.1f}" for a in row] + [""] * (len(matrix) - len(row))
         table.add_row(str(t), *cells, f"{summary['seen_accuracy'][t]:.2f}")
     line = (f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
             f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}")
+    if zero_shot and zero_shot.get("seen") is not None:
+        line += f"   (zero-shot, all classes: {zero_shot['seen']:.2f})"
     return Group(table, Text(line))
 
 

@@ -33,6 +33,7 @@ class Session:
     workers: int
     acc_matrix: list[list[float]] = field(default_factory=list)
     task_sizes: list[int] = field(default_factory=list)
+    zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy"} of the untouched model
 
 
 def open_session(cfg: Config) -> Session:
@@ -52,8 +53,8 @@ def open_session(cfg: Config) -> Session:
 
 
 def _load_data(bench: Benchmark, root: Path):
-    # digits ships inside scikit-learn: preparing it needs no network, so train does it on first use.
-    if bench.name == "digits" and not data.dataset_dir(root, bench.name).is_dir():
+    # Generated benchmarks need no network to prepare, so train does it on first use.
+    if bench.name in benchmarks.GENERATED and not data.dataset_dir(root, bench.name).is_dir():
         data.prepare(bench, root)
     return data.load(bench, root)
 

@@ -11,8 +11,8 @@ import torch
 from .attach import AdaptedCLIP
 from .config import BRANCHES, Config
 from .objective import ClipObjective
-from .plan import Unit, zo_units
-from .zo import Block, StepStats, ZOSettings, hybrid_step
+from .plan import Unit, frozen_units, zo_units
+from .zo import Block, StepStats, ZOAdam, ZOSettings, hybrid_step
 
 DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
 
@@ -34,7 +34,27 @@ def resolve_device(name: str) -> torch.device:
 
 def settings(cfg: Config) -> ZOSettings:
     return ZOSettings(two_sided=cfg.estimator == "two-sided", queries=cfg.queries, sign=cfg.sign,
-                      conservative=cfg.conservative)
+                      conservative=cfg.conservative, rule=cfg.zo_rule)
+
+
+def zo_notes(cfg: Config, n_blocks: int) -> list[str]:
+    """What this configuration makes of the finite difference, said once at the start of a run."""
+    if not n_blocks:
+        return []
+    rule, notes = settings(cfg), []
+    if rule.irrelevant_estimate(n_blocks):
+        notes.append("sign + conservative + q=1 + one ZO block: the candidates {θ, θ ± η·sign(z)} do not depend "
+                     "on the finite difference, so this is random search; its estimate forwards are skipped")
+        if cfg.eps_vision is not None or cfg.eps_language is not None:
+            notes.append("--eps-vision/--eps-language cannot act here: no finite difference is measured")
+    elif cfg.sign and cfg.zo_rule == "sgd" and rule.conservative and cfg.queries == 1:
+        notes.append(f"sign + conservative + q=1: the {n_blocks} finite differences decide only their relative "
+                     f"signs, {n_blocks - 1} bit(s) per step; ε sets where d is measured, not the step size")
+    if cfg.zo_rule in ("noise", "random-search") and cfg.sign:
+        notes.append(f"--zo-rule {cfg.zo_rule} measures no finite difference: --normalize/--mozo do not apply")
+    if cfg.zo_rule == "noise" and cfg.conservative:
+        notes.append("--zo-rule noise always applies its step (no candidates): --conservative does not apply")
+    return notes
 
 
 def make_blocks(model: AdaptedCLIP, units: frozenset[Unit], cfg: Config) -> list[Block]:
@@ -59,31 +79,36 @@ def _block(model: AdaptedCLIP, name: str, group: list[Unit], cfg: Config) -> Blo
 
 
 class Stepper:
-    """Owns the FO/ZO partition and the FO optimizer of one task."""
+    """Owns the FO/ZO/frozen partition, the FO optimizer and the ZO rule's state of one task."""
 
     def __init__(self, model: AdaptedCLIP, cfg: Config):
         self.model, self.cfg = model, cfg
         self.units = zo_units(cfg, model.depth())
+        frozen = frozen_units(cfg, model.depth())
         fo_params = []
         for unit, module in model.unit_items():
-            is_fo = unit not in self.units
+            is_fo = unit not in self.units and unit not in frozen
             module.requires_grad_(is_fo)
             if is_fo:
                 fo_params.extend(module.parameters())
-        # AdamW over FO units only: ZO parameters never get .grad and never enter this optimizer.
+        # AdamW over FO units only: ZO and frozen parameters never get .grad and never enter this optimizer.
         self.optimizer = torch.optim.AdamW(fo_params, lr=cfg.lr, weight_decay=cfg.weight_decay) if fo_params else None
         self.blocks = make_blocks(model, self.units, cfg)
         self.settings = settings(cfg)
+        zo_params = [p for block in self.blocks for p in block.params]
+        self.adam = ZOAdam(zo_params) if cfg.zo_rule == "adam" and zo_params else None
         self.chunk = cfg.zo_chunk or DEFAULT_ZO_CHUNK
 
     def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
         return ClipObjective(self.model, images, labels, tokens, self.units, self.chunk)
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int
-             ) -> StepStats:
-        """One hybrid step at learning rate `lr` (ZO moves λ·lr); `seed` names its directions."""
+    def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int,
+             probe: bool = False) -> StepStats:
+        """One hybrid step at FO learning rate `lr` (ZO follows the same schedule); `seed` names its
+        directions; `probe` also measures cos(ZO update, exact gradient)."""
         if self.optimizer is not None:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
         objective = self.objective(images, labels, tokens)
-        return hybrid_step(objective, self.blocks, self.optimizer, self.cfg.zo_lr_scale * lr, self.settings, seed)
+        return hybrid_step(objective, self.blocks, self.optimizer, self.cfg.zo_lr_at(lr), self.settings, seed,
+                           self.adam, probe and bool(self.blocks))

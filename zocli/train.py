@@ -21,12 +21,12 @@ from . import __version__, checkpoint
 from .config import Config, Resolved
 from .evaluate import evaluate_seen, restore
 from .loader import select, train_loader
-from .metrics import Summary, summarize
+from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
 from .rundir import Interrupted, RunDir, read_json, write_json
 from .session import Session, open_session
-from .step import Stepper
+from .step import Stepper, make_blocks, zo_notes
 
 Event = dict[str, Any]
 
@@ -43,11 +43,13 @@ class RunResult:
     summary: Summary
     wall_seconds: float
     peak_memory: dict[str, Any]
+    zero_shot: list[float] | None = None  # the untouched model on every task's test set, before task 0
+    zero_shot_seen: float | None = None  # ... and on the union of all test sets (all classes)
 
     def as_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "acc_matrix": self.acc_matrix, "task_sizes": self.task_sizes,
-                **self.summary.as_dict(), "wall_seconds": round(self.wall_seconds, 2),
-                "peak_memory": self.peak_memory}
+                **self.summary.as_dict(), "zero_shot": self.zero_shot, "zero_shot_seen": self.zero_shot_seen,
+                "wall_seconds": round(self.wall_seconds, 2), "peak_memory": self.peak_memory}
 
 
 def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callable[[Event], None] | None = None,
@@ -57,8 +59,11 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     RunDir.check_available(out, overwrite)
     session = open_session(cfg)
     run_dir = RunDir.create(out, overwrite)
+    notes = _zo_notes(session)
     write_json(run_dir.config, {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                                "zo_plan": _plan(session)})
+                                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes})
+    if notes and on_event is not None:
+        on_event({"event": "notes", "notes": notes})
     torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
     return _train_from(session, run_dir, 0, None, on_event, should_stop)
 
@@ -73,12 +78,13 @@ def resume(run_root: Path, overrides: dict[str, Any] | None = None,
         recorded = read_json(run_dir.summary)
         return RunResult(run_dir.root, recorded["acc_matrix"], recorded["task_sizes"],
                          summarize(recorded["acc_matrix"], recorded["task_sizes"]), recorded["wall_seconds"],
-                         recorded["peak_memory"])
+                         recorded["peak_memory"], recorded.get("zero_shot"), recorded.get("zero_shot_seen"))
     saved = read_json(run_dir.config)
     cfg = replace(Config(**saved["config"]), **{k: v for k, v in (overrides or {}).items() if v is not None})
     session = open_session(cfg)
     manifest = checkpoint.read_manifest(run_dir)
     done = manifest["tasks_done"]
+    session.zero_shot = manifest.get("zero_shot")
     torch.manual_seed(cfg.seed)
     if done:
         restore(run_dir, session, done - 1)
@@ -94,6 +100,8 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
                 on_event, should_stop, elapsed: float = 0.0) -> RunResult:
     emit, stop = on_event or (lambda event: None), should_stop or (lambda: False)
     began = time.perf_counter() - elapsed
+    if session.zero_shot is None:
+        _evaluate_zero_shot(session, run_dir, emit)
     peaks = []
     for task in range(first_task, session.split.n_tasks):
         if session.device.type == "cuda":
@@ -103,10 +111,25 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
         _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began)
         peaks.append(torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None)
     summary = summarize(session.acc_matrix, session.task_sizes)
+    zero_shot = session.zero_shot or {}
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
-                       time.perf_counter() - began, _peak_memory(session.device, peaks))
+                       time.perf_counter() - began, _peak_memory(session.device, peaks),
+                       zero_shot.get("acc"), zero_shot.get("seen_accuracy"))
     write_json(run_dir.summary, result.as_dict())
     return result
+
+
+def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
+    """The untouched model (adapters at init are exactly zero-shot CLIP) on every task's test set,
+    softmax over all classes: the row every method is compared with. Recorded in the manifest, so a
+    resumed run reports it without measuring again."""
+    accuracy = evaluate_seen(session, session.split.n_tasks - 1)
+    session.zero_shot = {"acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),
+                         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2)}
+    event = {"event": "zero_shot", **session.zero_shot}
+    run_dir.log(event)
+    checkpoint.record(run_dir, {"zero_shot": session.zero_shot, "metrics_bytes": run_dir.log_size()})
+    emit(event)
 
 
 def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float) -> None:
@@ -141,8 +164,9 @@ def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.T
         began = time.perf_counter()
         images = images.to(session.device, non_blocking=True)
         labels = (labels - first).to(session.device)  # local labels: CE over this task's classes only
+        probe = cfg.probe_every > 0 and (step + 1) % cfg.probe_every == 0
         stats = stepper.step(images, labels, tokens, lr_at(step, total, cfg.warmup_steps, cfg.lr),
-                             derive_seed(cfg.seed, "zo", task, step))
+                             derive_seed(cfg.seed, "zo", task, step), probe)
         _check_finite(stats.loss, model, task, step)
         history.append({**asdict(stats), "seconds": time.perf_counter() - began})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
@@ -162,14 +186,17 @@ def _restore_state(session: Session, run_dir: RunDir, stepper: Stepper, state: c
     session.model.units.load_state_dict(state.adapters)
     if stepper.optimizer is not None and state.optimizer is not None:
         stepper.optimizer.load_state_dict(state.optimizer)
+    if stepper.adam is not None and state.zo_state is not None:
+        stepper.adam.load_state_dict(state.zo_state)
     _set_rng(state.rng)
     return state.step, list(state.history)
 
 
 def _commit_state(run_dir: RunDir, task: int, step: int, stepper: Stepper, history: list) -> None:
     optimizer = stepper.optimizer.state_dict() if stepper.optimizer is not None else None
+    zo_state = stepper.adam.state_dict() if stepper.adam is not None else None
     checkpoint.save_state(run_dir, checkpoint.TrainState(task, step, stepper.model.units.state_dict(), optimizer,
-                                                         _get_rng(), history, run_dir.log_size()))
+                                                         _get_rng(), history, run_dir.log_size(), zo_state))
 
 
 def _get_rng() -> dict[str, torch.Tensor]:
@@ -205,10 +232,17 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
     mean = lambda key: round(sum(h[key] for h in history) / len(history), 6) if history else None  # noqa: E731
+    deltas = [h["zo_loss_delta"] for h in history if h.get("zo_loss_delta") is not None]
+    cosines = [h["zo_cosine"] for h in history if h.get("zo_cosine") is not None]
     return {
         "event": "train", "task": task, "steps": len(history),
         "loss_first": history[0]["loss"] if history else None, "loss_last": history[-1]["loss"] if history else None,
-        "acceptance_rate": mean("moved") if stepper.blocks and stepper.settings.conservative else None,
+        "zo_rule": stepper.cfg.zo_rule_name if stepper.blocks else None,
+        "acceptance_rate": mean("moved") if stepper.blocks and stepper.settings.keeps_best else None,
+        # ZO progress: Σ over measured steps of L(after) − L(before) the ZO update, on the step's batch
+        # (every step when conservative; probe steps otherwise), and cos(update, −exact gradient)
+        "zo_loss_delta": round(sum(deltas), 6) if deltas else None, "zo_loss_delta_steps": len(deltas),
+        "zo_cosine": round(sum(cosines) / len(cosines), 6) if cosines else None, "zo_cosine_steps": len(cosines),
         "zo_update_norm": mean("zo_update_norm"), "fo_grad_norm": mean("fo_grad_norm"),
         "forwards_per_step": mean("forwards"), "step_seconds": mean("seconds"),
     }
@@ -217,8 +251,13 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
 def _checkpoint_meta(session: Session, task: int) -> dict[str, Any]:
     cfg = session.cfg
     return {"config": cfg.as_dict(), "classes_seen": session.split.seen(task), "class_order": list(session.bench.order),
-            "zo_plan": _plan(session),
+            "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name,
             "backbone": session.model.clip.__class__.__name__}
+
+
+def _zo_notes(session: Session) -> list[str]:
+    units = zo_units(session.cfg, session.model.depth())
+    return zo_notes(session.cfg, len(make_blocks(session.model, units, session.cfg)))
 
 
 def _plan(session: Session) -> dict[str, list[int]]:

@@ -21,7 +21,7 @@ def train_cmd(
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a non-empty run directory.")] = False,
     resume: Annotated[Optional[Path], Opt("--resume", help="Continue RUN_DIR from its last commit point.")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
-    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.", rich_help_panel="Data")] = None,
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | testbed | digits.", rich_help_panel="Data")] = None,
     inc: Annotated[Optional[int], Opt(help="Classes per task.", rich_help_panel="Data")] = None,
     base: Annotated[Optional[int], Opt(help="Classes in the first task (default: --inc).", rich_help_panel="Data")] = None,
     prompt: Annotated[Optional[str], Opt(help="Prompt template with {} for the class name.", rich_help_panel="Data")] = None,
@@ -37,8 +37,8 @@ def train_cmd(
     weight_decay: Annotated[Optional[float], Opt(rich_help_panel="Optimisation")] = None,
     warmup_steps: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
     max_steps: Annotated[Optional[int], Opt(help="Cap on steps per task (smoke runs).", rich_help_panel="Optimisation")] = None,
-    vision: Annotated[Optional[str], Opt(help="fo | zo for the vision branch.", rich_help_panel="Zeroth order")] = None,
-    language: Annotated[Optional[str], Opt(help="fo | zo for the language branch.", rich_help_panel="Zeroth order")] = None,
+    vision: Annotated[Optional[str], Opt(help="fo | zo | frozen for the vision branch (frozen: a control, no update).", rich_help_panel="Zeroth order")] = None,
+    language: Annotated[Optional[str], Opt(help="fo | zo | frozen for the language branch.", rich_help_panel="Zeroth order")] = None,
     layers: Annotated[Optional[str], Opt(help="all | hop-odd | hop-even | prefix | suffix (layers of ZO branches that are ZO).", rich_help_panel="Zeroth order")] = None,
     layers_n: Annotated[Optional[int], Opt(help="Layers in prefix/suffix (default half).", rich_help_panel="Zeroth order")] = None,
     mozo: Annotated[Optional[bool], Opt("--mozo/--no-mozo", help="MoZO: sign normalisation and eps_vision < eps_language.", rich_help_panel="Zeroth order")] = None,
@@ -49,7 +49,10 @@ def train_cmd(
     estimator: Annotated[Optional[str], Opt(help="one-sided | two-sided.", rich_help_panel="Zeroth order")] = None,
     queries: Annotated[Optional[int], Opt(help="Directions q per estimate.", rich_help_panel="Zeroth order")] = None,
     conservative: Annotated[Optional[bool], Opt("--conservative/--aggressive", help="Keep the best of {θ, θ−ηu, θ+ηu}.", rich_help_panel="Zeroth order")] = None,
-    zo_lr_scale: Annotated[Optional[float], Opt(help="λ: ZO learning rate = λ·lr.", rich_help_panel="Zeroth order")] = None,
+    zo_rule: Annotated[Optional[str], Opt(help="sgd | adam | noise | random-search: how ĝ becomes the ZO step (noise, random-search: controls without a finite difference).", rich_help_panel="Zeroth order")] = None,
+    zo_lr: Annotated[Optional[float], Opt(help="Absolute peak ZO learning rate (same schedule as lr); overrides λ.", rich_help_panel="Zeroth order")] = None,
+    zo_lr_scale: Annotated[Optional[float], Opt(help="λ: ZO learning rate = λ·lr when --zo-lr is unset.", rich_help_panel="Zeroth order")] = None,
+    probe_every: Annotated[Optional[int], Opt(help="Every N steps log cos(ZO update, exact gradient of the ZO units); 0: off.", rich_help_panel="Zeroth order")] = None,
     granularity: Annotated[Optional[str], Opt(help="branch | joint | layer.", rich_help_panel="Zeroth order")] = None,
     zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.", rich_help_panel="Zeroth order")] = None,
     seed: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
@@ -79,7 +82,9 @@ def train_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
-        out.print(render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}"))
+        zero_shot = {"acc": result.zero_shot, "seen": result.zero_shot_seen}
+        out.print(render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}",
+                                         zero_shot))
 
 
 RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
@@ -130,8 +135,11 @@ def _graceful_stop():
 
 
 def _default_name(cfg) -> str:
-    plan = "fo" if not cfg.zo_branches else "-".join(cfg.zo_branches) + f"-zo-{cfg.layers}"
-    return f"{cfg.benchmark}-inc{cfg.inc}-{cfg.adapter}-{plan}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
+    """e.g. testbed-inc10-moe-vision-zo-all-adam-s0, cifar100-inc10-moe-fo-s1, ...-vision-frozen-hop-odd-s0."""
+    modes = [f"{b}-{getattr(cfg, b)}" for b in ("vision", "language") if getattr(cfg, b) != "fo"]
+    plan = "-".join(modes) + f"-{cfg.layers}" if modes else "fo"
+    rule = f"-{cfg.zo_rule_name}" if cfg.zo_branches else ""
+    return f"{cfg.benchmark}-inc{cfg.inc}-{cfg.adapter}-{plan}{rule}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
 
 
 @contextmanager
@@ -150,6 +158,11 @@ def _progress(enabled: bool):
             bars[event["task"]] = progress.add_task(f"task {event['task']}", total=event["steps"], info="")
         elif kind == "step":
             progress.update(bars[event["task"]], advance=1, info=f"loss {event['loss']:.4f}")
+        elif kind == "notes":
+            for note in event["notes"]:
+                err.print(f"note: {note}", highlight=False)
+        elif kind == "zero_shot" and enabled:
+            err.print(f"zero-shot accuracy on all classes: {event['seen_accuracy']:.2f}%")
         elif kind == "eval":
             progress.remove_task(bars.pop(event["task"]))
             if enabled:
@@ -165,7 +178,7 @@ def _progress(enabled: bool):
 
 @app.command("prepare")
 def prepare_cmd(
-    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | digits.")] = None,
+    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | testbed | digits.")] = None,
     source: Annotated[Optional[Path], Opt(help="Import from a local folder instead of the Hugging Face hub.")] = None,
     data_root: Annotated[Optional[str], Opt(help="Where prepared data goes (env ZOCLI_DATA, default ~/.cache/zocli).")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Rebuild an existing prepared copy.")] = False,

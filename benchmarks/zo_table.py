@@ -1,0 +1,124 @@
+"""Does ZO learn? Runs named configurations × seeds of `zocli train` and prints mean ± std (prints figures).
+
+Each run is a real `python -m zocli train --preset demo ...` subprocess (one torch thread each, `--jobs`
+at a time); finished runs are skipped, so an interrupted table resumes. Reproduce the README's table:
+    python benchmarks/zo_table.py --table acceptance --seeds 0-4 --jobs 2
+    python benchmarks/zo_table.py --table select --seeds 0-1 --jobs 2     # how the default rule was chosen
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PLANS = {  # what is ZO (or frozen): the study's branch-wise settings and one layer-wise one
+    "dual": ["--vision", "{m}", "--language", "{m}"],
+    "vision": ["--vision", "{m}"],
+    "language": ["--language", "{m}"],
+    "vision hop-odd": ["--vision", "{m}", "--layers", "hop-odd"],
+}
+RULES = {  # the controls, the study's literal reading, and the new default
+    "frozen": ["frozen"],
+    "noise": ["zo", "--zo-rule", "noise"],
+    "random-search": ["zo", "--zo-rule", "random-search"],
+    "ZO plain (λ=1)": ["zo", "--preset", "paper-literal", "--normalize", "none"],
+    "MoZO (paper-literal)": ["zo", "--preset", "paper-literal"],
+    "default (zo-adam)": ["zo"],
+}
+
+
+def acceptance() -> dict[str, list[str]]:
+    table = {"FO": []}
+    for plan, template in PLANS.items():
+        for rule, (mode, *extra) in RULES.items():
+            table[f"{plan} · {rule}"] = [a.replace("{m}", mode) for a in template] + extra
+    return table
+
+
+def select() -> dict[str, list[str]]:
+    table = {}
+    for plan in ("dual", "vision"):
+        flags = [a.replace("{m}", "zo") for a in PLANS[plan]]
+        table[f"{plan} · frozen"] = [a.replace("{m}", "frozen") for a in PLANS[plan]]
+        for scale in ("0.3", "1", "3"):
+            for rule in ("adam", "sgd --normalize sign"):
+                for mode in ("--conservative", "--aggressive"):
+                    name = "sign-sgd" if "sign" in rule else rule
+                    table[f"{plan} · {name} {mode[2:]} λ {scale}"] = \
+                        flags + ["--zo-rule", *rule.split(), "--zo-lr-scale", scale, mode]
+    return table
+
+
+TABLES = {"acceptance": acceptance, "select": select}
+
+
+def run_one(name: str, flags: list[str], seed: int, out: Path, data_root: str) -> Path:
+    run = out / _slug(name) / f"s{seed}"
+    if (run / "summary.json").is_file():
+        return run
+    command = [sys.executable, "-m", "zocli", "train", "--preset", "demo", *flags, "--seed", str(seed),
+               "--out", str(run), "--overwrite", "--data-root", data_root, "--json"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{name} seed {seed} failed: {done.stderr.strip()[-400:]}")
+    return run
+
+
+def row(name: str, runs: list[Path]) -> str:
+    summaries = [json.loads((r / "summary.json").read_text()) for r in runs]
+    events = [json.loads(line) for r in runs for line in (r / "metrics.jsonl").read_text().splitlines()]
+    trains = [e for e in events if e["event"] == "train"]
+    cells = [_mean_std([s["last"] for s in summaries]), _mean_std([s["avg"] for s in summaries]),
+             f"{statistics.mean(e['forwards_per_step'] for e in trains):.1f}",
+             f"{1000 * statistics.mean(e['step_seconds'] for e in trains):.0f}"]
+    deltas = [e["zo_loss_delta"] for e in trains if e.get("zo_loss_delta") is not None]
+    cells.append(f"{statistics.mean(deltas):+.4f}" if deltas else "")
+    return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in name)
+
+
+def _seeds(text: str) -> list[int]:
+    first, _, last = text.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", choices=sorted(TABLES), default="acceptance")
+    parser.add_argument("--only", default="", help="comma-separated substrings: run just the matching rows")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/zo-table"))
+    parser.add_argument("--data-root", default=os.environ.get("ZOCLI_DATA", "~/.cache/zocli"))
+    args = parser.parse_args()
+    table = {k: v for k, v in TABLES[args.table]().items()
+             if not args.only or any(s in k for s in args.only.split(","))}
+    seeds = _seeds(args.seeds)
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {(n, s): pool.submit(run_one, n, f, s, args.out, args.data_root) for n, f in table.items()
+                   for s in seeds}
+        runs = {key: future.result() for key, future in futures.items()}
+    print(f"test-bed demo protocol, seeds {args.seeds}: mean ± std over seeds\n")
+    print("| configuration | Last | Avg | forwards/step | ms/step | Σ ZO loss change/task |")
+    print("|---|---|---|---|---|---|")
+    for name in table:
+        print(row(name, [runs[(name, s)] for s in seeds]))
+
+
+if __name__ == "__main__":
+    main()

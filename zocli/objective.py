@@ -24,10 +24,11 @@ class ClipObjective:
     """Implements `zo.Objective` for a batch of images (B, 3, H, W), labels (B,) and prompts (C, T)."""
 
     def __init__(self, model: AdaptedCLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
-                 zo_units: frozenset[Unit], chunk: int):
+                 not_fo: frozenset[Unit], chunk: int):
+        """`not_fo`: the units that take no backprop step (ZO and frozen ones)."""
         self.model, self.labels, self.chunk = model, labels, chunk
         self.inputs = {"vision": images, "language": tokens}
-        self.fo_branches = {unit[0] for unit, _ in model.unit_items() if unit not in zo_units}
+        self.fo_branches = {unit[0] for unit, _ in model.unit_items() if unit not in not_fo}
         self.features: dict[str, torch.Tensor] = {}  # detached (B, E) / (C, E) at the current θ
 
     # -- FO --------------------------------------------------------------------------------------

@@ -193,6 +193,8 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
     params = [p for block in blocks for p in block.params]
     zo = _apply_zo(counter, blocks, params, updates, zo_lr, settings, probe) if blocks else _ZOResult()
     loss = fo_loss if fo_loss is not None else (sum(zo_losses) / len(zo_losses) if zo_losses else zo.before)
+    if loss is None:  # nothing measured a loss (every unit frozen, or an unprobed noise step): measure it
+        loss = counter.loss_fn(())()
     return StepStats(loss, fo_grad_norm, zo_lr * _norm(updates) if zo.moved else 0.0, zo.moved, counter.count,
                      zo.delta, zo.cosine)
 

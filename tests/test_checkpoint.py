@@ -12,6 +12,8 @@ from zocli.checkpoint import CheckpointError, load_task, read_manifest, save_tas
 from zocli.config import Config
 from zocli.rundir import RunDir, RunDirError
 
+IDENTITY = {"zocli_version": "test", "config": {}}  # what makes a directory a zocli run
+
 
 def _randomize_adapters_(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -35,7 +37,7 @@ def saved(tmp_path):
     cfg = tiny_config()
     model = build_model(cfg, "cpu")
     _randomize_adapters_(model, seed=7)
-    run = RunDir.create(tmp_path / "run")
+    run = RunDir.create(tmp_path / "run", IDENTITY)
     path = save_task(run, 0, model.units.state_dict(), {"config": cfg.as_dict(), "classes_seen": 2})
     return run, path, model, cfg
 
@@ -218,15 +220,15 @@ def test_malformed_manifest_entry_is_a_checkpoint_error(saved):
 
 def test_rundir_create_refuses_a_non_empty_directory(tmp_path):
     root = tmp_path / "run"
-    run = RunDir.create(root)
-    run.config.write_text("{}")  # a previous run
-    (root / "something").write_text("precious")
+    run = RunDir.create(root, IDENTITY)
+    run.log({"event": "a previous run"})
+    run.release()
     with pytest.raises(RunDirError) as info:
-        RunDir.create(root)
+        RunDir.create(root, IDENTITY)
     assert "--overwrite" in str(info.value)
-    assert (root / "something").read_text() == "precious"  # refused means untouched
-    run = RunDir.create(root, overwrite=True)  # --overwrite replaces a previous run
-    assert not (root / "something").exists() and not run.config.exists()
+    assert run.events() == [{"event": "a previous run"}]  # refused means untouched
+    run = RunDir.create(root, {**IDENTITY, "zocli_version": "new"}, overwrite=True)  # replaces a previous run
+    assert not run.metrics.exists() and run.saved()["zocli_version"] == "new"
     assert run.checkpoints.is_dir()
 
 
@@ -235,21 +237,21 @@ def test_overwrite_refuses_to_delete_a_directory_that_is_not_a_run(tmp_path):
     root.mkdir()
     (root / "source.py").write_text("precious")
     with pytest.raises(RunDirError):
-        RunDir.create(root, overwrite=True)
+        RunDir.create(root, IDENTITY, overwrite=True)
     assert (root / "source.py").read_text() == "precious"
 
 
 def test_rundir_create_accepts_new_or_empty_directories(tmp_path):
-    assert RunDir.create(tmp_path / "new" / "nested").checkpoints.is_dir()
+    assert RunDir.create(tmp_path / "new" / "nested", IDENTITY).checkpoints.is_dir()
     (tmp_path / "empty").mkdir()
-    assert RunDir.create(tmp_path / "empty").root == tmp_path / "empty"
+    assert RunDir.create(tmp_path / "empty", IDENTITY).root == tmp_path / "empty"
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunDirError):
-        RunDir.create(tmp_path / "file")
+        RunDir.create(tmp_path / "file", IDENTITY)
 
 
 def test_rundir_log_appends_json_lines(tmp_path):
-    run = RunDir.create(tmp_path / "run")
+    run = RunDir.create(tmp_path / "run", IDENTITY)
     run.log({"event": "a", "x": 1})
     run.log({"event": "b"})
     assert run.events() == [{"event": "a", "x": 1}, {"event": "b"}]

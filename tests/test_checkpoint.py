@@ -256,3 +256,71 @@ def test_rundir_log_appends_json_lines(tmp_path):
     run.log({"event": "b"})
     assert run.events() == [{"event": "a", "x": 1}, {"event": "b"}]
     assert run.events("b") == [{"event": "b"}]
+
+
+# ---------------------------------------------------------------------------------------------- what a manifest may point at
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "../../../etc/passwd", "../config.json", "task_00.safetensors/.."])
+def test_a_manifest_entry_outside_the_checkpoints_is_refused(saved, name):
+    run, path, model, _ = saved
+    manifest = json.loads(run.manifest.read_text())
+    manifest["files"]["0"]["file"] = name
+    run.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="not a task_NN.safetensors"):
+        load_task(run, 0)
+
+
+def test_a_fifo_or_symlink_in_place_of_a_checkpoint_is_refused_without_blocking(saved, tmp_path):
+    import os
+    import signal
+
+    run, path, model, _ = saved
+    path.unlink()
+    os.mkfifo(path)
+    signal.alarm(10)  # a FIFO opened for reading blocks until a writer comes: fail, do not hang
+    try:
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            load_task(run, 0)
+    finally:
+        signal.alarm(0)
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"x")
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_task(run, 0)
+
+
+def test_an_oversized_checkpoint_is_refused_before_it_is_read(saved):
+    import os
+
+    from zocli.checkpoint import MAX_CHECKPOINT_BYTES
+
+    run, path, model, _ = saved
+    os.truncate(path, MAX_CHECKPOINT_BYTES + 1)  # sparse: no disk used, and never read
+    with pytest.raises(CheckpointError, match="more than a checkpoint can be"):
+        load_task(run, 0)
+
+
+def test_the_tensors_come_from_the_bytes_that_were_hashed(saved, monkeypatch):
+    # A file swapped between the hash check and the load must not be what gets loaded.
+    from zocli import checkpoint
+
+    run, path, model, _ = saved
+    original = path.read_bytes()
+    other = build_model(tiny_config(), "cpu")
+    _randomize_adapters_(other, seed=99)
+    swapped = checkpoint.save(other.units.state_dict(), metadata={"task": "0"})
+
+    class SwapAfterHashing:  # another process replaces the file right after it was hashed
+        @staticmethod
+        def sha256(data):
+            digest = hashlib.sha256(data)
+            path.write_bytes(swapped)
+            return digest
+
+    monkeypatch.setattr(checkpoint, "hashlib", SwapAfterHashing)
+    tensors, _ = load_task(run, 0, _expected(model))
+    from safetensors.torch import load
+
+    assert all(torch.equal(tensors[k], v) for k, v in load(original).items())

@@ -101,8 +101,9 @@ def load_task(run: RunDir, task: int, expected: dict[str, torch.Tensor] | None =
     return tensors, meta
 
 
-def read_regular(path: Path, limit: int = MAX_CHECKPOINT_BYTES) -> bytes:
-    """The bytes of a regular file of at most `limit` bytes (no symlink, FIFO or device is followed or read)."""
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_CHECKPOINT_BYTES (no symlink, FIFO or device is followed or read)."""
+    limit = MAX_CHECKPOINT_BYTES
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -52,6 +52,8 @@ def open_session(cfg: Config) -> Session:
 
 
 def _load_data(bench: Benchmark, root: Path):
+    if root.exists() and not root.is_dir():
+        raise data.DataMissing(f"--data-root {root} is not a directory")
     # digits ships inside scikit-learn: preparing it needs no network, so train does it on first use.
     if bench.name == "digits" and not data.dataset_dir(root, bench.name).is_dir():
         data.prepare(bench, root)

@@ -12,6 +12,8 @@ from zocli.checkpoint import CheckpointError, load_task, read_manifest, save_tas
 from zocli.config import Config
 from zocli.rundir import RunDir, RunDirError
 
+IDENTITY = {"zocli_version": "test", "config": {}}  # what makes a directory a zocli run
+
 
 def _randomize_adapters_(model, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
@@ -35,7 +37,7 @@ def saved(tmp_path):
     cfg = tiny_config()
     model = build_model(cfg, "cpu")
     _randomize_adapters_(model, seed=7)
-    run = RunDir.create(tmp_path / "run")
+    run = RunDir.create(tmp_path / "run", IDENTITY)
     path = save_task(run, 0, model.units.state_dict(), {"config": cfg.as_dict(), "classes_seen": 2})
     return run, path, model, cfg
 
@@ -218,15 +220,15 @@ def test_malformed_manifest_entry_is_a_checkpoint_error(saved):
 
 def test_rundir_create_refuses_a_non_empty_directory(tmp_path):
     root = tmp_path / "run"
-    run = RunDir.create(root)
-    run.config.write_text("{}")  # a previous run
-    (root / "something").write_text("precious")
+    run = RunDir.create(root, IDENTITY)
+    run.log({"event": "a previous run"})
+    run.release()
     with pytest.raises(RunDirError) as info:
-        RunDir.create(root)
+        RunDir.create(root, IDENTITY)
     assert "--overwrite" in str(info.value)
-    assert (root / "something").read_text() == "precious"  # refused means untouched
-    run = RunDir.create(root, overwrite=True)  # --overwrite replaces a previous run
-    assert not (root / "something").exists() and not run.config.exists()
+    assert run.events() == [{"event": "a previous run"}]  # refused means untouched
+    run = RunDir.create(root, {**IDENTITY, "zocli_version": "new"}, overwrite=True)  # replaces a previous run
+    assert not run.metrics.exists() and run.saved()["zocli_version"] == "new"
     assert run.checkpoints.is_dir()
 
 
@@ -235,22 +237,90 @@ def test_overwrite_refuses_to_delete_a_directory_that_is_not_a_run(tmp_path):
     root.mkdir()
     (root / "source.py").write_text("precious")
     with pytest.raises(RunDirError):
-        RunDir.create(root, overwrite=True)
+        RunDir.create(root, IDENTITY, overwrite=True)
     assert (root / "source.py").read_text() == "precious"
 
 
 def test_rundir_create_accepts_new_or_empty_directories(tmp_path):
-    assert RunDir.create(tmp_path / "new" / "nested").checkpoints.is_dir()
+    assert RunDir.create(tmp_path / "new" / "nested", IDENTITY).checkpoints.is_dir()
     (tmp_path / "empty").mkdir()
-    assert RunDir.create(tmp_path / "empty").root == tmp_path / "empty"
+    assert RunDir.create(tmp_path / "empty", IDENTITY).root == tmp_path / "empty"
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunDirError):
-        RunDir.create(tmp_path / "file")
+        RunDir.create(tmp_path / "file", IDENTITY)
 
 
 def test_rundir_log_appends_json_lines(tmp_path):
-    run = RunDir.create(tmp_path / "run")
+    run = RunDir.create(tmp_path / "run", IDENTITY)
     run.log({"event": "a", "x": 1})
     run.log({"event": "b"})
     assert run.events() == [{"event": "a", "x": 1}, {"event": "b"}]
     assert run.events("b") == [{"event": "b"}]
+
+
+# ---------------------------------------------------------------------------------------------- what a manifest may point at
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "../../../etc/passwd", "../config.json", "task_00.safetensors/.."])
+def test_a_manifest_entry_outside_the_checkpoints_is_refused(saved, name):
+    run, path, model, _ = saved
+    manifest = json.loads(run.manifest.read_text())
+    manifest["files"]["0"]["file"] = name
+    run.manifest.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="not a task_NN.safetensors"):
+        load_task(run, 0)
+
+
+def test_a_fifo_or_symlink_in_place_of_a_checkpoint_is_refused_without_blocking(saved, tmp_path):
+    import os
+    import signal
+
+    run, path, model, _ = saved
+    path.unlink()
+    os.mkfifo(path)
+    signal.alarm(10)  # a FIFO opened for reading blocks until a writer comes: fail, do not hang
+    try:
+        with pytest.raises(CheckpointError, match="not a regular file"):
+            load_task(run, 0)
+    finally:
+        signal.alarm(0)
+    path.unlink()
+    (tmp_path / "elsewhere").write_bytes(b"x")
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_task(run, 0)
+
+
+def test_an_oversized_checkpoint_is_refused_before_it_is_read(saved):
+    import os
+
+    from zocli.checkpoint import MAX_CHECKPOINT_BYTES
+
+    run, path, model, _ = saved
+    os.truncate(path, MAX_CHECKPOINT_BYTES + 1)  # sparse: no disk used, and never read
+    with pytest.raises(CheckpointError, match="more than a checkpoint can be"):
+        load_task(run, 0)
+
+
+def test_the_tensors_come_from_the_bytes_that_were_hashed(saved, monkeypatch):
+    # A file swapped between the hash check and the load must not be what gets loaded.
+    from zocli import checkpoint
+
+    run, path, model, _ = saved
+    original = path.read_bytes()
+    other = build_model(tiny_config(), "cpu")
+    _randomize_adapters_(other, seed=99)
+    swapped = checkpoint.save(other.units.state_dict(), metadata={"task": "0"})
+
+    class SwapAfterHashing:  # another process replaces the file right after it was hashed
+        @staticmethod
+        def sha256(data):
+            digest = hashlib.sha256(data)
+            path.write_bytes(swapped)
+            return digest
+
+    monkeypatch.setattr(checkpoint, "hashlib", SwapAfterHashing)
+    tensors, _ = load_task(run, 0, _expected(model))
+    from safetensors.torch import load
+
+    assert all(torch.equal(tensors[k], v) for k, v in load(original).items())

@@ -9,6 +9,8 @@ test runner is checked on its own below.
 
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import os
@@ -284,3 +286,129 @@ def test_corrupt_manifest(damaged):
     path = damaged / "checkpoints" / "manifest.json"
     path.write_text("{ not json")
     assert_one_line_error(invoke(["eval", str(damaged)]), 1, str(path))
+
+
+# ---------------------------------------------------------------------------------------------- issue 15: the crashes that were left
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width × height: PIL refuses it as a decompression bomb before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def hostile(paths, runs, tmp_path, digits_root):
+    """Bad files for the table below, plus a copy of the moe run and of the data to damage."""
+    tmp = Path(paths["tmp"])
+    (tmp / "latin1.toml").write_bytes(b"# caf\xe9\nseed = 1\n")
+    (tmp / "garbage.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    for split in ("train", "test"):
+        (tmp / "bomb" / split / "apple").mkdir(parents=True)
+        (tmp / "bomb" / split / "apple" / "a.png").write_bytes(_png_header(20000, 20000))
+    tiny = tmp / "tiny" / "tiny-imagenet-200"
+    (tiny / "train" / "n01443537" / "images").mkdir(parents=True)
+    (tiny / "val" / "images").mkdir(parents=True)
+    (tiny / "val" / "val_annotations.txt").write_text("val_0.JPEG\n")
+    run = tmp / "damaged"
+    shutil.copytree(runs[0], run)
+    bad_data = tmp / "bad-data"
+    shutil.copytree(digits_root, bad_data)
+    arrow = sorted((bad_data / "digits" / "test").glob("*.arrow"))[0]
+    data = bytearray(arrow.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)  # zeros over encoded images
+    arrow.write_bytes(bytes(data))
+    return {**paths, "damaged": str(run), "bad_data": str(bad_data)}
+
+
+def _edit_json(path: Path, change) -> None:
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+
+def _edit_metadata(path: Path, **meta) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), "pt") as handle:
+        old = handle.metadata()
+    save_file(load_file(str(path)), str(path), metadata={**old, **meta})
+
+
+DAMAGE = {  # how to damage the copied run before the command runs
+    "config-not-zocli": lambda run: (run / "config.json").write_text('{"architectures": ["BertModel"]}'),
+    "config-unknown-key": lambda run: ((run / "summary.json").unlink(),
+                                       _edit_json(run / "config.json",
+                                                  lambda c: {**c, "config": {**c["config"], "lrr": 1}})),
+    "summary-damaged": lambda run: _edit_json(run / "summary.json", lambda s: {"acc_matrix": "x"}),
+    "commit-record-damaged": lambda run: ((run / "summary.json").unlink(),
+                                          _edit_json(run / "checkpoints" / "manifest.json",
+                                                     lambda m: {**m, "rng": "not base64"})),
+    "state-damaged": lambda run: ((run / "summary.json").unlink(),
+                                  shutil.copyfile(run / "checkpoints" / "task_01.safetensors",
+                                                  run / "checkpoints" / "resume.safetensors"),
+                                  _edit_metadata(run / "checkpoints" / "resume.safetensors", task='"two"')),
+    "metadata-config-damaged": lambda run: (_edit_metadata(run / "checkpoints" / "task_00.safetensors", config="[]"),
+                                            _rehash(run, 0)),
+}
+
+# (id, argv, exit code, substrings of the one stderr line, damage to the copied run)
+HOSTILE = [
+    ("prompt-stray-brace", DEMO + ["--prompt", "{}{"], 2, ["--prompt must hold exactly one {}"], None),
+    ("prompt-two-slots", DEMO + ["--prompt", "a {} of {}"], 2, ["--prompt must hold exactly one {}"], None),
+    ("seed-too-large", DEMO + ["--seed", "99999999999999999999999"], 2, ["--seed must be between"], None),
+    ("zo-chunk-too-large", DEMO + ["--zo-chunk", str(10**20)], 2, ["--zo-chunk must be at most"], None),
+    ("eval-batch-2-63", DEMO + ["--eval-batch-size", str(2**63)], 2, ["--eval-batch-size must be at most"], None),
+    ("workers-negative", DEMO + ["--workers", "-1"], 2, ["--workers must be >= 0"], None),
+    ("preset-not-utf8", ["train", "--preset", "{tmp}/latin1.toml"], 2, ["latin1.toml is not valid TOML"], None),
+    ("memory-device-banana", ["memory", "--preset", "demo", "--device", "banana"], 2, ["--device must be meta"], None),
+    ("probe-task-99", ["probe-variance", "--preset", "demo", "--data-root", "{data}", "--task", "99"], 2,
+     ["--task 99 is out of range"], None),
+    ("eval-plot-xyz", ["eval", "{run}", "--plot", "{tmp}/heat.xyz"], 2, ["unknown image format '.xyz'"], None),
+    ("pretrained-passwd", DEMO + ["--pretrained", "/etc/passwd"], 1, ["--pretrained /etc/passwd: not loadable"], None),
+    ("pretrained-garbage", DEMO + ["--pretrained", "{tmp}/garbage.safetensors"], 1, ["not loadable weights"], None),
+    ("data-root-is-a-file", DEMO[:4] + ["{tmp}/a-file"] + DEMO[5:], 1, ["--data-root", "is not a directory"], None),
+    ("prepare-decompression-bomb", ["prepare", "--benchmark", "cifar100", "--source", "{tmp}/bomb", "--data-root",
+                                    "{tmp}/prep", "--json"], 1, ["a.png", "exceeds limit"], None),
+    ("prepare-one-column-annotations", ["prepare", "--benchmark", "tinyimg", "--source", "{tmp}/tiny", "--data-root",
+                                        "{tmp}/prep", "--json"], 1, ["val_annotations.txt: line 1"], None),
+    ("corrupt-prepared-images", ["eval", "{damaged}", "--data-root", "{bad_data}"], 1,
+     ["prepared data is damaged", "--overwrite"], None),
+    *[(f"run-{name}", [cmd, "{damaged}"] if cmd == "eval" else ["train", "--resume", "{damaged}"], 1, [needle], name)
+      for name, cmd, needle in (("config-not-zocli", "eval", "not written by zocli"),
+                                ("config-unknown-key", "resume", "saved config is not valid"),
+                                ("summary-damaged", "resume", "summary.json: damaged"),
+                                ("commit-record-damaged", "resume", "damaged commit record"),
+                                ("state-damaged", "resume", "not a zocli training state"),
+                                ("metadata-config-damaged", "eval", "holds no valid config"))],
+]
+
+
+@pytest.mark.parametrize("argv, code, needles, damage", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_input_is_one_line_and_an_exit_code(argv, code, needles, damage, hostile):
+    if damage:
+        DAMAGE[damage](Path(hostile["damaged"]))
+    fill = lambda text: functools.reduce(lambda t, kv: t.replace(f"{{{kv[0]}}}", kv[1]), hostile.items(), text)  # noqa: E731
+    line = assert_one_line_error(invoke([fill(a) for a in argv]), code, *needles)
+    assert "internal error" not in line
+
+
+@pytest.mark.parametrize("code, when", [(errno.ENOSPC, "task"), (errno.EIO, "task"), (errno.EROFS, "config")])
+def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
+    from zocli import rundir
+
+    write = rundir.atomic_write
+
+    def failing(path, data):
+        if path.name.startswith(when):
+            raise OSError(code, os.strerror(code), str(path))
+        write(path, data)
+
+    monkeypatch.setattr(rundir, "atomic_write", failing)
+    args = [a.format(**paths) for a in DEMO + ["--inc", "5"]]
+    assert_one_line_error(invoke(args), 1, os.strerror(code))

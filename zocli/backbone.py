@@ -68,13 +68,24 @@ def build(model: str, pretrained: str = "none", device: str | torch.device = "cp
         _check_known(name)
         weights = resolve_weights(name, pretrained)
     with _quiet_random_init_warning():
-        clip = open_clip.create_model(name, pretrained=weights, device=device)
+        clip = _create(open_clip, name, weights, pretrained, device)
     clip.requires_grad_(False)
     clip.eval()
     cfg = clip.visual.preprocess_cfg if hasattr(clip.visual, "preprocess_cfg") else {}
     mean = tuple(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(cfg.get("std", open_clip.OPENAI_DATASET_STD))
     return Backbone(clip, open_clip.get_tokenizer(name), name, mean, std)
+
+
+def _create(open_clip, name: str, weights: str | None, pretrained: str, device):
+    try:
+        return open_clip.create_model(name, pretrained=weights, device=device)
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and open_clip each raise their own types
+        if weights is None:
+            raise
+        reason = " ".join(str(exc).split())[:160]
+        raise WeightsUnavailable(f"--pretrained {pretrained}: not loadable weights for {name} "
+                                 f"({type(exc).__name__}: {reason})") from None
 
 
 def resolve_weights(name: str, pretrained: str) -> str | None:

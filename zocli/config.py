@@ -137,6 +137,27 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if "{}" not in cfg.prompt:
         raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
+    try:
+        cfg.prompt.format("x")
+    except (IndexError, KeyError, ValueError):  # a stray brace, or a second {} with no name for it
+        raise ConfigError(f"--prompt must hold exactly one {{}} (write other braces as {{{{ and }}}}), "
+                          f"got {cfg.prompt!r}") from None
+    _check_ranges(cfg)
+
+
+# Counts past this are typos, and torch or the DataLoader overflow on them with a traceback.
+MAX_COUNT = 2**31 - 1
+
+
+def _check_ranges(cfg: Config) -> None:
+    if cfg.workers is not None and cfg.workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {cfg.workers}")
+    if not 0 <= cfg.seed < 2**63:
+        raise ConfigError(f"--seed must be between 0 and 2**63 - 1, got {cfg.seed}")
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name != "seed" and type(value) is int and value > MAX_COUNT:
+            raise ConfigError(f"--{_flag(f.name)} must be at most {MAX_COUNT}, got {value}")
 
 
 def _check_type(name: str, value: Any, annotation: Any) -> None:
@@ -205,9 +226,11 @@ def preset_path(name_or_path: str) -> Path:
 def load_preset(name_or_path: str) -> dict[str, Any]:
     path = preset_path(name_or_path)
     try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"preset {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"preset {path} cannot be read: {exc.strerror}") from None
     values = {key.replace("-", "_"): value for key, value in raw.items()}
     for key in values:
         if key not in KEYS:

@@ -165,8 +165,8 @@ def _rgb(cell: dict) -> dict:
             if im.mode == "RGB":
                 return cell
             rgb = im.convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"cannot read image {cell.get('path') or '<bytes>'}: {exc}") from exc
+    except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
+        raise SourceError(f"cannot read image {cell.get('path') or '<bytes>'}: {exc}") from None
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
@@ -290,6 +290,9 @@ def _tiny_folder(bench: Benchmark, source: Path, work: Path, progress: Progress)
     index = _class_index(bench)
     train = [(str(f), index[d.name]) for d in folders for f in _image_files(d / "images")]
     rows = [line.split("\t")[:2] for line in annotations.read_text().splitlines() if line.strip()]
+    short = next((n for n, row in enumerate(rows, 1) if len(row) < 2), None)
+    if short is not None:
+        raise SourceError(f"{annotations}: line {short} is not 'FILE<TAB>WNID<TAB>...'; expected {LAYOUTS['tinyimg']}")
     _lookup_names(bench, sorted({wnid for _, wnid in rows}), str(annotations))
     test = [(str(root / "val" / "images" / name), index[wnid]) for name, wnid in rows]
     missing = [p for p, _ in test if not os.path.isfile(p)]

@@ -78,8 +78,12 @@ def open_run(run_root: Path, task: int | None = None, overrides: dict | None = N
         raise ConfigError(f"--task {task} is out of range: {run.root} has tasks 0..{done - 1}")
     tasks = tuple(range(done)) if task is None else (task,)
     _, meta = load_task(run, tasks[0])
+    try:
+        saved = Config(**meta["config"])
+    except (KeyError, TypeError, ConfigError) as exc:  # metadata edited, or written by another version
+        raise CheckpointError(f"{run.task_file(tasks[0])}: its metadata holds no valid config ({exc})") from None
     safe = {k: v for k, v in (overrides or {}).items() if k not in MODEL_KEYS and v is not None}
-    return run, open_session(replace(Config(**meta["config"]), **safe)), tasks
+    return run, open_session(replace(saved, **safe)), tasks
 
 
 def restore(run: RunDir, session: Session, task: int) -> None:

@@ -21,6 +21,10 @@ CROP_SCALE = (0.9, 1.0)  # MoE-Adapters' RandomResizedCrop(224, scale=(0.9, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
+class CorruptImage(RuntimeError):
+    """An image of the prepared copy cannot be decoded: the copy on disk is damaged."""
+
+
 @dataclass(frozen=True)
 class ImageSpec:
     size: int
@@ -49,8 +53,12 @@ class TaskImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int | None]) -> tuple[torch.Tensor, int]:
         row, crop_seed = key
-        item = self.split[row]
-        image = TF.to_image(item["image"].convert("RGB"))  # (3, H, W) uint8
+        try:
+            item = self.split[row]
+            image = TF.to_image(item["image"].convert("RGB"))  # (3, H, W) uint8
+        except (OSError, ValueError) as exc:  # PIL's undecodable bytes; arrow's damaged buffers
+            raise CorruptImage(f"the prepared data is damaged: image {row} of {len(self)} cannot be decoded "
+                               f"({type(exc).__name__}: {exc}); rebuild it with `zocli prepare ... --overwrite`") from None
         image = _train_crop(image, self.spec.size, crop_seed) if crop_seed is not None \
             else _eval_resize(image, self.spec.size)
         pixels = TF.normalize(TF.to_dtype(image, torch.float32, scale=True), self.spec.mean, self.spec.std)

@@ -11,6 +11,7 @@ One warm-up step first (optimizer state and lazy workspaces appear on step 1); t
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -127,6 +128,8 @@ def plan_for(name: str) -> dict[str, str]:
 
 def measure(cfg: Config, configs: Sequence[str] = DEFAULT_CONFIGS, device: str = "meta") -> MemoryReport:
     """Peak memory of one training step for each named FO/ZO configuration on `cfg`'s model and batch."""
+    if not re.fullmatch(r"meta|cpu|cuda(:\d+)?", device):
+        raise ConfigError(f"--device must be meta, cpu, cuda or cuda:N; got {device!r}")
     plans = {name: plan_for(name) for name in configs}
     bench = benchmarks.get(cfg.benchmark)
     prompts = benchmarks.split(bench, cfg.inc, cfg.base).sizes[0]

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import ConfigError
+
+# What matplotlib's Agg backend writes, by file suffix; any other suffix fails only after the work is done.
+FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
+
 
 class PlotUnavailable(RuntimeError):
     """matplotlib is not installed."""
+
+
+def check_path(path: Path | None) -> None:
+    """A usage error for a --plot file matplotlib cannot write, raised before any work starts."""
+    if path is not None and Path(path).suffix.lower() not in FORMATS:
+        raise ConfigError(f"--plot {path}: unknown image format {Path(path).suffix or '(none)'!r}; "
+                          f"use one of {', '.join(FORMATS)}")
 
 
 def _pyplot():

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .attach import AdaptedCLIP
-from .config import BRANCHES, Config
+from .config import BRANCHES, Config, ConfigError
 from .loader import select, train_loader
 from .objective import ClipObjective, exact_gradient
 from .rng import derive_seed
@@ -90,6 +90,8 @@ def probe_variance(session: Session, task: int = 0, batches: int = 4, draws: int
     Finite-difference round trips are exact only up to fp32 rounding, so the adapters and their
     requires_grad flags are put back exactly afterwards: probing leaves the model as it found it.
     """
+    if not 0 <= task < session.split.n_tasks:
+        raise ConfigError(f"--task {task} is out of range: the benchmark has tasks 0..{session.split.n_tasks - 1}")
     model = session.model
     saved = {k: v.clone() for k, v in model.units.state_dict().items()}
     flags = [p.requires_grad for p in model.adapter_parameters()]

@@ -53,6 +53,8 @@ def open_session(cfg: Config) -> Session:
 
 
 def _load_data(bench: Benchmark, root: Path):
+    if root.exists() and not root.is_dir():
+        raise data.DataMissing(f"--data-root {root} is not a directory")
     # Generated benchmarks need no network to prepare, so train does it on first use.
     if bench.name in benchmarks.GENERATED and not data.dataset_dir(root, bench.name).is_dir():
         data.prepare(bench, root)

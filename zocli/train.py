@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 from . import __version__, checkpoint
-from .config import Config, Resolved
+from .config import Config, ConfigError, Resolved
 from .evaluate import evaluate_seen, restore
 from .loader import select, train_loader
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
-from .rundir import Interrupted, RunDir, read_json, write_json
+from .rundir import Interrupted, RunDir, RunDirError, read_json
 from .session import Session, open_session
 from .step import Stepper, make_blocks, zo_notes
 
@@ -56,44 +56,64 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
         should_stop: Callable[[], bool] | None = None) -> RunResult:
     """Train every task of the sequence into a fresh run directory `out`."""
     cfg = resolved.config
-    RunDir.check_available(out, overwrite)
+    RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
     session = open_session(cfg)
-    run_dir = RunDir.create(out, overwrite)
+    # Everything config.json holds is computed before the directory is touched: a bad value found
+    # here (a --layers-n too large for the model, say) must not leave a half-created run behind.
     notes = _zo_notes(session)
-    write_json(run_dir.config, {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes})
-    if notes and on_event is not None:
-        on_event({"event": "notes", "notes": notes})
-    torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
-    return _train_from(session, run_dir, 0, None, on_event, should_stop)
+    identity = {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
+                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes}
+    with RunDir.create(out, identity, overwrite) as run_dir:
+        if notes and on_event is not None:
+            on_event({"event": "notes", "notes": notes})
+        torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
+        return _train_from(session, run_dir, 0, None, on_event, should_stop)
 
 
 def resume(run_root: Path, overrides: dict[str, Any] | None = None,
            on_event: Callable[[Event], None] | None = None, should_stop: Callable[[], bool] | None = None
            ) -> RunResult:
     """Continue a run from its last commit point: the end of a task, or a mid-task state."""
-    run_dir = RunDir.open(run_root)
-    run_dir.clean_partial_writes()  # a resume is the run's only writer
-    if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
-        recorded = read_json(run_dir.summary)
+    with RunDir.open(run_root).locked() as run_dir:  # validated and locked before anything is touched
+        run_dir.clean_partial_writes()
+        if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
+            return _recorded(run_dir)
+        cfg = replace(_saved_config(run_dir), **{k: v for k, v in (overrides or {}).items() if v is not None})
+        session = open_session(cfg)
+        manifest = checkpoint.read_manifest(run_dir)
+        done = manifest["tasks_done"]
+        # before task 0's commit, the manifest holds at most the zero-shot row and the log length after it
+        committed = checkpoint.committed_results(run_dir, manifest) if done else \
+            {"metrics_bytes": int(manifest.get("metrics_bytes", 0))}
+        session.zero_shot = manifest.get("zero_shot")
+        torch.manual_seed(cfg.seed)
+        if done:
+            restore(run_dir, session, done - 1)
+            session.acc_matrix, session.task_sizes = committed["acc_matrix"], committed["task_sizes"]
+            _set_rng(committed["rng"])
+        state = checkpoint.load_state(run_dir)
+        state = state if state is not None and state.task == done else None  # older states are stale
+        run_dir.truncate_log(state.metrics_bytes if state else committed["metrics_bytes"])
+        return _train_from(session, run_dir, done, state, on_event, should_stop, committed.get("wall_seconds", 0.0))
+
+
+def _saved_config(run_dir: RunDir) -> Config:
+    try:
+        return Config(**run_dir.saved()["config"])
+    except (TypeError, ConfigError) as exc:  # unknown or missing keys, bad values: the file was edited
+        raise RunDirError(f"{run_dir.config}: the saved config is not valid ({exc})") from None
+
+
+def _recorded(run_dir: RunDir) -> RunResult:
+    """The result a finished run recorded in summary.json."""
+    recorded = read_json(run_dir.summary)
+    try:
         return RunResult(run_dir.root, recorded["acc_matrix"], recorded["task_sizes"],
-                         summarize(recorded["acc_matrix"], recorded["task_sizes"]), recorded["wall_seconds"],
+                         summarize(recorded["acc_matrix"], recorded["task_sizes"]), float(recorded["wall_seconds"]),
                          recorded["peak_memory"], recorded.get("zero_shot"), recorded.get("zero_shot_seen"))
-    saved = read_json(run_dir.config)
-    cfg = replace(Config(**saved["config"]), **{k: v for k, v in (overrides or {}).items() if v is not None})
-    session = open_session(cfg)
-    manifest = checkpoint.read_manifest(run_dir)
-    done = manifest["tasks_done"]
-    session.zero_shot = manifest.get("zero_shot")
-    torch.manual_seed(cfg.seed)
-    if done:
-        restore(run_dir, session, done - 1)
-        session.acc_matrix, session.task_sizes = manifest["acc_matrix"], manifest["task_sizes"]
-        _set_rng(checkpoint.decode_rng(manifest["rng"]))
-    state = checkpoint.load_state(run_dir)
-    state = state if state is not None and state.task == done else None  # older states are stale
-    run_dir.truncate_log(state.metrics_bytes if state else manifest.get("metrics_bytes", 0))
-    return _train_from(session, run_dir, done, state, on_event, should_stop, manifest.get("wall_seconds", 0.0))
+    except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise RunDirError(f"{run_dir.summary}: damaged ({type(exc).__name__}: {exc}); delete it to resume "
+                          f"the run from its last commit") from None
 
 
 def _train_from(session: Session, run_dir: RunDir, first_task: int, state: checkpoint.TrainState | None,
@@ -115,7 +135,7 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
                        time.perf_counter() - began, _peak_memory(session.device, peaks),
                        zero_shot.get("acc"), zero_shot.get("seen_accuracy"))
-    write_json(run_dir.summary, result.as_dict())
+    run_dir.write_json(run_dir.summary, result.as_dict())
     return result
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__
 from ..config import ConfigError
@@ -29,17 +30,18 @@ def runtime_errors() -> tuple[type[BaseException], ...]:
     from ..backbone import UnknownModel, WeightsUnavailable
     from ..checkpoint import CheckpointError
     from ..data import DataMissing, SourceError
+    from ..loader import CorruptImage
     from ..rundir import RunDirError
     from ..step import DeviceUnavailable
     from ..train import Diverged
 
     return (WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel,
-            DeviceUnavailable)
+            DeviceUnavailable, CorruptImage)
 
 
 @contextmanager
 def errors():
-    """Expected failures become one line on stderr and an exit code; --debug shows the traceback."""
+    """Every failure becomes one line on stderr and an exit code; --debug shows the traceback."""
     try:
         yield
     except typer.Exit:
@@ -50,12 +52,33 @@ def errors():
     except Exception as exc:  # noqa: BLE001 - classified just below
         if STATE["debug"]:
             raise
-        code = 2 if isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnknownModel" else \
-            1 if isinstance(exc, runtime_errors()) else None
-        if code is None:
-            raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        code, text = classify(exc)
+        err.print(f"[red]error:[/red] {escape(one_line(text))}", highlight=False)
         raise typer.Exit(code) from None
+
+
+def classify(exc: Exception) -> tuple[int, str]:
+    """(exit code, message): 2 for usage errors, 1 for everything else."""
+    if isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnknownModel":
+        return 2, str(exc)
+    if isinstance(exc, runtime_errors()):
+        return 1, str(exc)
+    if isinstance(exc, OSError):  # disk full, I/O error, read-only filesystem, a file where a folder goes
+        where = f"{exc.filename}: " if exc.filename else ""
+        return 1, f"{where}{exc.strerror or exc}"
+    if isinstance(exc, MemoryError) or "out of memory" in str(exc) or "can't allocate memory" in str(exc):
+        return 1, f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); " \
+                  f"lower --batch-size, --eval-batch-size or --zo-chunk"
+    # A bug: still one line (the README's contract), with the way to the traceback.
+    return 1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and report it)"
+
+
+def one_line(text: str) -> str:
+    """An error message as one line; of an error re-raised from a DataLoader worker, its last line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if "Original Traceback" in text and lines:
+        return lines[-1]
+    return " ".join(lines)
 
 
 @app.callback()
@@ -79,6 +102,12 @@ def precheck(cfg) -> None:
     from .. import benchmarks
 
     benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)
+
+
+def plots_check(path) -> None:
+    from ..plots import check_path
+
+    check_path(path)
 
 
 def plot_to(draw) -> None:

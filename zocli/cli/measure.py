@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 
 from .. import render
-from ._shared import Opt, app, errors, out, plot_to, precheck
+from ._shared import Opt, app, errors, out, plot_to, plots_check, precheck
 
 @app.command("probe-variance")
 def probe_variance_cmd(
@@ -40,6 +40,7 @@ def probe_variance_cmd(
                  "seed": seed, "batch_size": batch_size, "device": device,
                  "data_root": data_root or os.environ.get("ZOCLI_DATA")}
     with errors():
+        plots_check(plot)
         from ..probe import probe_variance
 
         if run_dir is not None:

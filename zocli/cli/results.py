@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import render
-from ._shared import Opt, app, err, errors, out, plot_to
+from ._shared import Opt, app, err, errors, out, plot_to, plots_check
 
 @app.command("eval")
 def eval_cmd(
@@ -30,6 +30,7 @@ def eval_cmd(
                  "eval_batch_size": eval_batch_size}
     paths = _expand(run_dirs)
     with errors():
+        plots_check(plot)
         if len(paths) > 1 or as_csv:
             _compare(paths, as_json, as_csv, plot)
             return

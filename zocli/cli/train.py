@@ -66,7 +66,7 @@ def train_cmd(
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
-    with errors(), _graceful_stop() as should_stop:
+    with errors(), _graceful_stop(lambda: _abort(where)) as should_stop:
         from ..rundir import Interrupted
 
         try:
@@ -75,9 +75,8 @@ def train_cmd(
         except Interrupted as stop:
             err.print(str(stop), highlight=False)
             raise typer.Exit(130) from None
-        except KeyboardInterrupt:  # the second Ctrl-C: no commit now, the last commit point stands
-            hint = f"; resume from the last commit with: zocli train --resume {where['run']}" if "run" in where else ""
-            err.print(f"aborted{hint}", highlight=False)
+        except KeyboardInterrupt:  # a Ctrl-C before the stop handler was in place
+            err.print(_aborted(where), highlight=False)
             raise typer.Exit(130) from None
     if as_json:
         print(json.dumps(result.as_dict()))
@@ -113,16 +112,34 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
 
 
+def _aborted(where: dict[str, Path]) -> str:
+    hint = f"; resume from the last commit with: zocli train --resume {where['run']}" if "run" in where else ""
+    return f"aborted{hint}"
+
+
+def _abort(where: dict[str, Path]) -> None:
+    """The second Ctrl-C: exit 130 at once, with no commit; the last commit point stands.
+
+    Exiting from the handler, not raising KeyboardInterrupt: an exception raised while a finalizer
+    runs is printed and swallowed by Python, and training went on.
+    """
+    # Straight to fd 2: the signal may land inside rich's print of the first Ctrl-C's message, whose
+    # buffer is written only when that print returns, which it never will.
+    os.write(2, (_aborted(where) + "\n").encode())
+    os._exit(130)
+
+
 @contextmanager
-def _graceful_stop():
-    """First Ctrl-C / SIGTERM: finish the step, commit, exit 130. A second one stops at once."""
+def _graceful_stop(abort):
+    """First Ctrl-C / SIGTERM: finish the step, commit, exit 130. A second one calls `abort` at once."""
     import signal
 
     requested = {"stop": False}
 
     def handler(signum, frame):
         if requested["stop"]:
-            raise KeyboardInterrupt
+            abort()
+            return
         requested["stop"] = True
         err.print("stopping after this step (again to abort now) ...")
 

@@ -1,0 +1,41 @@
+"""Ctrl-C at any moment ends in exit 130 with one line (issue 15, item 11)."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+
+def test_a_ctrl_c_outside_any_command_exits_130_and_a_later_one_is_ignored(monkeypatch, capsys):
+    # The first ~0.3 s (imports) and the time after a command are outside the commands' own handling.
+    import zocli.cli
+    from zocli.__main__ import main
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zocli.cli, "app", interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            main()
+        assert exit_.value.code == 130
+        assert capsys.readouterr().err == "interrupted\n"
+        # from here until the process is gone a Ctrl-C cannot turn exit 130 into death by SIGINT
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_the_second_ctrl_c_aborts_without_raising(tmp_path):
+    # Raising KeyboardInterrupt from the handler was swallowed when it landed inside a finalizer.
+    from zocli.cli.train import _graceful_stop
+
+    aborted = []
+    with _graceful_stop(lambda: aborted.append(True)) as should_stop:
+        handler = signal.getsignal(signal.SIGINT)
+        handler(signal.SIGINT, None)
+        assert should_stop() and not aborted
+        handler(signal.SIGINT, None)  # must not raise
+        assert aborted == [True]

@@ -46,7 +46,7 @@ def select() -> dict[str, list[str]]:
     for plan in ("dual", "vision"):
         flags = [a.replace("{m}", "zo") for a in PLANS[plan]]
         table[f"{plan} · frozen"] = [a.replace("{m}", "frozen") for a in PLANS[plan]]
-        for scale in ("0.3", "1", "3"):
+        for scale in ("0.3", "1", "3", "10", "30"):
             for rule in ("adam", "sgd --normalize sign"):
                 for mode in ("--conservative", "--aggressive"):
                     name = "sign-sgd" if "sign" in rule else rule

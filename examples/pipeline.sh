@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# A lab pipeline end to end on the bundled digits benchmark with the tiny model (offline, CPU):
+# A lab pipeline end to end on the generated test-bed with the pretrained tiny CLIP (offline, CPU):
 # prepare → several trains → comparison → memory → probe-variance, reading only JSON from stdout.
 # Usage: examples/pipeline.sh [WORKDIR]   (needs `zocli` on PATH and `python3` for JSON parsing)
 set -euo pipefail
 
 work=${1:-$(mktemp -d)}
 export ZOCLI_DATA="$work/data" HF_HUB_OFFLINE=1
-common=(--preset demo --max-steps 8 --epochs 1)
+common=(--preset demo --inc 50 --max-steps 8 --epochs 1)
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
-zocli prepare --benchmark digits --json | json 'd["data"]'
+zocli prepare --benchmark testbed --json | json 'd["data"]'
 
 for plan in fo dual-zo vision-hop-odd dual-hop-even-mozo; do
   last=$(zocli train "${common[@]}" --preset "$plan" --out "$work/runs/$plan" --json | json 'd["last"]')

@@ -410,5 +410,5 @@ def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
         write(path, data)
 
     monkeypatch.setattr(rundir, "atomic_write", failing)
-    args = [a.format(**paths) for a in DEMO + ["--inc", "5"]]
+    args = [a.format(**paths) for a in DEMO + ["--inc", "5", "--json"]]  # --json: no progress lines
     assert_one_line_error(invoke(args), 1, os.strerror(code))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from zocli import zo
 from zocli.rng import derive_seed
-from zocli.zo import Block, ZOSettings, estimate, hybrid_step, perturb_
+from zocli.zo import Block, ZOAdam, ZOSettings, _directions, estimate, hybrid_step, perturb_
 
 
 
@@ -97,6 +97,15 @@ class ToyObjective:
 
     def reset(self):
         self.resets += 1
+
+    def gradient(self, params):
+        flags = [p.requires_grad for p in params]
+        for p in params:
+            p.requires_grad_(True)
+        grads = torch.autograd.grad(self.toy.forward(), list(params))
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        return [g.detach() for g in grads]
 
 
 def flat(tensors) -> torch.Tensor:
@@ -480,3 +489,74 @@ def test_step_stats_loss_and_forward_count():
                         ZOSettings(two_sided=False, queries=2, conservative=False), seed=0)
     assert stats.loss == at_theta  # one-sided: measured at θ
     assert stats.forwards == 1 + 2 and stats.fo_grad_norm == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+def test_zo_adam_direction_is_torch_adams_step():
+    toy = Toy(torch.float64)
+    params = [p.detach().clone() for p in toy.zo_params()]
+    mirror = [p.clone().requires_grad_() for p in params]
+    reference = torch.optim.Adam(mirror, lr=1.0, betas=ZOAdam.BETAS, eps=ZOAdam.EPS)
+    adam = ZOAdam(params)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        before = [m.detach().clone() for m in mirror]
+        for m, grad in zip(mirror, grads):
+            m.grad = grad.clone()
+        reference.step()
+        for u, m, b in zip(adam.direction(grads), mirror, before):
+            assert torch.allclose(u, b - m.detach(), rtol=1e-10, atol=1e-12)  # lr 1: the step is −u
+    restored = ZOAdam(params)
+    restored.load_state_dict(adam.state_dict())
+    assert restored.t == 5 and all(torch.equal(a, b) for a, b in zip(restored.m + restored.v, adam.m + adam.v))
+
+
+def test_skipped_irrelevant_estimate_is_bit_identical_to_measuring_it():
+    """sign + conservative + q=1 + one block: the estimate cannot change the step, so it is skipped —
+    the parameters after every step equal, bit for bit, those of a run that measures it."""
+    skip, measure = Toy(torch.float32), Toy(torch.float32)
+    fast = ZOSettings(sign=True, conservative=True)
+    slow = ZOSettings(sign=True, conservative=True, skip_irrelevant=False)
+    assert fast.irrelevant_estimate(1) and not fast.estimates(1) and slow.estimates(1)
+    for step in range(15):
+        seed = derive_seed("skip", step)
+        a = hybrid_step(ToyObjective(skip), [skip.block()], None, 0.05, fast, seed)
+        b = hybrid_step(ToyObjective(measure), [measure.block()], None, 0.05, slow, seed)
+        assert all(torch.equal(p, q) for p, q in zip(skip.zo_params(), measure.zo_params()))
+        assert (a.forwards, b.forwards) == (3, 5) and a.moved == b.moved
+    assert not ZOSettings(sign=True, conservative=True).irrelevant_estimate(2)  # two blocks: one bit each
+
+
+def test_noise_moves_every_coordinate_by_lr_and_queries_nothing():
+    toy, lr = Toy(torch.float64), 1e-2
+    theta = [p.clone() for p in toy.zo_params()]
+    stats = hybrid_step(ToyObjective(toy), [toy.block()], None, lr, ZOSettings(rule="noise"), 3)
+    for p, t in zip(toy.zo_params(), theta):
+        assert torch.allclose((p - t).abs(), torch.full_like(t, lr), rtol=0, atol=1e-15)
+    assert stats.moved and stats.forwards == 1  # only the logged loss: no estimate, no candidates
+
+
+def test_random_search_keeps_the_best_of_theta_and_the_sign_candidates():
+    toy, lr = Toy(torch.float64), 0.05
+    for step in range(8):
+        theta = [p.clone() for p in toy.zo_params()]
+        stats = hybrid_step(ToyObjective(toy), [toy.block()], None, lr, ZOSettings(rule="random-search"), step)
+        z = [d.sign() for d in _directions(toy.block(), derive_seed(step, "vision", 0))]
+        candidates = _candidates(theta, z, lr)
+        losses = {k: _loss_with(toy, v) for k, v in candidates.items()}
+        kept = [k for k, v in candidates.items() if all(torch.equal(p, c) for p, c in zip(toy.zo_params(), v))]
+        assert kept and losses[kept[0]] == min(losses.values())
+        assert stats.forwards == 3 and stats.zo_loss_delta == pytest.approx(min(losses.values()) - losses[0.0])
+
+
+def test_probe_cosine_is_measured_against_the_exact_gradient():
+    toy = Toy(torch.float64)
+    stats = hybrid_step(ToyObjective(toy), [toy.block()], None, 1e-3, ZOSettings(conservative=False, queries=64),
+                        0, probe=True)
+    assert stats.zo_cosine is not None and stats.zo_cosine > 0.3  # 64 directions on 213 coordinates
+    assert stats.zo_loss_delta < 0
+    plain = hybrid_step(ToyObjective(toy), [toy.block()], None, 1e-3, ZOSettings(conservative=False), 1)
+    assert plain.zo_cosine is None and plain.zo_loss_delta is None  # aggressive, unprobed: not measured

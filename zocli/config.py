@@ -62,9 +62,11 @@ class Config:
     estimator: Literal["one-sided", "two-sided"] = "two-sided"  # same cost at q=1, 3x more accurate
     queries: int = 1
     conservative: bool = True  # keep the best of {θ, θ-ηu, θ+ηu} on the step's batch
-    zo_rule: Literal["sgd", "adam", "noise", "random-search"] = "sgd"  # what turns ĝ into the step u
+    # What turns ĝ into the step u. ZO-Adam at λ = 3 learned most on the test-bed (README, "Does ZO learn?");
+    # plain sgd at λ = 1 is an SGD step at AdamW's learning rate in expectation: hundreds of times too small.
+    zo_rule: Literal["sgd", "adam", "noise", "random-search"] = "adam"
     zo_lr: float | None = None  # absolute peak ZO learning rate; None: λ · lr
-    zo_lr_scale: float = 1.0  # λ: ZO step = λ · FO learning rate (when --zo-lr is unset)
+    zo_lr_scale: float = 3.0  # λ: ZO step = λ · FO learning rate (when --zo-lr is unset)
     probe_every: int = 0  # every N steps log cos(ZO update, exact FO gradient of the ZO units); 0: off
     granularity: Literal["branch", "joint", "layer"] = "branch"
     zo_chunk: int | None = None  # ZO micro-batch; None picks one that bounds activation memory

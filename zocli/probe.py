@@ -8,7 +8,7 @@ same batches is the reference. Variance of a Q-direction average falls as 1/Q.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,7 @@ from .loader import select, train_loader
 from .objective import ClipObjective, exact_gradient
 from .rng import derive_seed
 from .session import Session
-from .step import DEFAULT_ZO_CHUNK, make_blocks, settings
+from .step import DEFAULT_ZO_CHUNK, Stepper, make_blocks, settings
 from .zo import estimate
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -46,6 +46,9 @@ class BranchVariance:
     fo: Distribution
     cosine_zo_fo: float  # mean cosine between one ZO estimate and the FO gradient of its batch
     layers: dict[int, dict[str, float]]  # layer -> {"zo_mean", "fo_mean"}
+    # mean L(after) − L(before) of one step on its batch, this branch alone trained (the other frozen),
+    # per update rule at its learning rate, next to the exact FO (AdamW) step: what the ZO table's gaps mean
+    step_change: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,12 @@ def probe_variance(session: Session, task: int = 0, batches: int = 4, draws: int
     saved = {k: v.clone() for k, v in model.units.state_dict().items()}
     flags = [p.requires_grad for p in model.adapter_parameters()]
     try:
-        return _probe(session, task, batches, draws, queries)
+        report = _probe(session, task, batches, draws, queries)
+        changes = {}
+        for branch in BRANCHES:
+            model.units.load_state_dict(saved)
+            changes[branch] = _step_changes(session, task, batches, branch)
+        return replace(report, branches=tuple(replace(b, step_change=changes[b.branch]) for b in report.branches))
     finally:
         model.units.load_state_dict(saved)
         for p, flag in zip(model.adapter_parameters(), flags):
@@ -123,6 +131,39 @@ def _probe(session: Session, task: int, batches: int, draws: int, queries: int) 
                 zo[branch].add(grads)
                 cosines[branch].append(float(F.cosine_similarity(grads, fo_grads[branch], dim=0)))
     return _report(session, cfg, task, batches, draws, queries, blocks, zo, fo, cosines)
+
+
+# The rules compared per step: the exact FO step, today's plain and MoZO readings at λ = 1, the run's
+# configured rule (the default when probing a fresh model), and the two controls.
+def _step_rules(cfg: Config) -> dict[str, dict]:
+    return {
+        "fo-adamw": {"mode": "fo"},
+        "zo-plain λ=1": {"zo_rule": "sgd", "normalize": "none", "zo_lr": None, "zo_lr_scale": 1.0},
+        "mozo λ=1": {"zo_rule": "sgd", "normalize": "sign", "zo_lr": None, "zo_lr_scale": 1.0},
+        f"configured ({cfg.zo_rule_name})": {},
+        "noise": {"zo_rule": "noise"},
+        "random-search": {"zo_rule": "random-search"},
+    }
+
+
+def _step_changes(session: Session, task: int, batches: int, branch: str) -> dict[str, float]:
+    """Per rule: train `branch` alone (other branch frozen) from the same θ for `batches` steps at the
+    peak learning rate, and average the deterministic loss change each step made on its own batch."""
+    model, start = session.model, {k: v.clone() for k, v in session.model.units.state_dict().items()}
+    other = "language" if branch == "vision" else "vision"
+    changes = {}
+    for name, overrides in _step_rules(session.cfg).items():
+        model.units.load_state_dict(start)
+        mode = overrides.pop("mode", "zo")
+        cfg = replace(session.cfg, **{branch: mode, other: "frozen", "layers": "all", "layers_n": None,
+                                      "mozo": False}, **overrides)
+        stepper, deltas = Stepper(model, cfg), []
+        for index, (images, labels, tokens) in enumerate(_batches(session, cfg, task, batches)):
+            before = stepper.objective(images, labels, tokens).loss_fn(())()
+            stepper.step(images, labels, tokens, cfg.lr, derive_seed(cfg.seed, "probe-step", index))
+            deltas.append(stepper.objective(images, labels, tokens).loss_fn(())() - before)
+        changes[name] = sum(deltas) / len(deltas)
+    return changes
 
 
 def _estimate(block, loss, seed: int, cfg: Config):

@@ -84,7 +84,19 @@ def variance(report) -> Group:
                       f"{b.zo.quantiles['q95']:.3e}", f"{b.fo.mean:.3e}", f"{b.cosine_zo_fo:.4f}")
     ratio = report.ratio_vision_language
     line = f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×"
-    return Group(table, Text(line))
+    return Group(table, Text(line), _step_changes(report))
+
+
+def _step_changes(report) -> Table:
+    """Mean loss change per step, per rule and branch (negative: the step lowered the batch loss)."""
+    rules = list(report.branches[0].step_change)
+    table = Table(title="loss change per step on its batch (this branch trained alone)", title_justify="left")
+    table.add_column("rule")
+    for b in report.branches:
+        table.add_column(b.branch, justify="right")
+    for rule in rules:
+        table.add_row(rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches))
+    return table
 
 
 def _gb(n: int) -> str:

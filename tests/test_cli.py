@@ -55,6 +55,16 @@ def test_every_command_has_help(command):
     assert "Usage: zocli " + command in _flat(result.stdout)
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--version", "train"]])
+def test_version_is_an_eager_option(args):
+    # It printed "Missing command." (exit 2) unless a subcommand followed.
+    from zocli import __version__
+
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == __version__
+
+
 def test_top_level_help_lists_the_commands():
     result = invoke(["--help"])
     assert result.exit_code == 0

@@ -81,15 +81,20 @@ def one_line(text: str) -> str:
     return " ".join(lines)
 
 
+def _print_version(value: bool) -> None:
+    # Eager: runs while the options are parsed, before Typer asks for a command.
+    if value:
+        out.print(__version__, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
 ) -> None:
     STATE["debug"] = debug
-    if version:
-        out.print(__version__)
-        raise typer.Exit()
 
 
 # ----------------------------------------------------------------------------------------------

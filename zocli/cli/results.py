@@ -103,6 +103,9 @@ def presets_list_cmd(
     if as_json:
         print(json.dumps(described))
         return
+    if out.is_terminal:  # wrapped at words under each description; a pipe gets one line per preset
+        out.print(render.preset_list(described), highlight=False)
+        return
     width = max(map(len, described), default=0)
     for name, text in described.items():
         out.print(f"{name:<{width}}  {text}", highlight=False)

@@ -222,6 +222,51 @@ def test_prepare_digits_json(tmp_path):
     assert len(dd["train"]) + len(dd["test"]) == 1797
 
 
+def _partial_cifar(root):
+    """A --source folder with the first 10 of CIFAR-100's 100 classes (one image each per split)."""
+    import numpy as np
+    import PIL.Image
+
+    from zocli import benchmarks
+
+    for split in ("train", "test"):
+        for name in benchmarks.get("cifar100").classes[:10]:
+            (root / split / name).mkdir(parents=True)
+            PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / split / name / "0.png")
+    return root
+
+
+def test_prepare_refuses_a_partial_source_in_one_line(tmp_path):
+    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
+                     "--data-root", tmp_path / "root"])
+    assert result.exit_code == 1, result.output
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "90 of 100" in errors[0] and "--allow-partial" in errors[0]
+
+
+def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path):
+    # Found: the partial copy trained tasks 0-2, then died with "ValueError: task_sizes must give...".
+    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
+                     "--data-root", tmp_path / "root", "--allow-partial"])
+    assert result.exit_code == 0, result.output
+    assert _says(result.stderr, "warning:")
+    result = invoke(["train", "--preset", "demo", "--benchmark", "cifar100", "--inc", "10", "--data-root",
+                     tmp_path / "root", "--out", tmp_path / "run"])
+    assert result.exit_code == 1, result.output
+    _no_traceback(result)
+    assert _says(result.stderr, "no train images for task(s)") and _says(result.stderr, "--overwrite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resnet_model_is_a_usage_error(tmp_path, digits_root):
+    result = invoke(["train", "--preset", "demo", "--model", "RN50", "--data-root", digits_root,
+                     "--out", tmp_path / "run"])
+    assert result.exit_code == 2, result.output
+    _no_traceback(result)
+    assert _says(result.stderr, "choose a ViT model")
+
+
 def test_prepare_with_nothing_to_do_is_a_usage_error():
     result = invoke(["prepare"])
     assert result.exit_code == 2

@@ -87,13 +87,14 @@ def load(bench: Benchmark, data_root: Path) -> DatasetDict:
 
 
 def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
-            on_progress: Progress | None = None, overwrite: bool = False) -> Path:
+            on_progress: Progress | None = None, overwrite: bool = False, allow_partial: bool = False) -> Path:
     """Write the normalized copy of `bench` under `data_root` and return its directory.
 
     Idempotent: if the directory already exists and `overwrite` is false, it is returned unchanged
     (nothing is read or validated; `load` does that). The copy is written to a hidden temporary
     sibling and renamed into place, so an interrupted prepare never leaves a half dataset at the
-    path `load` reads.
+    path `load` reads. A source lacking some classes is refused unless `allow_partial`: tasks take
+    classes in the shipped order, so a missing class would only surface tasks later, mid-run.
     """
     target = dataset_dir(data_root, bench.name)
     if target.exists() and not overwrite:
@@ -105,6 +106,7 @@ def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress)
+        _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
         del dd  # drop the memory maps on tmp/work before it is deleted
@@ -112,6 +114,24 @@ def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def class_counts(bench: Benchmark, ds: Dataset) -> np.ndarray:
+    """Images per class (indexed like `bench.classes`) in one split."""
+    return np.bincount(np.asarray(ds["label"], dtype=np.int64), minlength=bench.n_classes)
+
+
+def _check_complete(bench: Benchmark, dd: DatasetDict, allow_partial: bool, progress: Progress) -> None:
+    for split in ("train", "test"):
+        empty = [bench.classes[i] for i in np.flatnonzero(class_counts(bench, dd[split]) == 0)]
+        if not empty:
+            continue
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        what = f"the source has no {split} images for {len(empty)} of {bench.n_classes} {bench.name} classes ({shown})"
+        if not allow_partial:
+            raise SourceError(f"{what}; every task needs its classes: use a complete copy, or --allow-partial "
+                              f"for a deliberate subset (tasks left without images refuse to train)")
+        progress(f"warning: {what}; tasks that contain them cannot be trained or evaluated")
 
 
 def _move_into_place(new: Path, target: Path, trash: Path) -> None:

@@ -41,6 +41,7 @@ def open_session(cfg: Config) -> Session:
     bench = benchmarks.get(cfg.benchmark)
     split = benchmarks.split(bench, cfg.inc, cfg.base)
     dataset = _load_data(bench, Path(cfg.data_root).expanduser())
+    _check_every_task_has_images(bench, split, dataset)
     device = resolve_device(cfg.device)
     model = build_model(cfg, device)
     spec = ImageSpec(model.image_size, model.mean, model.std)
@@ -59,6 +60,18 @@ def _load_data(bench: Benchmark, root: Path):
     if bench.name in benchmarks.GENERATED and not data.dataset_dir(root, bench.name).is_dir():
         data.prepare(bench, root)
     return data.load(bench, root)
+
+
+def _check_every_task_has_images(bench: Benchmark, split: benchmarks.Split, dataset) -> None:
+    # A copy prepared with --allow-partial may leave whole tasks empty: say so now, not at that task.
+    for name in ("train", "test"):
+        counts = data.class_counts(bench, dataset[name])
+        empty = [t for t in range(split.n_tasks) if counts[list(bench.order[slice(*split.bounds(t))])].sum() == 0]
+        if empty:
+            raise data.DataMissing(
+                f"the prepared {bench.name} copy has no {name} images for task(s) {', '.join(map(str, empty))} "
+                f"of {split.n_tasks} (it was prepared from a partial source); re-run `zocli prepare --benchmark "
+                f"{bench.name} --source DIR --overwrite` with a complete copy")
 
 
 def _cpus() -> int:

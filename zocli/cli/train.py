@@ -199,6 +199,7 @@ def prepare_cmd(
     source: Annotated[Optional[Path], Opt(help="Import from a local folder instead of the Hugging Face hub.")] = None,
     data_root: Annotated[Optional[str], Opt(help="Where prepared data goes (env ZOCLI_DATA, default ~/.cache/zocli).")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Rebuild an existing prepared copy.")] = False,
+    allow_partial: Annotated[bool, Opt("--allow-partial", help="Accept a --source lacking some classes (with a warning); tasks left without images refuse to train.")] = False,
     weights: Annotated[bool, Opt("--weights", help="Also download pretrained model weights.")] = False,
     model: Annotated[str, Opt(help="Model whose weights --weights downloads.")] = "ViT-B-16",
     pretrained: Annotated[str, Opt(help="open_clip pretrained tag for --weights.")] = "openai",
@@ -216,7 +217,8 @@ def prepare_cmd(
 
             bench = benchmarks.get(benchmark)
             note = None if as_json else (lambda line: err.print(line, highlight=False))
-            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite))
+            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite,
+                                              allow_partial=allow_partial))
         if weights:
             from ..backbone import download_weights
 

@@ -267,6 +267,16 @@ def test_a_resnet_model_is_a_usage_error(tmp_path, digits_root):
     assert _says(result.stderr, "choose a ViT model")
 
 
+def test_prepare_over_an_existing_copy_says_it_kept_it(tmp_path):
+    # Found: prepare --source NEWDIR over an existing copy kept the old one silently and exited 0.
+    assert invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path]).exit_code == 0
+    result = invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"existing": True, "data": str(tmp_path / "digits")}
+    assert _says(result.stderr, "digits is already prepared") and _says(result.stderr, "(1437 train + 360 test images)")
+    assert _says(result.stderr, "--overwrite rebuilds it")
+
+
 def test_prepare_with_nothing_to_do_is_a_usage_error():
     result = invoke(["prepare"])
     assert result.exit_code == 2

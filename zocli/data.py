@@ -83,6 +83,18 @@ def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     return dd
 
 
+def prepared_sizes(bench: Benchmark, data_root: Path) -> dict[str, int] | None:
+    """Images per split of the copy already prepared under `data_root`, or None when there is none."""
+    path = dataset_dir(data_root, bench.name)
+    if not (path / "dataset_dict.json").is_file():
+        return None
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except Exception:  # noqa: BLE001 - unreadable: `load` explains, `prepare --overwrite` rebuilds
+        return None
+    return {split: len(dd[split]) for split in dd}
+
+
 # prepare
 
 

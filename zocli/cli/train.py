@@ -217,6 +217,12 @@ def prepare_cmd(
 
             bench = benchmarks.get(benchmark)
             note = None if as_json else (lambda line: err.print(line, highlight=False))
+            existing = None if overwrite else data.prepared_sizes(bench, root)
+            if existing is not None:  # kept as it is: say so, or a new --source looks imported
+                report["existing"] = True
+                counts = " + ".join(f"{n} {split}" for split, n in existing.items())
+                err.print(f"{bench.name} is already prepared at {data.dataset_dir(root, bench.name)} ({counts} images)"
+                          f"{'; --source was not read' if source else ''}; --overwrite rebuilds it", highlight=False)
             report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite,
                                               allow_partial=allow_partial))
         if weights:

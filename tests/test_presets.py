@@ -134,3 +134,13 @@ def test_presets_on_a_terminal_wrap_at_words(monkeypatch):
     for path in FILES:
         description = next(line for line in path.read_text().splitlines() if line.startswith("#"))
         assert set(description.split(": ", 1)[1].split()) <= words, path.stem
+
+
+@pytest.mark.parametrize("names", [["demo"], ["cifar100-inc10", "dual-hop-even-mozo"], ["lora"]])
+def test_presets_show_output_loads_back_as_a_preset(names, tmp_path):
+    # Found: `zocli presets show NAME > my.toml; zocli train --preset my.toml` failed on `null`.
+    result = invoke("presets", "show", *names)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "my.toml"
+    path.write_text(result.stdout)
+    assert resolve([str(path)]).config == resolve(names).config

@@ -7,6 +7,7 @@ columns that hold free text (config values, descriptions) may wrap.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -99,6 +100,19 @@ def preset_list(described: dict[str, str]) -> Table:
     for name, text in described.items():
         table.add_row(name, text)
     return table
+
+
+def preset_toml(resolved) -> str:
+    """The resolved config as a preset file that loads back to the same config (`presets show > my.toml`).
+
+    JSON scalars are valid TOML values; TOML has no null, so unset keys become comments.
+    """
+    lines = [f"# resolved from: {' '.join(resolved.presets)}"]
+    for key, value in resolved.config.as_dict().items():
+        source = resolved.sources[key]
+        note = "" if source == "default" else f"   # {source}"
+        lines.append(f"# {key}: unset ({source})" if value is None else f"{key} = {json.dumps(value)}{note}")
+    return "\n".join(lines) + "\n"
 
 
 def memory(report) -> _Whole:

@@ -124,9 +124,7 @@ def presets_show_cmd(
     if as_json:
         print(json.dumps(resolved.as_dict()))
         return
-    for key, value in resolved.config.as_dict().items():
-        source = resolved.sources[key]
-        out.print(f"{key} = {json.dumps(value)}" + ("" if source == "default" else f"   # {source}"), highlight=False)
+    out.print(render.preset_toml(resolved), highlight=False, end="")
 
 
 def _preset_description(path: Path) -> str:

@@ -58,3 +58,22 @@ def test_preset_list_wraps_descriptions_at_words():
     for word in described["cifar100-inc10"].split():
         assert word in words, word  # no word or number split across lines
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 50
+
+
+def memory_report(**setting):
+    from zocli.memory import MemoryReport, MemoryRow
+
+    row = MemoryRow("fo", 10_290_000_000, 600_000_000, 16_000_000, 16_000_000, 32_000_000, 9_600_000_000, None)
+    shape = {"model": "ViT-B-16", "adapter": "moe", "benchmark": "cifar100", "batch_size": 128, "prompts": 10, **setting}
+    return MemoryReport(**shape, image_size=224, device="meta", upper_bound=True, rows=(row,))
+
+
+@pytest.mark.parametrize("setting, shown", [
+    ({}, True),
+    ({"benchmark": "imgr", "batch_size": 64, "prompts": 20}, False),  # found: "10.29 vs paper 19.96"
+    ({"batch_size": 64}, False),
+    ({"model": "zocli-tiny"}, False),
+])
+def test_paper_memory_column_only_beside_the_setting_the_paper_measured(setting, shown):
+    text = rendered(render.memory(memory_report(**setting)), 200)
+    assert ("paper" in text) is shown and ("19.96" in text) is shown

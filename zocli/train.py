@@ -130,6 +130,8 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
         state = None
         _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began)
         peaks.append(torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None)
+        if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
+            raise Interrupted(run_dir.root)
     summary = summarize(session.acc_matrix, session.task_sizes)
     zero_shot = session.zero_shot or {}
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,

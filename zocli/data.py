@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -27,7 +26,8 @@ import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 from . import world
-from .benchmarks import GENERATED, Benchmark, canonical_name
+from .benchmarks import GENERATED, Benchmark
+from .preflight import dataset_dir, prepare_command  # noqa: F401  (dataset_dir is part of this module's API)
 
 Progress = Callable[[str], None]
 SPLIT_SEED = 1993  # ImageNet-R's fixed per-class 80/20 split (DESIGN §4)
@@ -49,10 +49,6 @@ class SourceError(RuntimeError):
     """The data source cannot be used: an unrecognised --source folder, or the hub is unreachable."""
 
 
-def dataset_dir(data_root: Path, benchmark: str) -> Path:
-    return Path(data_root).expanduser() / canonical_name(benchmark)
-
-
 def _features(bench: Benchmark) -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=list(bench.classes))})
 
@@ -63,7 +59,7 @@ def _features(bench: Benchmark) -> Features:
 def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     """The prepared copy of `bench`; raises DataMissing when it is absent, unreadable or stale."""
     path = dataset_dir(data_root, bench.name)
-    command = f"zocli prepare --benchmark {bench.name} --data-root {shlex.quote(str(data_root))}"
+    command = prepare_command(bench.name, data_root)
     # prepare renames only complete copies into place, so a directory without dataset_dict.json
     # was made or damaged by something else.
     if not (path / "dataset_dict.json").is_file():

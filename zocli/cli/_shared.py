@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 runtime error (missing data, weights unavailable, corrupt ch
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -15,7 +16,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..config import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Zeroth-order / first-order continual learning of CLIP adapters.")
@@ -23,20 +23,18 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs
 STATE = {"debug": False}
 
-USAGE_ERRORS = (ConfigError,)
+USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.backbone": ("UnknownModel",)}
+RUNTIME_ERRORS = {"zocli.backbone": ("WeightsUnavailable",), "zocli.checkpoint": ("CheckpointError",),
+                  "zocli.data": ("DataMissing", "SourceError"), "zocli.rundir": ("RunDirError",),
+                  "zocli.step": ("DeviceUnavailable",), "zocli.train": ("Diverged",), "zocli.preflight": ("NotReady",),
+                  "zocli.loader": ("CorruptImage",)}
 
 
-def runtime_errors() -> tuple[type[BaseException], ...]:
-    from ..backbone import UnknownModel, WeightsUnavailable
-    from ..checkpoint import CheckpointError
-    from ..data import DataMissing, SourceError
-    from ..loader import CorruptImage
-    from ..rundir import RunDirError
-    from ..step import DeviceUnavailable
-    from ..train import Diverged
-
-    return (WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel,
-            DeviceUnavailable, CorruptImage)
+def _classes(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
+    # Only modules already imported: an exception's class was imported with it, and importing the rest
+    # here would cost the seconds of torch/datasets imports that the fast checks exist to avoid.
+    return tuple(getattr(sys.modules[module], name) for module, names in table.items() if module in sys.modules
+                 for name in names)
 
 
 @contextmanager
@@ -59,9 +57,9 @@ def errors():
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, message): 2 for usage errors, 1 for everything else."""
-    if isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnknownModel":
+    if isinstance(exc, _classes(USAGE_ERRORS)):
         return 2, str(exc)
-    if isinstance(exc, runtime_errors()):
+    if isinstance(exc, _classes(RUNTIME_ERRORS)):
         return 1, str(exc)
     if isinstance(exc, OSError):  # disk full, I/O error, read-only filesystem, a file where a folder goes
         where = f"{exc.filename}: " if exc.filename else ""

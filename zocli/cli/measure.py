@@ -41,23 +41,14 @@ def probe_variance_cmd(
                  "data_root": data_root or os.environ.get("ZOCLI_DATA")}
     with errors():
         plots_check(plot)
-        from ..probe import probe_variance
-
         if run_dir is not None:
-            from ..evaluate import open_run, restore
-
-            run, session, tasks = open_run(run_dir, task, measuring)
-            restore(run, session, tasks[-1])
-            probe_task = tasks[-1] if task is not None else 0
+            session, probe_task = _run_session(run_dir, task, measuring)
         else:
-            from ..config import resolve
-            from ..session import open_session
-
             flags = {"benchmark": benchmark, "inc": inc, "model": model, "pretrained": pretrained,
                      "adapter": adapter, **measuring}
-            cfg = resolve(preset or [], flags).config
-            precheck(cfg)
-            session, probe_task = open_session(cfg), task or 0
+            session, probe_task = _fresh_session(preset or [], flags), task or 0
+        from ..probe import probe_variance
+
         report = probe_variance(session, probe_task, batches, draws, queries)
         if plot is not None:
             plot_to(lambda plots: plots.variance_histogram(report, plot))
@@ -67,6 +58,31 @@ def probe_variance_cmd(
     out.print(render.variance(report))
     if plot is not None:
         out.print(f"plot: {plot}")
+
+
+def _run_session(run_dir: Path, task: Optional[int], measuring: dict):
+    """A run's model after task K (default: its last), probed on task K's batches (default: task 0)."""
+    from ..preflight import check_run
+
+    check_run(run_dir, task, measuring)  # before the heavy imports
+    from ..evaluate import open_run, restore
+
+    run, session, tasks = open_run(run_dir, task, measuring)
+    restore(run, session, tasks[-1])
+    return session, tasks[-1] if task is not None else 0
+
+
+def _fresh_session(presets: list[str], flags: dict):
+    from .. import preflight
+    from ..config import resolve
+
+    cfg = resolve(presets, flags).config
+    precheck(cfg)
+    preflight.check_device(cfg.device)
+    preflight.check_data(cfg)
+    from ..session import open_session
+
+    return open_session(cfg)
 
 
 @app.command("memory")
@@ -87,13 +103,15 @@ def memory_cmd(
              "zo_chunk": zo_chunk}
     with errors():
         from ..config import resolve
-        from ..memory import measure
+        from ..preflight import check_device
 
         cfg = resolve(preset or [], flags).config
         precheck(cfg)
-        if device.startswith("cuda"):
-            from ..step import resolve_device
+        check_device(device)
+        from ..memory import measure
+        from ..step import resolve_device
 
+        if device.startswith("cuda"):
             resolve_device(device)
         report = measure(cfg, [c.strip() for c in configs.split(",") if c.strip()], device)
     if as_json:

@@ -34,6 +34,9 @@ def eval_cmd(
         if len(paths) > 1 or as_csv:
             _compare(paths, as_json, as_csv, plot)
             return
+        from ..preflight import check_run
+
+        check_run(paths[0], task, overrides)
         from ..evaluate import reevaluate
 
         result = reevaluate(paths[0], task, overrides)

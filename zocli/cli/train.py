@@ -97,6 +97,9 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
             what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
             raise ConfigError(f"--resume continues a run with its saved config; {what} cannot change "
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
+        from ..preflight import check_run
+
+        check_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS})
         from ..train import resume as resume_run
 
         where["run"] = resume
@@ -106,6 +109,9 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     resolved = resolve(preset or [], flags)
     precheck(resolved.config)
     target = out_dir or Path("runs") / _default_name(resolved.config)
+    from ..preflight import check_fresh_run
+
+    check_fresh_run(resolved.config, target, overwrite)
     from ..train import run
 
     where["run"] = target

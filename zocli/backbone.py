@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .config import did_you_mean
 
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with.
@@ -140,10 +141,15 @@ def download_weights(name: str, tag: str) -> Path:
     cfg = open_clip.get_pretrained_cfg(open_clip_name(name), tag)
     if not cfg:
         raise WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}")
-    try:
-        return Path(open_clip.download_pretrained(cfg))
-    except Exception as exc:  # hub errors come in many types; the user needs one line
-        raise WeightsUnavailable(f"could not download {tag!r} weights for {name}: {exc}") from None
+    with hub.offline_unless_reachable() as online:
+        try:
+            return Path(open_clip.download_pretrained(cfg))
+        except Exception as exc:  # hub errors come in many types; the user needs one line
+            why = " ".join(str(exc).split())[:160] if online else "the Hugging Face hub is unreachable"
+            raise WeightsUnavailable(
+                f"could not download {tag!r} weights for {name} ({why}); on a machine with network run "
+                f"`hf download {_hub_repo(open_clip_name(name), tag)}` and copy its Hugging Face cache here, "
+                f"or pass --pretrained PATH to a weights file") from None
 
 
 def tower_depths(clip: torch.nn.Module) -> dict[str, int]:

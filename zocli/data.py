@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-from . import world
+from . import hub, world
 from .benchmarks import GENERATED, Benchmark
 from .preflight import dataset_dir, prepare_command  # noqa: F401  (dataset_dir is part of this module's API)
 
@@ -251,13 +251,16 @@ def _testbed(bench: Benchmark, progress: Progress) -> DatasetDict:
 
 
 def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
-    progress(f"downloading {bench.hub_id} from the Hugging Face hub")
-    try:
-        return datasets.load_dataset(bench.hub_id, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - offline, DNS, 404, auth: all mean "use --source"
-        reason = " ".join(str(exc).split())[:160]
-        raise SourceError(f"cannot load {bench.hub_id} from the Hugging Face hub ({type(exc).__name__}: "
-                          f"{reason}); offline? pass --source DIR with {LAYOUTS[bench.name]}") from exc
+    with hub.offline_unless_reachable() as online:
+        progress(f"downloading {bench.hub_id} from the Hugging Face hub" if online else
+                 f"the Hugging Face hub is offline or unreachable: looking for {bench.hub_id} in its local cache")
+        try:
+            return datasets.load_dataset(bench.hub_id, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - offline, DNS, 404, auth: all mean "use --source"
+            reason = " ".join(str(exc).split())[:160]
+            why = (f"from the Hugging Face hub ({type(exc).__name__}: {reason})" if online else
+                   "(the Hugging Face hub is unreachable or HF_HUB_OFFLINE is set, and its local cache lacks it)")
+            raise SourceError(f"cannot load {bench.hub_id} {why}; pass --source DIR with {LAYOUTS[bench.name]}") from exc
 
 
 def _from_hub(bench: Benchmark, work: Path, progress: Progress) -> DatasetDict:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 
 from .. import render
-from ._shared import Opt, app, errors, out, plot_to, plots_check, precheck
+from ._shared import Opt, app, err, errors, out, plot_to, plots_check, precheck
 
 @app.command("probe-variance")
 def probe_variance_cmd(
@@ -95,7 +95,7 @@ def memory_cmd(
     batch_size: Annotated[Optional[int], Opt()] = None,
     zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.")] = None,
     configs: Annotated[str, Opt(help="Comma list: fo, dual, vision, language, each optionally -hop-odd/-hop-even/-prefix/-suffix, +mozo.")] = ",".join(("fo", "dual", "vision", "language", "dual-hop-odd", "dual-hop-even", "dual-prefix", "dual-suffix")),
-    device: Annotated[str, Opt(help="meta (upper bound, instant) | cpu (exact tracker) | cuda.")] = "meta",
+    device: Annotated[str, Opt(help="meta (upper bound, no compute; 10-30 s per config for ViT-B-16) | cpu (exact tracker, real compute) | cuda.")] = "meta",
     as_json: Annotated[bool, Opt("--json", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
     """Peak memory of one training step per FO/ZO configuration, with a breakdown (no weights or data needed)."""
@@ -113,7 +113,8 @@ def memory_cmd(
 
         if device.startswith("cuda"):
             resolve_device(device)
-        report = measure(cfg, [c.strip() for c in configs.split(",") if c.strip()], device)
+        note = None if as_json else (lambda name, i, n: err.print(f"measuring {name} ({i + 1}/{n}) ...", highlight=False))
+        report = measure(cfg, [c.strip() for c in configs.split(",") if c.strip()], device, on_progress=note)
     if as_json:
         print(json.dumps(report.as_dict()))
         return

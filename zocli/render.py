@@ -76,6 +76,18 @@ def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_s
     return Group(table, Text(line))
 
 
+def run_banner(event: dict) -> str:
+    """One line as a run starts: where, on what, how much is trained and how, and how long a sequence."""
+    n = event["parameters"]
+    steps = event["steps"][event["first_task"]:]
+    per_task = f"{steps[0]}" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)}"
+    todo = f"{event['tasks']} tasks" if not event["first_task"] else \
+        f"tasks {event['first_task']}-{event['tasks'] - 1} of {event['tasks']}"
+    return (f"run {event['run_dir']} · {event['device']} · {event['model']} ({event['pretrained']}) {event['adapter']} "
+            f"· {event['benchmark']} · {todo} × {per_task} steps · trainable {n['trainable']:,} "
+            f"(ZO {n['zo']:,}, FO {n['fo']:,})")
+
+
 def comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a run comparison, shared by the table and the CSV."""
     header = ["run", *comparison.differing, "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"]

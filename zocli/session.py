@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,7 +13,8 @@ from . import benchmarks, data
 from .attach import AdaptedCLIP, build_model
 from .benchmarks import Benchmark, Split
 from .config import Config
-from .loader import ImageSpec, TaskImages, positions_of
+from .loader import EpochBatches, ImageSpec, TaskImages, positions_of, select
+from .plan import zo_units
 from .step import resolve_device
 
 
@@ -51,6 +53,20 @@ def open_session(cfg: Config) -> Session:
     return Session(cfg, bench, split, device, model, TaskImages(dataset["train"], position, spec),
                    TaskImages(dataset["test"], position, spec), list(dataset["train"]["label"]),
                    list(dataset["test"]["label"]), tokens, workers)
+
+
+def overview(session: Session) -> dict[str, Any]:
+    """What the run is about to do (the CLI's banner): model, device, parameter split, tasks × steps."""
+    cfg, model = session.cfg, session.model
+    zo = zo_units(cfg, model.depth())
+    sizes = {kind: sum(p.numel() for unit, module in model.unit_items() if (unit in zo) == (kind == "zo")
+                       for p in module.parameters()) for kind in ("zo", "fo")}
+    steps = [EpochBatches(select(session.train_labels, session.train.position, *session.split.bounds(t)),
+                          cfg.batch_size, cfg.epochs, (), max_steps=cfg.max_steps).total
+             for t in range(session.split.n_tasks)]
+    return {"device": str(session.device), "model": cfg.model, "pretrained": cfg.pretrained, "adapter": cfg.adapter,
+            "benchmark": session.bench.name, "parameters": {"trainable": sizes["zo"] + sizes["fo"], **sizes},
+            "tasks": session.split.n_tasks, "steps": steps}
 
 
 def _load_data(bench: Benchmark, root: Path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -100,6 +101,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         from ..preflight import check_run
 
         check_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS})
+        on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from ..train import resume as resume_run
 
         where["run"] = resume
@@ -112,6 +114,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     from ..preflight import check_fresh_run
 
     check_fresh_run(resolved.config, target, overwrite)
+    on_event({"event": "starting", "what": "training into", "run_dir": str(target)})
     from ..train import run
 
     where["run"] = target
@@ -167,20 +170,34 @@ def _default_name(cfg) -> str:
 
 @contextmanager
 def _progress(enabled: bool):
-    """Rich progress on stderr, only on a terminal; yields the core's on_event callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task unless
+    --json; bars (this task, and the whole run with its ETA) only on a terminal."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=err, transient=True,
-                        disable=not (enabled and err.is_terminal))
-    bars: dict[int, Any] = {}
+                        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err,
+                        transient=True, disable=not (enabled and err.is_terminal))
+    bars: dict[Any, Any] = {}
+    run: dict[str, Any] = {}
 
     def on_event(event: dict) -> None:
         kind = event["event"]
-        if kind == "task_start":
-            bars[event["task"]] = progress.add_task(f"task {event['task']}", total=event["steps"], info="")
+        if kind == "starting" and enabled:
+            err.print(f"{event['what']} {event['run_dir']}: loading torch, the data and the model ...", highlight=False)
+        elif kind == "run_start":
+            run.update(event, began=time.perf_counter(), done=0, todo=sum(event["steps"][event["first_task"]:]))
+            if enabled:
+                err.print(render.run_banner(event), highlight=False)
+            bars["run"] = progress.add_task("run", total=run["todo"], info="")
+        elif kind == "task_start":
+            counter = f"task {event['task']} · {event['task'] + 1}/{run.get('tasks', '?')}"
+            bars[event["task"]] = progress.add_task(counter, total=event["steps"], completed=event["start"], info="")
         elif kind == "step":
             progress.update(bars[event["task"]], advance=1, info=f"loss {event['loss']:.4f}")
+            if "run" in bars:
+                progress.update(bars["run"], advance=1)
+                run["done"] += 1
         elif kind == "notes":
             for note in event["notes"]:
                 err.print(f"note: {note}", highlight=False)
@@ -189,10 +206,21 @@ def _progress(enabled: bool):
         elif kind == "eval":
             progress.remove_task(bars.pop(event["task"]))
             if enabled:
-                err.print(f"task {event['task']}: seen accuracy {event['seen_accuracy']:.2f}%")
+                err.print(f"task {event['task']} ({event['task'] + 1}/{run.get('tasks', '?')}): seen accuracy "
+                          f"{event['seen_accuracy']:.2f}%{_timing(run)}", highlight=False)
 
     with progress:
         yield on_event
+
+
+def _timing(run: dict) -> str:
+    """' · 0:01:05 elapsed, ETA 0:04:20' from the steps done so far (evaluations count as step time)."""
+    if not run.get("done"):
+        return ""
+    elapsed = time.perf_counter() - run["began"]
+    left = elapsed * (run["todo"] - run["done"]) / run["done"]
+    clock = lambda seconds: f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"  # noqa: E731
+    return f" · {clock(elapsed)} elapsed, ETA {clock(left)}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,6 +55,38 @@ def test_every_command_has_help(command):
     assert "Usage: zocli " + command in _flat(result.stdout)
 
 
+def _options(*path: str):
+    import typer
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
+
+
+@pytest.mark.parametrize("path", [("train",), ("eval",), ("prepare",), ("probe-variance",), ("memory",),
+                                  ("presets", "show")], ids=" ".join)
+def test_every_option_is_described_with_a_readable_metavar(path):
+    # Found: --lora-rank, --batch-size, --seed, --eps-vision, ... had no description; metavars read
+    # <list[str]>, <int range> and <str> for what are choices.
+    for option in _options(*path):
+        assert option.help and option.help.strip(), option.opts
+        assert option.metavar is not None and not option.metavar.startswith("<"), (option.opts, option.metavar)
+
+
+def test_train_help_shows_every_default_and_the_choices():
+    from zocli.config import KEYS
+
+    options = {o.name: o for o in _options("train")}
+    assert set(KEYS) <= set(options)
+    for key in KEYS:
+        assert "[default: " in options[key].help, key
+    assert options["vision"].metavar == "fo|zo|frozen" and options["adapter"].metavar == "moe|lora"
+    assert "[default: 10]" in options["inc"].help and "[default: 0.001]" in options["lr"].help
+    text = invoke(["train", "--help"], env={"COLUMNS": "250"}).stdout
+    assert "all|hop-odd|hop-even|prefix|suffix" in text and "[default: two-sided]" in text
+
+
 @pytest.mark.parametrize("args", [["--version"], ["--version", "train"]])
 def test_version_is_an_eager_option(args):
     # It printed "Missing command." (exit 2) unless a subcommand followed.

@@ -7,7 +7,9 @@ Exit codes: 0 ok, 1 runtime error (missing data, weights unavailable, corrupt ch
 
 from __future__ import annotations
 
+import functools
 import sys
+import typing
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -99,6 +101,38 @@ def main(
 # train
 
 Opt = typer.Option
+
+# How a default reads in --help where the Config value alone (None) would not say it.
+DEFAULT_WORDS = {"base": "= --inc", "max_steps": "full epochs", "layers_n": "half the layers",
+                 "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
+                 "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
+                 "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr"}
+
+
+@functools.cache
+def _defaults():
+    from ..config import Config
+
+    return Config()
+
+
+def CfgOpt(key: str, help: str, *decls: str, panel: str | None = None):  # noqa: N802 - reads like typer.Option
+    """An option for Config field `key`: its choices as the metavar and its built-in default in the help.
+
+    The option itself defaults to None, so that presets can set what the flag leaves unset."""
+    from typing import get_args, get_origin, get_type_hints
+
+    from .. import benchmarks
+    from ..config import Config
+
+    kind = get_type_hints(Config)[key]
+    if get_origin(kind) not in (typing.Literal, None):  # X | None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    choices = get_args(kind) if get_origin(kind) is typing.Literal else \
+        tuple(benchmarks.BUILDERS) if key == "benchmark" else ()
+    metavar = "|".join(choices) if choices else {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}[kind]
+    default = DEFAULT_WORDS.get(key, getattr(_defaults(), key))
+    return typer.Option(*decls, help=f"{help} \\[default: {default}]", metavar=metavar, rich_help_panel=panel)
 
 def precheck(cfg) -> None:
     # Usage errors must surface before any expensive import or model build.

@@ -15,15 +15,15 @@ from ._shared import Opt, app, err, errors, out, plot_to, plots_check
 
 @app.command("eval")
 def eval_cmd(
-    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
-    task: Annotated[Optional[int], Opt("--task", help="Re-evaluate only the checkpoint after task K.")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
-    as_csv: Annotated[bool, Opt("--csv", help="Comparison as CSV on stdout.")] = False,
-    plot: Annotated[Optional[Path], Opt("--plot", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
-    data_root: Annotated[Optional[str], Opt(help="Prepared data root (default: the run's).")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N (default: the run's).")] = None,
-    workers: Annotated[Optional[int], Opt(help="Data-loading processes.")] = None,
-    eval_batch_size: Annotated[Optional[int], Opt()] = None,
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR", help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
+    task: Annotated[Optional[int], Opt("--task", metavar="K", help="Re-evaluate only the checkpoint after task K.")] = None,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the result as JSON on stdout.")] = False,
+    as_csv: Annotated[bool, Opt("--csv", metavar="", help="Comparison as CSV on stdout.")] = False,
+    plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
+    data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
+    device: Annotated[Optional[str], Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
+    workers: Annotated[Optional[int], Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")] = None,
 ) -> None:
     """Re-evaluate one run from its checkpoints, or compare several runs side by side."""
     overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
@@ -95,7 +95,7 @@ app.add_typer(presets_app, name="presets")
 @presets_app.callback()
 def presets_list_cmd(
     ctx: typer.Context,
-    as_json: Annotated[bool, Opt("--json", help="Print {name: description} as JSON on stdout.")] = False,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print {name: description} as JSON on stdout.")] = False,
 ) -> None:
     """One line per shipped preset: what it reproduces."""
     if ctx.invoked_subcommand is not None:
@@ -116,8 +116,8 @@ def presets_list_cmd(
 
 @presets_app.command("show")
 def presets_show_cmd(
-    names: Annotated[list[str], typer.Argument(help="Preset names or TOML files, applied in order.")],
-    as_json: Annotated[bool, Opt("--json", help="Print the resolved config and sources as JSON.")] = False,
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Preset names or TOML files, applied in order.")],
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the resolved config and sources as JSON.")] = False,
 ) -> None:
     """The config these presets resolve to (defaults < presets in order), with each value's source."""
     with errors():

@@ -150,19 +150,26 @@ def variance(report) -> Group:
                  f"{report.task} · {report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}")
     ratio = report.ratio_vision_language
     line = f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×"
-    return Group(table, Text(line), _step_changes(report))
+    return Group(table, Text(line), Text(""), variance_per_layer(report), Text(""), _step_changes(report))
 
 
-def _step_changes(report) -> Table:
+def variance_per_layer(report) -> _Whole:
+    """Mean per-coordinate variance of each layer, ZO and FO, for each branch (the study's figure is per layer)."""
+    branches = {b.branch: {int(k): v for k, v in b.layers.items()} for b in report.branches}
+    layers = sorted({layer for by_layer in branches.values() for layer in by_layer})
+    header = ["layer", *(f"{name} {kind}" for name in branches for kind in ("ZO", "FO"))]
+    rows = [[str(layer), *(f"{by_layer[layer][key]:.3e}" if layer in by_layer else ""
+                           for by_layer in branches.values() for key in ("zo_mean", "fo_mean"))]
+            for layer in layers]
+    return grid(header, rows, title="mean variance per layer")
+
+
+def _step_changes(report) -> _Whole:
     """Mean loss change per step, per rule and branch (negative: the step lowered the batch loss)."""
     rules = list(report.branches[0].step_change)
-    table = Table(title="loss change per step on its batch (this branch trained alone)", title_justify="left")
-    table.add_column("rule")
-    for b in report.branches:
-        table.add_column(b.branch, justify="right")
-    for rule in rules:
-        table.add_row(rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches))
-    return table
+    rows = [[rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches)] for rule in rules]
+    return grid(["rule", *(b.branch for b in report.branches)], rows, left=("rule",),
+                title="loss change per step on its batch (this branch trained alone)")
 
 
 def _gb(n: int) -> str:

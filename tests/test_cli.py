@@ -122,6 +122,31 @@ def test_train_json_is_one_document_with_a_lower_triangular_matrix(trained):
     assert json.loads((out / "summary.json").read_text())["acc_matrix"] == matrix
 
 
+def test_run_files_respect_the_umask(trained):
+    # Found: files from the atomic writes were 0600 (mkstemp's mode) while metrics.jsonl was 0644.
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    out, _ = trained
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"config.json", "summary.json", "manifest.json", "task_00.safetensors"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
+def test_atomic_write_follows_a_group_umask(tmp_path):
+    import os
+
+    from zocli.rundir import atomic_write
+
+    previous = os.umask(0o007)  # a shared cluster's group-writable setting
+    try:
+        atomic_write(tmp_path / "x.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o660
+
+
 def test_train_records_config_sources(trained):
     out, _ = trained
     saved = json.loads((out / "config.json").read_text())

@@ -103,7 +103,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
         from ..preflight import check_run
 
-        check_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS})
+        check_run(resume, overrides={k: flags[k] for k in RESUMABLE_FLAGS})
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from ..train import resume as resume_run
 
@@ -174,7 +174,7 @@ def _default_name(cfg) -> str:
 @contextmanager
 def _progress(enabled: bool):
     """Progress on stderr, yielding the core's on_event callback: a banner and one line per task unless
-    --json; bars (this task, and the whole run with its ETA) only on a terminal."""
+    --json; on a terminal also a line while loading, and bars (this task, the whole run) with ETAs."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
 
@@ -186,9 +186,12 @@ def _progress(enabled: bool):
 
     def on_event(event: dict) -> None:
         kind = event["event"]
-        if kind == "starting" and enabled:
-            err.print(f"{event['what']} {event['run_dir']}: loading torch, the data and the model ...", highlight=False)
+        if kind == "starting":  # a terminal-only, transient line: an error after it stays one line
+            bars["starting"] = progress.add_task(f"{event['what']} {event['run_dir']}: loading torch, the data and "
+                                                 f"the model ...", total=None, info="")
         elif kind == "run_start":
+            if "starting" in bars:
+                progress.remove_task(bars.pop("starting"))
             run.update(event, began=time.perf_counter(), done=0, todo=sum(event["steps"][event["first_task"]:]))
             if enabled:
                 err.print(render.run_banner(event), highlight=False)

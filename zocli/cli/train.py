@@ -160,7 +160,9 @@ def _graceful_stop(abort):
         yield lambda: requested["stop"]
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            # After a stop the process is on its way out: a late second Ctrl-C, arriving once the commit is
+            # done, would otherwise print a KeyboardInterrupt traceback from the interpreter's shutdown.
+            signal.signal(sig, signal.SIG_IGN if requested["stop"] else old)
 
 
 def _default_name(cfg) -> str:

@@ -198,10 +198,11 @@ def _fake_run(root: Path) -> Path:
     pytest.param(["memory", "--preset", "demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER),
     (["train", "--resume", "{tmp}/missing"], 1, "does not exist"),
     (["eval", "{tmp}/missing"], 1, "does not exist"),
+    (["eval", "{run}", "{tmp}/missing"], 1, "does not exist"),
     (["probe-variance", "--run", "{tmp}/missing"], 1, "does not exist"),
     (["eval", "{run}", "--task", "5"], 2, "--task 5 is out of range"),
     (["train", "--benchmark", "cifar100", "--data-root", "{tmp}", "--out", "{tmp}/new"], 1, "not prepared"),
-], ids=["out-in-use", "train-cuda", "memory-cuda", "resume-missing", "eval-missing", "probe-missing",
+], ids=["out-in-use", "train-cuda", "memory-cuda", "resume-missing", "eval-missing", "compare-missing", "probe-missing",
         "task-out-of-range", "data-not-prepared"])
 def test_common_runtime_errors_come_before_the_heavy_imports(argv, code, needle, tmp_path):
     # Found: these took 10-15 s (torch and open_clip imported first) while usage errors took < 1 s.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import io
+from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
 from zocli import render
-from zocli.compare import Comparison, RunRow
 
 
 def rendered(renderable, width: int) -> str:
@@ -17,10 +17,13 @@ def rendered(renderable, width: int) -> str:
     return console.file.getvalue()
 
 
-def comparison() -> Comparison:
-    rows = tuple(RunRow(f"/runs/demo-vision-zo-hop-even-seed{i}", {"vision": "zo", "prompt": f"a bad photo of a {{}} {i}."},
-                        5, 5, 13.456 + i, 45.678, 3.25, -1.5, [1.0], 1_234_567_890, 1234.5) for i in range(3))
-    return Comparison(("vision", "prompt"), rows)
+def comparison() -> SimpleNamespace:
+    """A stand-in for compare.Comparison with three runs (only the fields the table reads)."""
+    rows = tuple(SimpleNamespace(run=f"/runs/demo-vision-zo-hop-even-seed{i}", tasks_done=5, tasks_total=5,
+                                 config={"vision": "zo", "prompt": f"a bad photo of a {{}} {i}."},
+                                 last=13.456 + i, avg=45.678, forgetting=3.25, bwt=-1.5, seen_accuracy=[1.0],
+                                 peak_memory_bytes=1_234_567_890, wall_seconds=1234.5) for i in range(3))
+    return SimpleNamespace(differing=("vision", "prompt"), rows=rows)
 
 
 @pytest.mark.parametrize("width", [40, 80, 120, 200])
@@ -60,12 +63,13 @@ def test_preset_list_wraps_descriptions_at_words():
     assert max(len(line.rstrip()) for line in text.splitlines()) <= 50
 
 
-def memory_report(**setting):
-    from zocli.memory import MemoryReport, MemoryRow
-
-    row = MemoryRow("fo", 10_290_000_000, 600_000_000, 16_000_000, 16_000_000, 32_000_000, 9_600_000_000, None)
+def memory_report(**setting) -> SimpleNamespace:
+    """A stand-in for memory.MemoryReport with one `fo` row (only the fields the table reads)."""
+    row = SimpleNamespace(config="fo", peak_bytes=10_290_000_000, frozen_weights=600_000_000, trainable=16_000_000,
+                          gradients=16_000_000, optimizer_state=32_000_000, activations=9_600_000_000,
+                          reduction_vs_fo=None)
     shape = {"model": "ViT-B-16", "adapter": "moe", "benchmark": "cifar100", "batch_size": 128, "prompts": 10, **setting}
-    return MemoryReport(**shape, image_size=224, device="meta", upper_bound=True, rows=(row,))
+    return SimpleNamespace(**shape, image_size=224, device="meta", upper_bound=True, rows=(row,))
 
 
 @pytest.mark.parametrize("setting, shown", [

@@ -66,6 +66,10 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 
 def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path]) -> None:
+    from ..rundir import RunDir
+
+    for path in paths:  # a missing or foreign directory is named before the heavy imports
+        RunDir.open(path)
     from ..compare import compare
 
     comparison = compare(paths)

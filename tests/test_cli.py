@@ -208,9 +208,9 @@ SHORT = ["--inc", "5", "--max-steps", "2"]  # two tasks of two steps
 
 def test_train_reports_where_what_and_how_long(tmp_path, digits_root):
     # Found: nothing for the first ~12 s, the run directory only at the end, no task counter, no ETA.
-    result = invoke(["train", "--preset", "demo", *SHORT, "--data-root", digits_root, "--out", tmp_path / "run"])
+    result = invoke(["train", "--preset", "digits-demo", *SHORT, "--data-root", digits_root, "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
-    lines = result.stderr.splitlines()
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("zero-shot")]
     assert lines[0].startswith(f"run {tmp_path / 'run'} · cpu · zocli-tiny (none) moe · digits · 2 tasks × 2 steps")
     assert "trainable 101,632 (ZO 0, FO 101,632)" in lines[0]
     assert lines[1].startswith("task 0 (1/2): seen accuracy") and "elapsed, ETA 0:00:" in lines[1]
@@ -226,7 +226,7 @@ def test_train_on_a_terminal_shows_the_task_counter_and_an_eta(tmp_path, digits_
 
     terminal = Console(file=io.StringIO(), force_terminal=True, width=300, color_system=None)
     monkeypatch.setattr(train_cli, "err", terminal)
-    result = invoke(["train", "--preset", "demo", *SHORT, "--vision", "zo", "--data-root", digits_root,
+    result = invoke(["train", "--preset", "digits-demo", *SHORT, "--vision", "zo", "--data-root", digits_root,
                      "--out", tmp_path / "run"])
     assert result.exit_code == 0, result.output
     text = terminal.file.getvalue()
@@ -340,7 +340,7 @@ def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path)
                      "--data-root", tmp_path / "root", "--allow-partial"])
     assert result.exit_code == 0, result.output
     assert _says(result.stderr, "warning:")
-    result = invoke(["train", "--preset", "demo", "--benchmark", "cifar100", "--inc", "10", "--data-root",
+    result = invoke(["train", "--preset", "digits-demo", "--benchmark", "cifar100", "--inc", "10", "--data-root",
                      tmp_path / "root", "--out", tmp_path / "run"])
     assert result.exit_code == 1, result.output
     _no_traceback(result)
@@ -349,7 +349,7 @@ def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path)
 
 
 def test_a_resnet_model_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "demo", "--model", "RN50", "--data-root", digits_root,
+    result = invoke(["train", "--preset", "digits-demo", "--model", "RN50", "--data-root", digits_root,
                      "--out", tmp_path / "run"])
     assert result.exit_code == 2, result.output
     _no_traceback(result)

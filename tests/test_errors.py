@@ -192,10 +192,10 @@ def _fake_run(root: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv, code, needle", [
-    (["train", "--preset", "demo", "--out", "{run}"], 1, "is not empty"),
-    pytest.param(["train", "--preset", "demo", "--device", "cuda", "--out", "{tmp}/new"], 1, "CUDA is not available",
+    (["train", "--preset", "digits-demo", "--out", "{run}"], 1, "is not empty"),
+    pytest.param(["train", "--preset", "digits-demo", "--device", "cuda", "--out", "{tmp}/new"], 1, "CUDA is not available",
                  marks=NO_GPU_DRIVER),
-    pytest.param(["memory", "--preset", "demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER),
+    pytest.param(["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER),
     (["train", "--resume", "{tmp}/missing"], 1, "does not exist"),
     (["eval", "{tmp}/missing"], 1, "does not exist"),
     (["eval", "{run}", "{tmp}/missing"], 1, "does not exist"),

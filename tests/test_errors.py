@@ -185,7 +185,7 @@ NO_GPU_DRIVER = pytest.mark.skipif(any(Path(p).exists() for p in ("/dev/nvidiact
 def _fake_run(root: Path) -> Path:
     """A run directory with two committed tasks, as far as files without tensors go."""
     (root / "checkpoints").mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps({"config": {"benchmark": "digits", "data_root": str(root),
+    (root / "config.json").write_text(json.dumps({"zocli_version": "0.1.0", "config": {"benchmark": "digits", "data_root": str(root),
                                                              "device": "cpu", "model": "zocli-tiny"}}))
     (root / "checkpoints" / "manifest.json").write_text(json.dumps({"tasks_done": 2, "files": {}}))
     return root

@@ -4,6 +4,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 # torch must be pinned before anything pulls it in: an unpinned resolve downloads a multi-GB build.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
+# Which torch build: PyPI's CUDA one (a ~6 GB venv) where `nvidia-smi -L` lists a GPU, else the CPU-only
+# one (~1 GB). `make TORCH_INDEX=` forces PyPI's build; any other wheel index URL works too.
+CPU_INDEX   := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(CPU_INDEX))
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: venv demo test test-all clean
@@ -11,7 +15,8 @@ export HF_HUB_OFFLINE ?= 1
 $(BIN)/zocli: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
+	@echo "installing $(TORCH) from $(or $(TORCH_INDEX),PyPI (CUDA build))"
+	$(BIN)/pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(BIN)/zocli
 
@@ -20,11 +25,16 @@ venv: $(BIN)/zocli
 demo: venv  ## train the embedded default (digits, tiny model) and print the accuracy matrix
 	$(BIN)/zocli train --preset demo --out runs/demo --overwrite
 
+# One worker per core (pytest-xdist); a module's tests stay on one worker, so its fixtures (a trained
+# run, a reference run) are built once. Under 3 minutes on 2 cores; PYTEST_WORKERS=0 runs serially.
+PYTEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
+
 test: venv  ## the default (CPU, offline) test suite
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-all: venv  ## also the slow ViT-B/16-sized checks
-	$(BIN)/python -m pytest -q -m 'not gpu'
+	$(PYTEST) -m 'not gpu'
 
 clean:
 	rm -rf $(VENV) runs

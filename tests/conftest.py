@@ -43,3 +43,13 @@ def tiny_model():
     from zocli.attach import build_model
 
     return build_model(tiny_config(), "cpu")
+
+
+# Under pytest-xdist (`make test`) each module runs on one worker. Starting the longest ones first keeps a
+# worker from being left alone with one of them at the end; within a module the order is unchanged.
+LONGEST_MODULES = ("test_resume.py", "test_pipeline.py", "test_cli.py", "test_train_zo.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort

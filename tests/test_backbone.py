@@ -143,3 +143,11 @@ def test_tampered_shipped_weights_are_refused(tmp_path, monkeypatch):
 def test_the_testbed_tag_belongs_to_the_tiny_model_only():
     with pytest.raises(WeightsUnavailable, match="no pretrained tag 'testbed'"):
         build("ViT-B-32", "testbed", device="meta")
+
+
+@pytest.mark.parametrize("model, tower", [("RN50", "ResNet"), ("convnext_base", "timm"),
+                                          ("xlm-roberta-base-ViT-B-32", "Hugging Face"), ("coca_ViT-B-32", "custom")])
+def test_models_without_open_clip_transformer_blocks_are_a_usage_error(model, tower):
+    # Found: --model RN50 ended in "AttributeError: 'ModifiedResNet' object has no attribute 'transformer'".
+    with pytest.raises(UnknownModel, match=f"{tower}.*choose a ViT model"):
+        build(model, "none", "meta")

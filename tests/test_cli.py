@@ -55,6 +55,48 @@ def test_every_command_has_help(command):
     assert "Usage: zocli " + command in _flat(result.stdout)
 
 
+def _options(*path: str):
+    import typer
+
+    command = typer.main.get_command(app)
+    for name in path:
+        command = command.commands[name]
+    return [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
+
+
+@pytest.mark.parametrize("path", [("train",), ("eval",), ("prepare",), ("probe-variance",), ("memory",),
+                                  ("presets", "show")], ids=" ".join)
+def test_every_option_is_described_with_a_readable_metavar(path):
+    # Found: --lora-rank, --batch-size, --seed, --eps-vision, ... had no description; metavars read
+    # <list[str]>, <int range> and <str> for what are choices.
+    for option in _options(*path):
+        assert option.help and option.help.strip(), option.opts
+        assert option.metavar is not None and not option.metavar.startswith("<"), (option.opts, option.metavar)
+
+
+def test_train_help_shows_every_default_and_the_choices():
+    from zocli.config import KEYS
+
+    options = {o.name: o for o in _options("train")}
+    assert set(KEYS) <= set(options)
+    for key in KEYS:
+        assert "[default: " in options[key].help, key
+    assert options["vision"].metavar == "fo|zo|frozen" and options["adapter"].metavar == "moe|lora"
+    assert "[default: 10]" in options["inc"].help and "[default: 0.001]" in options["lr"].help
+    text = invoke(["train", "--help"], env={"COLUMNS": "250"}).stdout
+    assert "all|hop-odd|hop-even|prefix|suffix" in text and "[default: two-sided]" in text
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--version", "train"]])
+def test_version_is_an_eager_option(args):
+    # It printed "Missing command." (exit 2) unless a subcommand followed.
+    from zocli import __version__
+
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == __version__
+
+
 def test_top_level_help_lists_the_commands():
     result = invoke(["--help"])
     assert result.exit_code == 0
@@ -78,6 +120,31 @@ def test_train_json_is_one_document_with_a_lower_triangular_matrix(trained):
     for name in ("config.json", "metrics.jsonl", "summary.json", "checkpoints/manifest.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "summary.json").read_text())["acc_matrix"] == matrix
+
+
+def test_run_files_respect_the_umask(trained):
+    # Found: files from the atomic writes were 0600 (mkstemp's mode) while metrics.jsonl was 0644.
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    out, _ = trained
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in files} >= {"config.json", "summary.json", "manifest.json", "task_00.safetensors"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o666 & ~mask for p in files}
+
+
+def test_atomic_write_follows_a_group_umask(tmp_path):
+    import os
+
+    from zocli.rundir import atomic_write
+
+    previous = os.umask(0o007)  # a shared cluster's group-writable setting
+    try:
+        atomic_write(tmp_path / "x.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "x.json").stat().st_mode & 0o777 == 0o660
 
 
 def test_train_records_config_sources(trained):
@@ -134,6 +201,38 @@ def test_second_train_into_the_same_out_is_refused(trained, digits_root):
     _no_traceback(result)
     assert _says(result.stderr, "--overwrite")
     assert (out / "summary.json").read_bytes() == before
+
+
+SHORT = ["--inc", "5", "--max-steps", "2"]  # two tasks of two steps
+
+
+def test_train_reports_where_what_and_how_long(tmp_path, digits_root):
+    # Found: nothing for the first ~12 s, the run directory only at the end, no task counter, no ETA.
+    result = invoke(["train", "--preset", "digits-demo", *SHORT, "--data-root", digits_root, "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("zero-shot")]
+    assert lines[0].startswith(f"run {tmp_path / 'run'} · cpu · zocli-tiny (none) moe · digits · 2 tasks × 2 steps")
+    assert "trainable 101,632 (ZO 0, FO 101,632)" in lines[0]
+    assert lines[1].startswith("task 0 (1/2): seen accuracy") and "elapsed, ETA 0:00:" in lines[1]
+    assert lines[2].startswith("task 1 (2/2): seen accuracy")
+
+
+def test_train_on_a_terminal_shows_the_task_counter_and_an_eta(tmp_path, digits_root, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from zocli.cli import train as train_cli
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=300, color_system=None)
+    monkeypatch.setattr(train_cli, "err", terminal)
+    result = invoke(["train", "--preset", "digits-demo", *SHORT, "--vision", "zo", "--data-root", digits_root,
+                     "--out", tmp_path / "run"])
+    assert result.exit_code == 0, result.output
+    text = terminal.file.getvalue()
+    assert f"training into {tmp_path / 'run'}: loading torch" in text  # at once, before the imports
+    assert "(ZO 67,584, FO 34,048)" in text  # the banner splits the trainable parameters
+    assert "task 1 · 2/2" in text and "ETA" in text  # the bars: counter and remaining time
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -210,6 +309,61 @@ def test_prepare_digits_json(tmp_path):
     assert report == {"data": str(tmp_path / "digits")}
     dd = data.load(benchmarks.get("digits"), tmp_path)
     assert len(dd["train"]) + len(dd["test"]) == 1797
+
+
+def _partial_cifar(root):
+    """A --source folder with the first 10 of CIFAR-100's 100 classes (one image each per split)."""
+    import numpy as np
+    import PIL.Image
+
+    from zocli import benchmarks
+
+    for split in ("train", "test"):
+        for name in benchmarks.get("cifar100").classes[:10]:
+            (root / split / name).mkdir(parents=True)
+            PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / split / name / "0.png")
+    return root
+
+
+def test_prepare_refuses_a_partial_source_in_one_line(tmp_path):
+    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
+                     "--data-root", tmp_path / "root"])
+    assert result.exit_code == 1, result.output
+    _no_traceback(result)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "90 of 100" in errors[0] and "--allow-partial" in errors[0]
+
+
+def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path):
+    # Found: the partial copy trained tasks 0-2, then died with "ValueError: task_sizes must give...".
+    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
+                     "--data-root", tmp_path / "root", "--allow-partial"])
+    assert result.exit_code == 0, result.output
+    assert _says(result.stderr, "warning:")
+    result = invoke(["train", "--preset", "digits-demo", "--benchmark", "cifar100", "--inc", "10", "--data-root",
+                     tmp_path / "root", "--out", tmp_path / "run"])
+    assert result.exit_code == 1, result.output
+    _no_traceback(result)
+    assert _says(result.stderr, "no train images for task(s)") and _says(result.stderr, "--overwrite")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resnet_model_is_a_usage_error(tmp_path, digits_root):
+    result = invoke(["train", "--preset", "digits-demo", "--model", "RN50", "--data-root", digits_root,
+                     "--out", tmp_path / "run"])
+    assert result.exit_code == 2, result.output
+    _no_traceback(result)
+    assert _says(result.stderr, "choose a ViT model")
+
+
+def test_prepare_over_an_existing_copy_says_it_kept_it(tmp_path):
+    # Found: prepare --source NEWDIR over an existing copy kept the old one silently and exited 0.
+    assert invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path]).exit_code == 0
+    result = invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"existing": True, "data": str(tmp_path / "digits")}
+    assert _says(result.stderr, "digits is already prepared") and _says(result.stderr, "(1437 train + 360 test images)")
+    assert _says(result.stderr, "--overwrite rebuilds it")
 
 
 def test_prepare_with_nothing_to_do_is_a_usage_error():

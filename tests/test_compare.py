@@ -109,3 +109,13 @@ def test_plot_of_one_run_writes_a_heatmap(runs, tmp_path, digits_root):
     assert path.read_bytes()[:8] == PNG
     # re-evaluation reproduces what training recorded
     assert json.loads(result.stdout)["acc_matrix"] == json.loads((runs[0] / "summary.json").read_text())["acc_matrix"]
+
+
+def test_table_keeps_numbers_whole_on_a_narrow_console(runs):
+    # Piped output is 80 columns; every cell used to come out as "1…".
+    result = RUNNER.invoke(app, ["eval", *map(str, runs)], prog_name="zocli", env={"COLUMNS": "60"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.stdout
+    for row in compare(list(runs)).rows:
+        line = next(line for line in result.stdout.splitlines() if f" {row.run.rsplit('/', 1)[-1]} " in line)
+        assert f" {row.last:.2f} " in line and f" {row.avg:.2f} " in line

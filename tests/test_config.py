@@ -143,6 +143,23 @@ def test_unknown_preset_key_suggests_the_close_one(tmp_path):
     assert "did you mean 'batch_size'" in str(info.value)
 
 
+@pytest.mark.parametrize("key, meant", [("learning_rate", "lr"), ("wd", "weight_decay"), ("bs", "batch_size"),
+                                       ("num_epochs", "epochs")])
+def test_common_spellings_of_a_key_suggest_ours(tmp_path, key, meant):
+    # Found: `learning_rate` got "did you mean 'language'?".
+    path = _preset(tmp_path, "alias", f"{key} = 1\n")
+    with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+        resolve([path])
+    with pytest.raises(ConfigError, match=f"did you mean '{meant}'"):
+        resolve([], {key: 1})
+
+
+def test_every_alias_names_a_real_key():
+    from zocli.config import KEY_ALIASES, KEYS
+
+    assert set(KEY_ALIASES.values()) <= set(KEYS) and not set(KEY_ALIASES) & set(KEYS)
+
+
 def test_unknown_preset_name_suggests_the_close_one():
     with pytest.raises(ConfigError) as info:
         resolve(["dmeo"])

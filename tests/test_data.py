@@ -72,13 +72,33 @@ def test_cifar_imagefolder(tmp_path):
     chosen = [bench.classes[i] for i in (3, 26, 99)]  # 26 is crab
     _cifar_folder(tmp_path / "src", chosen)
     lines = []
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append)
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
     shutil.rmtree(tmp_path / "src")  # the copy embeds the image bytes: it must not need the source
     dd = data.load(bench, tmp_path / "root")
     for split in ("train", "test"):
         assert sorted(_labels(dd, split)) == [3, 3, 26, 26, 99, 99]
         assert dd[split][0]["image"].mode == "RGB"
     assert lines and all(isinstance(line, str) for line in lines)
+
+
+def test_a_partial_source_is_refused_at_prepare(tmp_path):
+    # Found: 10 of 100 class folders prepared fine (exit 0), then train died at task 3 with a ValueError.
+    bench = benchmarks.get("cifar100")
+    _cifar_folder(tmp_path / "src", list(bench.classes[:10]))
+    with pytest.raises(data.SourceError, match="no train images for 90 of 100 cifar100 classes") as info:
+        data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    assert "--allow-partial" in str(info.value) and "\n" not in str(info.value)
+    assert not data.dataset_dir(tmp_path / "root", "cifar100").exists()
+
+
+def test_allow_partial_warns_naming_the_missing_classes(tmp_path):
+    bench = benchmarks.get("cifar100")
+    _cifar_folder(tmp_path / "src", list(bench.classes[:10]))
+    lines = []
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
+    warning = next(line for line in lines if line.startswith("warning:"))
+    assert "90 of 100" in warning and bench.classes[10] in warning
+    assert len(data.load(bench, tmp_path / "root")["test"]) == 20
 
 
 def test_cifar_unknown_folder(tmp_path):
@@ -100,7 +120,7 @@ def test_cifar_saved_hub_copy(tmp_path):
     split = datasets.Dataset.from_dict({"img": pixels, "fine_label": [0, 1, 2], "coarse_label": [0, 0, 0]},
                                        features=feats)
     datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "src"))
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
     dd = data.load(bench, tmp_path / "root")
     assert _labels(dd, "train") == [bench.classes.index("crab"), 0, 1]
     assert dd["train"].column_names == ["image", "label"]
@@ -125,7 +145,7 @@ def test_tinyimg_official_layout(tmp_path):
     wnids = [bench.classes[5], bench.classes[150]]
     _tiny_layout(tmp_path / "src" / "tiny-imagenet-200", wnids)
     # the parent of tiny-imagenet-200/ is accepted too
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
     dd = data.load(bench, tmp_path / "root")
     assert sorted(_labels(dd, "train")) == [5, 5, 5, 150, 150, 150]
     assert _labels(dd, "test") == [5, 150, 5, 150]
@@ -141,7 +161,7 @@ def test_tinyimg_hub_path(tmp_path, monkeypatch):
     split = datasets.Dataset.from_dict({"image": [gray, gray], "label": [0, 1]}, features=feats)
     fake = datasets.DatasetDict({"train": split, "valid": split.select([1])})
     monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: fake)
-    data.prepare(bench, tmp_path)
+    data.prepare(bench, tmp_path, allow_partial=True)
     dd = data.load(bench, tmp_path)
     assert _labels(dd, "train") == [7, 2] and _labels(dd, "test") == [2]
     assert dd["train"][0]["image"].mode == "RGB"
@@ -165,13 +185,13 @@ def test_imgr_folder_split(tmp_path):
     wnids = [bench.classes[0], bench.classes[42]]
     _imgr_folder(tmp_path / "src" / "imagenet-r", wnids)
     root = tmp_path / "root"
-    data.prepare(bench, root, source=tmp_path / "src")
+    data.prepare(bench, root, source=tmp_path / "src", allow_partial=True)
     first = data.load(bench, root)
     assert sorted(_labels(first, "train")) == [0] * 8 + [42] * 8
     assert sorted(_labels(first, "test")) == [0] * 2 + [42] * 2
     train, test = _fingerprints(first["train"]), _fingerprints(first["test"])
     assert not set(train) & set(test)
-    data.prepare(bench, root, source=tmp_path / "src" / "imagenet-r", overwrite=True)
+    data.prepare(bench, root, source=tmp_path / "src" / "imagenet-r", overwrite=True, allow_partial=True)
     second = data.load(bench, root)
     assert _fingerprints(second["train"]) == train and _fingerprints(second["test"]) == test
 
@@ -186,7 +206,7 @@ def test_imgr_hub_path(tmp_path, monkeypatch):
                                                                   "class_name": datasets.Value("string")}))
     calls = []
     monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
-    data.prepare(bench, tmp_path)
+    data.prepare(bench, tmp_path, allow_partial=True)
     dd = data.load(bench, tmp_path)
     assert calls == [{"split": "test"}]
     assert sorted(_labels(dd, "train")) == [1] * 4 + [9] * 4 and sorted(_labels(dd, "test")) == [1, 9]

@@ -174,6 +174,56 @@ def _zocli(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess
                           check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
 
 
+HEAVY = ("torch", "open_clip", "datasets")
+# Runs the CLI, then reports which heavy libraries the process imported on the way to its error.
+IMPORT_PROBE = ("import sys\nfrom zocli.cli import app\ntry:\n    app(sys.argv[1:], prog_name='zocli')\n"
+                "finally:\n    print('imported:', *[m for m in %r if m in sys.modules], file=sys.stderr)" % (HEAVY,))
+NO_GPU_DRIVER = pytest.mark.skipif(any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd", "/proc/driver/nvidia")),
+                                   reason="a GPU driver is present: torch decides")
+
+
+def _fake_run(root: Path) -> Path:
+    """A run directory with two committed tasks, as far as files without tensors go."""
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"zocli_version": "0.1.0", "config": {"benchmark": "digits", "data_root": str(root),
+                                                             "device": "cpu", "model": "zocli-tiny"}}))
+    (root / "checkpoints" / "manifest.json").write_text(json.dumps({"tasks_done": 2, "files": {}}))
+    return root
+
+
+@pytest.mark.parametrize("argv, code, needle", [
+    (["train", "--preset", "digits-demo", "--out", "{run}"], 1, "is not empty"),
+    pytest.param(["train", "--preset", "digits-demo", "--device", "cuda", "--out", "{tmp}/new"], 1, "CUDA is not available",
+                 marks=NO_GPU_DRIVER),
+    pytest.param(["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER),
+    (["train", "--resume", "{tmp}/missing"], 1, "does not exist"),
+    (["eval", "{tmp}/missing"], 1, "does not exist"),
+    (["eval", "{run}", "{tmp}/missing"], 1, "does not exist"),
+    (["probe-variance", "--run", "{tmp}/missing"], 1, "does not exist"),
+    (["eval", "{run}", "--task", "5"], 2, "--task 5 is out of range"),
+    (["train", "--benchmark", "cifar100", "--data-root", "{tmp}", "--out", "{tmp}/new"], 1, "not prepared"),
+], ids=["out-in-use", "train-cuda", "memory-cuda", "resume-missing", "eval-missing", "compare-missing", "probe-missing",
+        "task-out-of-range", "data-not-prepared"])
+def test_common_runtime_errors_come_before_the_heavy_imports(argv, code, needle, tmp_path):
+    # Found: these took 10-15 s (torch and open_clip imported first) while usage errors took < 1 s.
+    places = {"tmp": str(tmp_path), "run": str(_fake_run(tmp_path / "run"))}
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *[a.format(**places) for a in argv]], cwd=tmp_path,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == code, proc.stderr
+    assert len(lines) == 2 and needle in lines[0], proc.stderr
+    assert lines[1] == "imported:", f"{lines[1]} before reporting: {lines[0]}"
+
+
+def test_data_not_prepared_mentions_the_weights_when_they_would_be_needed(paths):
+    args = ["train", "--benchmark", "cifar100", "--data-root", paths["tmp"], "--out", paths["tmp"] + "/new"]
+    line = assert_one_line_error(invoke(args), 1, "not prepared", "--weights --model ViT-B-16 --pretrained openai")
+    assert "zocli prepare --benchmark cifar100" in line
+    line = assert_one_line_error(invoke([*args, "--pretrained", "none"]), 1, "not prepared")
+    assert "--weights" not in line  # a random init needs no download
+
+
 def test_parse_level_bad_value_is_typer_usage_panel(paths):
     # Values Typer itself cannot parse get Typer's standard usage panel (usage line + boxed message):
     # accepted as the one place a usage error spans several lines. Still exit 2, no traceback.

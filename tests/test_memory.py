@@ -238,6 +238,15 @@ def test_cli_memory_json_is_one_document():
     assert (data["batch_size"], data["device"], data["model"]) == (8, "cpu", "zocli-tiny")
 
 
+def test_cli_memory_reports_progress_per_configuration():
+    # Found: on meta it ran 35 s - 2 min with no output while its help said "instant".
+    result = invoke("memory", "--preset", "digits-demo", "--batch-size", "4", "--configs", "fo,dual", "--device", "meta")
+    assert result.exit_code == 0, result.output
+    assert [line for line in result.stderr.splitlines() if line.startswith("measuring")] == \
+        ["measuring fo (1/2) ...", "measuring dual (2/2) ..."]
+    assert "instant" not in invoke("memory", "--help").stdout
+
+
 def test_cli_memory_unknown_config_is_a_usage_error():
     result = invoke("memory", "--preset", "digits-demo", "--configs", "nonsense", "--device", "cpu")
     assert result.exit_code == 2

@@ -115,3 +115,32 @@ def test_presets_show_unknown_is_a_usage_error():
     assert result.exit_code == 2
     assert "unknown preset 'nope'" in result.stderr
     assert result.stdout == ""
+
+
+def test_presets_on_a_terminal_wrap_at_words(monkeypatch):
+    # On a 100-column terminal the soft-wrapped lines used to break inside numbers ("80.4" / "7").
+    import io
+
+    from rich.console import Console
+
+    from zocli.cli import results
+
+    terminal = Console(width=100, file=io.StringIO(), force_terminal=True, color_system=None, soft_wrap=True)
+    monkeypatch.setattr(results, "out", terminal)
+    assert invoke("presets").exit_code == 0
+    text = terminal.file.getvalue()
+    assert max(len(line.rstrip()) for line in text.splitlines()) <= 100
+    words = set(text.split())
+    for path in FILES:
+        description = next(line for line in path.read_text().splitlines() if line.startswith("#"))
+        assert set(description.split(": ", 1)[1].split()) <= words, path.stem
+
+
+@pytest.mark.parametrize("names", [["demo"], ["cifar100-inc10", "dual-hop-even-mozo"], ["lora"]])
+def test_presets_show_output_loads_back_as_a_preset(names, tmp_path):
+    # Found: `zocli presets show NAME > my.toml; zocli train --preset my.toml` failed on `null`.
+    result = invoke("presets", "show", *names)
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "my.toml"
+    path.write_text(result.stdout)
+    assert resolve([str(path)]).config == resolve(names).config

@@ -122,6 +122,44 @@ def test_plot_is_written(reports, tmp_path):
     assert path.read_bytes().startswith(PNG)
 
 
+def test_plot_has_a_log_count_histogram_and_a_per_layer_panel(reports, tmp_path, monkeypatch):
+    # Found: linear counts, 40 bins, an x range stretched by empty bins, and no per-layer view.
+    pytest.importorskip("matplotlib")
+    from zocli import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, plt, path: figures.append(fig) or save(fig, plt, path))
+    plots.variance_histogram(reports[1], tmp_path / "v.png")
+    hist, per_layer = figures[0].axes[:2]
+    assert hist.get_yscale() == "log" and per_layer.get_yscale() == "log"
+    assert HIST_BINS >= 80
+    edges = reports[1].hist_edges_log10
+    occupied = [(a + b) / 2 for b_ in reports[1].branches for counts in (b_.zo.hist_counts, b_.fo.hist_counts)
+                for (a, b), n in zip(zip(edges[:-1], edges[1:]), counts) if n]
+    low, high = hist.get_xlim()
+    assert low >= min(occupied) - 2 * (edges[1] - edges[0]) and high <= max(occupied) + 2 * (edges[1] - edges[0])
+    assert len(per_layer.get_lines()) == 4  # ZO and FO of each branch
+    assert all(list(line.get_xdata()) == [1, 2, 3, 4] for line in per_layer.get_lines())
+
+
+def test_the_report_prints_a_per_layer_table(reports):
+    import io
+
+    from rich.console import Console
+
+    from zocli import render
+
+    console = Console(file=io.StringIO(), width=200, color_system=None)
+    console.print(render.variance(reports[1]))
+    text = console.file.getvalue()
+    assert "mean variance per layer" in text
+    vision = next(b for b in reports[1].branches if b.branch == "vision")
+    for layer, means in vision.layers.items():
+        row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith(f"{layer} "))
+        assert f"{means['zo_mean']:.3e}" in row and f"{means['fo_mean']:.3e}" in row
+
+
 def test_cli_probe_variance_json_and_plot(digits_root, tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "file.png"

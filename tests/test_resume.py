@@ -288,3 +288,26 @@ def test_second_ctrl_c_aborts_at_once_and_still_says_how_to_resume(spawn, tmp_pa
     manifest = json.loads((run / "checkpoints" / "manifest.json").read_text())
     assert done >= 1 and sorted(manifest["files"]) == [str(t) for t in range(done)]
     assert f"zocli train --resume {run}" in stderr.replace("\n", "")
+
+
+def test_a_stop_asked_during_evaluation_stops_at_that_task_commit(digits_root, tmp_path, monkeypatch):
+    # Found: a first Ctrl-C during evaluation was honoured only one step into the next task.
+    from zocli import train
+    from zocli.config import resolve
+    from zocli.rundir import Interrupted
+
+    asked = {"stop": False}
+    evaluate_seen = train.evaluate_seen
+
+    def ctrl_c_while_evaluating(session, task):
+        asked["stop"] = asked["stop"] or task == 0  # task 0's evaluation, not the zero-shot one (all tasks)
+        return evaluate_seen(session, task)
+
+    monkeypatch.setattr(train, "evaluate_seen", ctrl_c_while_evaluating)
+    run = tmp_path / "run"
+    flags = {"data_root": str(digits_root), "max_steps": 2}
+    with pytest.raises(Interrupted):
+        train.run(resolve(["digits-demo"], flags), run, should_stop=lambda: asked["stop"])
+    assert _tasks_done(run) == 1
+    assert _state_point(run) is None  # no step of task 1 was taken
+    assert [(e["event"], e.get("task")) for e in _events(run)] == [("zero_shot", None), ("train", 0), ("eval", 0)]

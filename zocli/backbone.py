@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .config import did_you_mean
 
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with.
@@ -63,9 +64,11 @@ def build(model: str, pretrained: str = "none", device: str | torch.device = "cp
         if not (folder / "open_clip_config.json").is_file():
             raise WeightsUnavailable(f"--pretrained {pretrained}: {folder} is not an open_clip model directory "
                                      f"(no open_clip_config.json)")
+        _check_adaptable(pretrained, _local_model_cfg(folder))
         name, weights = pretrained, None
     else:
         _check_known(name)
+        _check_adaptable(name, open_clip.get_model_config(name) or {})
         weights = resolve_weights(name, pretrained)
     with _quiet_random_init_warning():
         clip = _create(open_clip, name, weights, pretrained, device)
@@ -138,10 +141,15 @@ def download_weights(name: str, tag: str) -> Path:
     cfg = open_clip.get_pretrained_cfg(open_clip_name(name), tag)
     if not cfg:
         raise WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}")
-    try:
-        return Path(open_clip.download_pretrained(cfg))
-    except Exception as exc:  # hub errors come in many types; the user needs one line
-        raise WeightsUnavailable(f"could not download {tag!r} weights for {name}: {exc}") from None
+    with hub.offline_unless_reachable() as online:
+        try:
+            return Path(open_clip.download_pretrained(cfg))
+        except Exception as exc:  # hub errors come in many types; the user needs one line
+            why = " ".join(str(exc).split())[:160] if online else "the Hugging Face hub is unreachable"
+            raise WeightsUnavailable(
+                f"could not download {tag!r} weights for {name} ({why}); on a machine with network run "
+                f"`hf download {_hub_repo(open_clip_name(name), tag)}` and copy its Hugging Face cache here, "
+                f"or pass --pretrained PATH to a weights file") from None
 
 
 def tower_depths(clip: torch.nn.Module) -> dict[str, int]:
@@ -170,6 +178,28 @@ def _check_known(name: str) -> None:
     open_clip = _open_clip()
     if name not in open_clip.list_models():
         raise UnknownModel(f"unknown model {name!r}{did_you_mean(name, open_clip.list_models())}")
+
+
+def _check_adaptable(name: str, model_cfg: dict) -> None:
+    """Adapters go into open_clip's own transformer blocks: a ViT image tower and the built-in text
+    transformer. ResNet, timm and Hugging Face towers (and CustomTextCLIP) have no such blocks."""
+    vision, text = model_cfg.get("vision_cfg", {}), model_cfg.get("text_cfg", {})
+    tower = ("a ResNet image tower" if isinstance(vision.get("layers"), (list, tuple)) else
+             "a timm image tower" if vision.get("timm_model_name") else
+             "a Hugging Face text tower" if text.get("hf_model_name") else
+             "a custom text tower" if model_cfg.get("custom_text") else None)
+    if tower is not None:
+        raise UnknownModel(f"--model {name} has {tower}; zocli adapts open_clip's own transformer blocks in both "
+                           f"towers: choose a ViT model such as ViT-B-16, ViT-B-32 or ViT-L-14")
+
+
+def _local_model_cfg(folder: Path) -> dict:
+    import json
+
+    try:
+        return json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+    except (OSError, ValueError, AttributeError):
+        return {}  # open_clip itself reports an unreadable config
 
 
 def _open_clip():

@@ -182,6 +182,17 @@ def _flag(name: str) -> str:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+# Spellings other tools use for our keys: suggested (not accepted, so config.json has one spelling)
+# where string similarity would guess wrong ("learning_rate" is closest to "language").
+KEY_ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "batch": "batch_size",
+               "num_epochs": "epochs", "n_epochs": "epochs", "warmup": "warmup_steps", "epsilon": "eps",
+               "num_queries": "queries", "q": "queries", "num_workers": "workers", "dataset": "benchmark",
+               "increment": "inc", "rank": "lora_rank", "alpha": "lora_alpha", "template": "prompt"}
+
+
+def suggest_key(key: str) -> str:
+    """' (did you mean X?)' for an unknown config key: a known alias first, else the closest key."""
+    return f" (did you mean {KEY_ALIASES[key]!r}?)" if key in KEY_ALIASES else did_you_mean(key, KEYS)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,7 +247,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     values = {key.replace("-", "_"): value for key, value in raw.items()}
     for key in values:
         if key not in KEYS:
-            raise ConfigError(f"unknown key {key!r} in preset {path.name}{did_you_mean(key, KEYS)}")
+            raise ConfigError(f"unknown key {key!r} in preset {path.name}{suggest_key(key)}")
     return values
 
 
@@ -249,7 +260,7 @@ def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | N
             values[key], sources[key] = value, f"preset:{name}"
     for key, value in (flags or {}).items():
         if key not in KEYS:
-            raise ConfigError(f"unknown option {key!r}{did_you_mean(key, KEYS)}")
+            raise ConfigError(f"unknown option {key!r}{suggest_key(key)}")
         if value is not None:
             values[key], sources[key] = value, "flag"
     _apply_mozo(values, sources)

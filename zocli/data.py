@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -26,8 +25,9 @@ import numpy as np
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-from . import world
-from .benchmarks import GENERATED, Benchmark, canonical_name
+from . import hub, world
+from .benchmarks import GENERATED, Benchmark
+from .preflight import dataset_dir, prepare_command  # noqa: F401  (dataset_dir is part of this module's API)
 
 Progress = Callable[[str], None]
 SPLIT_SEED = 1993  # ImageNet-R's fixed per-class 80/20 split (DESIGN §4)
@@ -49,10 +49,6 @@ class SourceError(RuntimeError):
     """The data source cannot be used: an unrecognised --source folder, or the hub is unreachable."""
 
 
-def dataset_dir(data_root: Path, benchmark: str) -> Path:
-    return Path(data_root).expanduser() / canonical_name(benchmark)
-
-
 def _features(bench: Benchmark) -> Features:
     return Features({"image": Image(), "label": ClassLabel(names=list(bench.classes))})
 
@@ -63,7 +59,7 @@ def _features(bench: Benchmark) -> Features:
 def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     """The prepared copy of `bench`; raises DataMissing when it is absent, unreadable or stale."""
     path = dataset_dir(data_root, bench.name)
-    command = f"zocli prepare --benchmark {bench.name} --data-root {shlex.quote(str(data_root))}"
+    command = prepare_command(bench.name, data_root)
     # prepare renames only complete copies into place, so a directory without dataset_dict.json
     # was made or damaged by something else.
     if not (path / "dataset_dict.json").is_file():
@@ -83,17 +79,30 @@ def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     return dd
 
 
+def prepared_sizes(bench: Benchmark, data_root: Path) -> dict[str, int] | None:
+    """Images per split of the copy already prepared under `data_root`, or None when there is none."""
+    path = dataset_dir(data_root, bench.name)
+    if not (path / "dataset_dict.json").is_file():
+        return None
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except Exception:  # noqa: BLE001 - unreadable: `load` explains, `prepare --overwrite` rebuilds
+        return None
+    return {split: len(dd[split]) for split in dd}
+
+
 # prepare
 
 
 def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
-            on_progress: Progress | None = None, overwrite: bool = False) -> Path:
+            on_progress: Progress | None = None, overwrite: bool = False, allow_partial: bool = False) -> Path:
     """Write the normalized copy of `bench` under `data_root` and return its directory.
 
     Idempotent: if the directory already exists and `overwrite` is false, it is returned unchanged
     (nothing is read or validated; `load` does that). The copy is written to a hidden temporary
     sibling and renamed into place, so an interrupted prepare never leaves a half dataset at the
-    path `load` reads.
+    path `load` reads. A source lacking some classes is refused unless `allow_partial`: tasks take
+    classes in the shipped order, so a missing class would only surface tasks later, mid-run.
     """
     target = dataset_dir(data_root, bench.name)
     if target.exists() and not overwrite:
@@ -105,6 +114,7 @@ def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress)
+        _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
         del dd  # drop the memory maps on tmp/work before it is deleted
@@ -112,6 +122,24 @@ def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def class_counts(bench: Benchmark, ds: Dataset) -> np.ndarray:
+    """Images per class (indexed like `bench.classes`) in one split."""
+    return np.bincount(np.asarray(ds["label"], dtype=np.int64), minlength=bench.n_classes)
+
+
+def _check_complete(bench: Benchmark, dd: DatasetDict, allow_partial: bool, progress: Progress) -> None:
+    for split in ("train", "test"):
+        empty = [bench.classes[i] for i in np.flatnonzero(class_counts(bench, dd[split]) == 0)]
+        if not empty:
+            continue
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        what = f"the source has no {split} images for {len(empty)} of {bench.n_classes} {bench.name} classes ({shown})"
+        if not allow_partial:
+            raise SourceError(f"{what}; every task needs its classes: use a complete copy, or --allow-partial "
+                              f"for a deliberate subset (tasks left without images refuse to train)")
+        progress(f"warning: {what}; tasks that contain them cannot be trained or evaluated")
 
 
 def _move_into_place(new: Path, target: Path, trash: Path) -> None:
@@ -223,13 +251,16 @@ def _testbed(bench: Benchmark, progress: Progress) -> DatasetDict:
 
 
 def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
-    progress(f"downloading {bench.hub_id} from the Hugging Face hub")
-    try:
-        return datasets.load_dataset(bench.hub_id, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - offline, DNS, 404, auth: all mean "use --source"
-        reason = " ".join(str(exc).split())[:160]
-        raise SourceError(f"cannot load {bench.hub_id} from the Hugging Face hub ({type(exc).__name__}: "
-                          f"{reason}); offline? pass --source DIR with {LAYOUTS[bench.name]}") from exc
+    with hub.offline_unless_reachable() as online:
+        progress(f"downloading {bench.hub_id} from the Hugging Face hub" if online else
+                 f"the Hugging Face hub is offline or unreachable: looking for {bench.hub_id} in its local cache")
+        try:
+            return datasets.load_dataset(bench.hub_id, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - offline, DNS, 404, auth: all mean "use --source"
+            reason = " ".join(str(exc).split())[:160]
+            why = (f"from the Hugging Face hub ({type(exc).__name__}: {reason})" if online else
+                   "(the Hugging Face hub is unreachable or HF_HUB_OFFLINE is set, and its local cache lacks it)")
+            raise SourceError(f"cannot load {bench.hub_id} {why}; pass --source DIR with {LAYOUTS[bench.name]}") from exc
 
 
 def _from_hub(bench: Benchmark, work: Path, progress: Progress) -> DatasetDict:

@@ -33,20 +33,35 @@ def _pyplot():
 
 
 def variance_histogram(report, path: Path) -> Path:
-    """The two branches' per-coordinate ZO variance distributions overlaid (FO dashed), log10 x-axis."""
+    """Left: per-coordinate variance distributions, ZO solid and FO dashed, per branch (log10 x, log counts;
+    exact zeros are counted in the report, not drawn). Right: mean variance per layer."""
     plt = _pyplot()
     edges = report.hist_edges_log10
     centers = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:])]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (hist, per_layer) = plt.subplots(1, 2, figsize=(12, 4.5))
+    drawn = []
     for branch, color in zip(report.branches, ("tab:red", "tab:blue")):
-        ax.step(centers, branch.zo.hist_counts, where="mid", color=color, label=f"{branch.branch} ZO (ε={branch.eps:g})")
-        ax.step(centers, branch.fo.hist_counts, where="mid", color=color, linestyle="--", alpha=0.6,
-                label=f"{branch.branch} FO")
-    ax.set_xlabel("log10 per-coordinate gradient variance")
-    ax.set_ylabel("coordinates")
-    ax.set_title(f"{report.model} {report.adapter} · {report.benchmark} task {report.task} · "
+        for counts, style, what in ((branch.zo.hist_counts, "-", f"ZO (ε={branch.eps:g})"), (branch.fo.hist_counts, "--", "FO")):
+            hist.step(centers, counts, where="mid", color=color, linestyle=style, label=f"{branch.branch} {what}")
+            drawn += [c for c, n in zip(centers, counts) if n]
+        layers = sorted(int(k) for k in branch.layers)
+        for key, style, what in (("zo_mean", "-o", "ZO"), ("fo_mean", "--s", "FO")):
+            values = [branch.layers[k][key] if k in branch.layers else branch.layers[str(k)][key] for k in layers]
+            per_layer.plot(layers, values, style, color=color, label=f"{branch.branch} {what}")
+        per_layer.set_xticks(layers)
+    if drawn:  # only where there are coordinates: empty bins would stretch the axis
+        width = edges[1] - edges[0]
+        hist.set_xlim(min(drawn) - width, max(drawn) + width)
+    hist.set_yscale("log")
+    hist.set_xlabel("log10 per-coordinate gradient variance")
+    hist.set_ylabel("coordinates")
+    hist.legend(fontsize="small")
+    per_layer.set_yscale("log")
+    per_layer.set_xlabel("layer (1-based)")
+    per_layer.set_ylabel("mean per-coordinate variance")
+    per_layer.legend(fontsize="small")
+    fig.suptitle(f"{report.model} {report.adapter} · {report.benchmark} task {report.task} · "
                  f"q={report.queries}, {report.batches}×{report.draws} estimates")
-    ax.legend()
     return _save(fig, plt, path)
 
 

@@ -23,7 +23,7 @@ from .step import DEFAULT_ZO_CHUNK, Stepper, make_blocks, settings
 from .zo import estimate
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
-HIST_BINS = 40
+HIST_BINS = 80  # over ~10 decades: 8 bins per decade
 
 
 @dataclass(frozen=True)

@@ -1,39 +1,91 @@
-"""Rich tables and CSV rows for the CLI to print. Builds renderables only: printing stays in cli.py."""
+"""Rich tables and CSV rows for the CLI to print. Builds renderables only: printing stays in cli/.
+
+Numbers and names are never folded or ellipsized to fit a narrow console: a table that cannot fit
+grows past the console width instead (a terminal wraps the line, a pipe keeps it whole). Only
+columns that hold free text (config values, descriptions) may wrap.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from rich.console import Group
+from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
 
-# The study's table (GB, ViT-B/16, CIFAR-100 at batch 128), for side-by-side display.
+# The study's table (GB, ViT-B/16, CIFAR-100 at batch 128, 10 prompts), shown only beside that setting.
 PAPER_GB = {"moe": {"fo": 19.96, "dual": 2.17, "vision": 6.93, "language": 12.39},
             "lora": {"fo": 15.11, "dual": 1.73, "vision": 5.71, "language": 11.09}}
+PAPER_SETTING = {"model": "ViT-B-16", "benchmark": "cifar100", "batch_size": 128, "prompts": 10}
+WRAP_FLOOR = 8  # a wrapping column is never squeezed below this many characters
+
+
+class _Whole:
+    """A table that widens itself past the console rather than cut a number or a name."""
+
+    def __init__(self, table: Table, needed: int):
+        self.table, self.needed = table, needed
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self.table.width = self.needed if options.max_width < self.needed else None
+        yield self.table
+
+
+def grid(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: Collection[str] = (),
+         wrap: Collection[str] = (), bold: Collection[str] = (), title: str | None = None,
+         lead: Sequence[str] | None = None) -> _Whole:
+    """A table of string cells; only the columns named in `wrap` may wrap, the rest stay whole.
+    `lead` is a reference row drawn dim above the others."""
+    table = Table(title=title, title_justify="left")
+    floors = []
+    every = [*([lead] if lead else []), *rows]
+    for i, name in enumerate(header):
+        width = max([len(name), *(len(row[i]) for row in every)])
+        wraps = name in wrap
+        table.add_column(name, justify="left" if name in left or wraps else "right", no_wrap=not wraps,
+                         overflow="fold" if wraps else "ellipsis", min_width=None if wraps else width,
+                         style="bold" if name in bold else None)
+        floors.append(min(width, WRAP_FLOOR) if wraps else width)
+    if lead:
+        table.add_row(*lead, style="dim", end_section=True)
+    for row in rows:
+        table.add_row(*row)
+    # cell padding (1 + 1) and one border per column, plus the closing border
+    return _Whole(table, sum(floors) + 3 * len(floors) + 1)
 
 
 def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_shot: dict | None = None) -> Group:
     """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT.
 
     `zero_shot` ({"acc": row, "seen": all-class accuracy}) adds the untouched model's row on top."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("after task", justify="right")
-    for j in range(len(matrix)):
-        table.add_column(f"T{j}", justify="right")
-    table.add_column("seen", justify="right", style="bold")
+    header = ["after task", *(f"T{j}" for j in range(len(matrix))), "seen"]
+    rows = [[str(t), *(f"{a:.1f}" for a in row), *[""] * (len(matrix) - len(row)), f"{summary['seen_accuracy'][t]:.2f}"]
+            for t, row in enumerate(matrix)]
+    lead = None
     if zero_shot and zero_shot.get("acc"):
-        table.add_row("zero-shot", *(f"{a:.1f}" for a in zero_shot["acc"][:len(matrix)]),
-                      f"{zero_shot['seen']:.2f}", style="dim", end_section=True)
-    for t, row in enumerate(matrix):
-        cells = [f"{a:.1f}" for a in row] + [""] * (len(matrix) - len(row))
-        table.add_row(str(t), *cells, f"{summary['seen_accuracy'][t]:.2f}")
+        cells = [f"{a:.1f}" for a in zero_shot["acc"][:len(matrix)]]
+        lead = ["zero-shot", *cells, *[""] * (len(matrix) - len(cells)), f"{zero_shot['seen']:.2f}"]
+    table = grid(header, rows, bold=("seen",), title=title, lead=lead)
     line = (f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
             f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}")
     if zero_shot and zero_shot.get("seen") is not None:
         line += f"   (zero-shot, all classes: {zero_shot['seen']:.2f})"
     return Group(table, Text(line))
+
+
+def run_banner(event: dict) -> str:
+    """One line as a run starts: where, on what, how much is trained and how, and how long a sequence."""
+    n = event["parameters"]
+    steps = event["steps"][event["first_task"]:]
+    per_task = f"{steps[0]}" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)}"
+    todo = f"{event['tasks']} tasks" if not event["first_task"] else \
+        f"tasks {event['first_task']}-{event['tasks'] - 1} of {event['tasks']}"
+    return (f"run {event['run_dir']} · {event['device']} · {event['model']} ({event['pretrained']}) {event['adapter']} "
+            f"· {event['benchmark']} · {todo} × {per_task} steps · trainable {n['trainable']:,} "
+            f"(ZO {n['zo']:,}, FO {n['fo']:,})")
 
 
 def comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
@@ -47,56 +99,77 @@ def comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def comparison(comparison) -> Table:
+def comparison(comparison) -> _Whole:
+    """Run names and metrics stay whole at any width; the differing config values may wrap."""
     header, rows = comparison_cells(comparison)
-    table = Table(title_justify="left")
-    for name in header:
-        table.add_column(name, justify="left" if name == "run" or name in comparison.differing else "right")
-    for row in rows:
-        table.add_row(*row)
+    return grid(header, rows, left=("run",), wrap=comparison.differing)
+
+
+def preset_list(described: dict[str, str]) -> Table:
+    """Name, then the description wrapped at word boundaries under itself (never inside a number)."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+    for name, text in described.items():
+        table.add_row(name, text)
     return table
 
 
-def memory(report) -> Table:
+def preset_toml(resolved) -> str:
+    """The resolved config as a preset file that loads back to the same config (`presets show > my.toml`).
+
+    JSON scalars are valid TOML values; TOML has no null, so unset keys become comments.
+    """
+    lines = [f"# resolved from: {' '.join(resolved.presets)}"]
+    for key, value in resolved.config.as_dict().items():
+        source = resolved.sources[key]
+        note = "" if source == "default" else f"   # {source}"
+        lines.append(f"# {key}: unset ({source})" if value is None else f"{key} = {json.dumps(value)}{note}")
+    return "\n".join(lines) + "\n"
+
+
+def memory(report) -> _Whole:
     """The memory table, shaped like the paper's, with its figures alongside for ViT-B/16."""
-    paper = PAPER_GB.get(report.adapter, {}) if report.model == "ViT-B-16" else {}
+    measured_as_paper = all(getattr(report, key) == value for key, value in PAPER_SETTING.items())
+    paper = PAPER_GB.get(report.adapter, {}) if measured_as_paper else {}
     bound = " (meta: upper bound)" if report.upper_bound else ""
-    table = Table(title=f"GB · {report.model} {report.adapter} · {report.benchmark} · batch {report.batch_size} · "
-                        f"{report.prompts} prompts · {report.device}{bound}", title_justify="left")
-    for name in ("config", "peak", "vs FO", "weights", "adapters", "grads", "optim", "activ.", *(["paper"] if paper else [])):
-        table.add_column(name, justify="left" if name == "config" else "right")
-    for row in report.rows:
-        cells = [row.config, _gb(row.peak_bytes), _fmt(row.reduction_vs_fo, "+.1f", suffix="%", negate=True),
-                 _gb(row.frozen_weights), _gb(row.trainable), _gb(row.gradients), _gb(row.optimizer_state),
-                 _gb(row.activations)]
-        table.add_row(*cells, *([_fmt(paper.get(row.config), ".2f")] if paper else []))
-    return table
+    header = ["config", "peak", "vs FO", "weights", "adapters", "grads", "optim", "activ.", *(["paper"] if paper else [])]
+    rows = [[row.config, _gb(row.peak_bytes), _fmt(row.reduction_vs_fo, "+.1f", suffix="%", negate=True),
+             _gb(row.frozen_weights), _gb(row.trainable), _gb(row.gradients), _gb(row.optimizer_state),
+             _gb(row.activations), *([_fmt(paper.get(row.config), ".2f")] if paper else [])]
+            for row in report.rows]
+    return grid(header, rows, left=("config",), title=f"GB · {report.model} {report.adapter} · {report.benchmark} · "
+                f"batch {report.batch_size} · {report.prompts} prompts · {report.device}{bound}")
 
 
 def variance(report) -> Group:
-    table = Table(title=f"{report.model} {report.adapter} · {report.benchmark} task {report.task} · "
-                        f"{report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}",
-                  title_justify="left")
-    for name in ("branch", "coords", "ε", "ZO var mean", "ZO median", "ZO q95", "FO var mean", "cos(ZO,FO)"):
-        table.add_column(name, justify="left" if name == "branch" else "right")
-    for b in report.branches:
-        table.add_row(b.branch, str(b.coordinates), f"{b.eps:g}", f"{b.zo.mean:.3e}", f"{b.zo.median:.3e}",
-                      f"{b.zo.quantiles['q95']:.3e}", f"{b.fo.mean:.3e}", f"{b.cosine_zo_fo:.4f}")
+    header = ["branch", "coords", "ε", "ZO var mean", "ZO median", "ZO q95", "FO var mean", "cos(ZO,FO)"]
+    rows = [[b.branch, str(b.coordinates), f"{b.eps:g}", f"{b.zo.mean:.3e}", f"{b.zo.median:.3e}",
+             f"{b.zo.quantiles['q95']:.3e}", f"{b.fo.mean:.3e}", f"{b.cosine_zo_fo:.4f}"] for b in report.branches]
+    table = grid(header, rows, left=("branch",), title=f"{report.model} {report.adapter} · {report.benchmark} task "
+                 f"{report.task} · {report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}")
     ratio = report.ratio_vision_language
     line = f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×"
-    return Group(table, Text(line), _step_changes(report))
+    return Group(table, Text(line), Text(""), variance_per_layer(report), Text(""), _step_changes(report))
 
 
-def _step_changes(report) -> Table:
+def variance_per_layer(report) -> _Whole:
+    """Mean per-coordinate variance of each layer, ZO and FO, for each branch (the study's figure is per layer)."""
+    branches = {b.branch: {int(k): v for k, v in b.layers.items()} for b in report.branches}
+    layers = sorted({layer for by_layer in branches.values() for layer in by_layer})
+    header = ["layer", *(f"{name} {kind}" for name in branches for kind in ("ZO", "FO"))]
+    rows = [[str(layer), *(f"{by_layer[layer][key]:.3e}" if layer in by_layer else ""
+                           for by_layer in branches.values() for key in ("zo_mean", "fo_mean"))]
+            for layer in layers]
+    return grid(header, rows, title="mean variance per layer")
+
+
+def _step_changes(report) -> _Whole:
     """Mean loss change per step, per rule and branch (negative: the step lowered the batch loss)."""
     rules = list(report.branches[0].step_change)
-    table = Table(title="loss change per step on its batch (this branch trained alone)", title_justify="left")
-    table.add_column("rule")
-    for b in report.branches:
-        table.add_column(b.branch, justify="right")
-    for rule in rules:
-        table.add_row(rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches))
-    return table
+    rows = [[rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches)] for rule in rules]
+    return grid(["rule", *(b.branch for b in report.branches)], rows, left=("rule",),
+                title="loss change per step on its batch (this branch trained alone)")
 
 
 def _gb(n: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -12,7 +13,8 @@ from . import benchmarks, data
 from .attach import AdaptedCLIP, build_model
 from .benchmarks import Benchmark, Split
 from .config import Config
-from .loader import ImageSpec, TaskImages, positions_of
+from .loader import EpochBatches, ImageSpec, TaskImages, positions_of, select
+from .plan import zo_units
 from .step import resolve_device
 
 
@@ -41,6 +43,7 @@ def open_session(cfg: Config) -> Session:
     bench = benchmarks.get(cfg.benchmark)
     split = benchmarks.split(bench, cfg.inc, cfg.base)
     dataset = _load_data(bench, Path(cfg.data_root).expanduser())
+    _check_every_task_has_images(bench, split, dataset)
     device = resolve_device(cfg.device)
     model = build_model(cfg, device)
     spec = ImageSpec(model.image_size, model.mean, model.std)
@@ -52,6 +55,20 @@ def open_session(cfg: Config) -> Session:
                    list(dataset["test"]["label"]), tokens, workers)
 
 
+def overview(session: Session) -> dict[str, Any]:
+    """What the run is about to do (the CLI's banner): model, device, parameter split, tasks × steps."""
+    cfg, model = session.cfg, session.model
+    zo = zo_units(cfg, model.depth())
+    sizes = {kind: sum(p.numel() for unit, module in model.unit_items() if (unit in zo) == (kind == "zo")
+                       for p in module.parameters()) for kind in ("zo", "fo")}
+    steps = [EpochBatches(select(session.train_labels, session.train.position, *session.split.bounds(t)),
+                          cfg.batch_size, cfg.epochs, (), max_steps=cfg.max_steps).total
+             for t in range(session.split.n_tasks)]
+    return {"device": str(session.device), "model": cfg.model, "pretrained": cfg.pretrained, "adapter": cfg.adapter,
+            "benchmark": session.bench.name, "parameters": {"trainable": sizes["zo"] + sizes["fo"], **sizes},
+            "tasks": session.split.n_tasks, "steps": steps}
+
+
 def _load_data(bench: Benchmark, root: Path):
     if root.exists() and not root.is_dir():
         raise data.DataMissing(f"--data-root {root} is not a directory")
@@ -59,6 +76,18 @@ def _load_data(bench: Benchmark, root: Path):
     if bench.name in benchmarks.GENERATED and not data.dataset_dir(root, bench.name).is_dir():
         data.prepare(bench, root)
     return data.load(bench, root)
+
+
+def _check_every_task_has_images(bench: Benchmark, split: benchmarks.Split, dataset) -> None:
+    # A copy prepared with --allow-partial may leave whole tasks empty: say so now, not at that task.
+    for name in ("train", "test"):
+        counts = data.class_counts(bench, dataset[name])
+        empty = [t for t in range(split.n_tasks) if counts[list(bench.order[slice(*split.bounds(t))])].sum() == 0]
+        if empty:
+            raise data.DataMissing(
+                f"the prepared {bench.name} copy has no {name} images for task(s) {', '.join(map(str, empty))} "
+                f"of {split.n_tasks} (it was prepared from a partial source); re-run `zocli prepare --benchmark "
+                f"{bench.name} --source DIR --overwrite` with a complete copy")
 
 
 def _cpus() -> int:

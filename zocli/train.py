@@ -25,7 +25,7 @@ from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
 from .rundir import Interrupted, RunDir, RunDirError, read_json
-from .session import Session, open_session
+from .session import Session, open_session, overview
 from .step import Stepper, make_blocks, zo_notes
 
 Event = dict[str, Any]
@@ -119,6 +119,7 @@ def _recorded(run_dir: RunDir) -> RunResult:
 def _train_from(session: Session, run_dir: RunDir, first_task: int, state: checkpoint.TrainState | None,
                 on_event, should_stop, elapsed: float = 0.0) -> RunResult:
     emit, stop = on_event or (lambda event: None), should_stop or (lambda: False)
+    emit({"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session)})
     began = time.perf_counter() - elapsed
     if session.zero_shot is None:
         _evaluate_zero_shot(session, run_dir, emit)
@@ -130,6 +131,8 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
         state = None
         _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began)
         peaks.append(torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None)
+        if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
+            raise Interrupted(run_dir.root)
     summary = summarize(session.acc_matrix, session.task_sizes)
     zero_shot = session.zero_shot or {}
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,

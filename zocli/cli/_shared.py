@@ -7,6 +7,9 @@ Exit codes: 0 ok, 1 runtime error (missing data, weights unavailable, corrupt ch
 
 from __future__ import annotations
 
+import functools
+import sys
+import typing
 from contextlib import contextmanager
 from typing import Annotated
 
@@ -15,7 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__
-from ..config import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
                   help="Zeroth-order / first-order continual learning of CLIP adapters.")
@@ -23,20 +25,18 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs
 STATE = {"debug": False}
 
-USAGE_ERRORS = (ConfigError,)
+USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.backbone": ("UnknownModel",)}
+RUNTIME_ERRORS = {"zocli.backbone": ("WeightsUnavailable",), "zocli.checkpoint": ("CheckpointError",),
+                  "zocli.data": ("DataMissing", "SourceError"), "zocli.rundir": ("RunDirError",),
+                  "zocli.step": ("DeviceUnavailable",), "zocli.train": ("Diverged",), "zocli.preflight": ("NotReady",),
+                  "zocli.loader": ("CorruptImage",)}
 
 
-def runtime_errors() -> tuple[type[BaseException], ...]:
-    from ..backbone import UnknownModel, WeightsUnavailable
-    from ..checkpoint import CheckpointError
-    from ..data import DataMissing, SourceError
-    from ..loader import CorruptImage
-    from ..rundir import RunDirError
-    from ..step import DeviceUnavailable
-    from ..train import Diverged
-
-    return (WeightsUnavailable, CheckpointError, DataMissing, SourceError, RunDirError, Diverged, UnknownModel,
-            DeviceUnavailable, CorruptImage)
+def _classes(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
+    # Only modules already imported: an exception's class was imported with it, and importing the rest
+    # here would cost the seconds of torch/datasets imports that the fast checks exist to avoid.
+    return tuple(getattr(sys.modules[module], name) for module, names in table.items() if module in sys.modules
+                 for name in names)
 
 
 @contextmanager
@@ -59,9 +59,9 @@ def errors():
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, message): 2 for usage errors, 1 for everything else."""
-    if isinstance(exc, USAGE_ERRORS) or type(exc).__name__ == "UnknownModel":
+    if isinstance(exc, _classes(USAGE_ERRORS)):
         return 2, str(exc)
-    if isinstance(exc, runtime_errors()):
+    if isinstance(exc, _classes(RUNTIME_ERRORS)):
         return 1, str(exc)
     if isinstance(exc, OSError):  # disk full, I/O error, read-only filesystem, a file where a folder goes
         where = f"{exc.filename}: " if exc.filename else ""
@@ -81,21 +81,58 @@ def one_line(text: str) -> str:
     return " ".join(lines)
 
 
+def _print_version(value: bool) -> None:
+    # Eager: runs while the options are parsed, before Typer asks for a command.
+    if value:
+        out.print(__version__, highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
 ) -> None:
     STATE["debug"] = debug
-    if version:
-        out.print(__version__)
-        raise typer.Exit()
 
 
 # ----------------------------------------------------------------------------------------------
 # train
 
 Opt = typer.Option
+
+# How a default reads in --help where the Config value alone (None) would not say it.
+DEFAULT_WORDS = {"base": "= --inc", "max_steps": "full epochs", "layers_n": "half the layers",
+                 "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
+                 "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
+                 "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr"}
+
+
+@functools.cache
+def _defaults():
+    from ..config import Config
+
+    return Config()
+
+
+def CfgOpt(key: str, help: str, *decls: str, panel: str | None = None):  # noqa: N802 - reads like typer.Option
+    """An option for Config field `key`: its choices as the metavar and its built-in default in the help.
+
+    The option itself defaults to None, so that presets can set what the flag leaves unset."""
+    from typing import get_args, get_origin, get_type_hints
+
+    from .. import benchmarks
+    from ..config import Config
+
+    kind = get_type_hints(Config)[key]
+    if get_origin(kind) not in (typing.Literal, None):  # X | None
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    choices = get_args(kind) if get_origin(kind) is typing.Literal else \
+        tuple(benchmarks.BUILDERS) if key == "benchmark" else ()
+    metavar = "|".join(choices) if choices else {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}[kind]
+    default = DEFAULT_WORDS.get(key, getattr(_defaults(), key))
+    return typer.Option(*decls, help=f"{help} \\[default: {default}]", metavar=metavar, rich_help_panel=panel)
 
 def precheck(cfg) -> None:
     # Usage errors must surface before any expensive import or model build.

@@ -15,15 +15,15 @@ from ._shared import Opt, app, err, errors, out, plot_to, plots_check
 
 @app.command("eval")
 def eval_cmd(
-    run_dirs: Annotated[list[str], typer.Argument(help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
-    task: Annotated[Optional[int], Opt("--task", help="Re-evaluate only the checkpoint after task K.")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print the result as JSON on stdout.")] = False,
-    as_csv: Annotated[bool, Opt("--csv", help="Comparison as CSV on stdout.")] = False,
-    plot: Annotated[Optional[Path], Opt("--plot", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
-    data_root: Annotated[Optional[str], Opt(help="Prepared data root (default: the run's).")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N (default: the run's).")] = None,
-    workers: Annotated[Optional[int], Opt(help="Data-loading processes.")] = None,
-    eval_batch_size: Annotated[Optional[int], Opt()] = None,
+    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR", help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
+    task: Annotated[Optional[int], Opt("--task", metavar="K", help="Re-evaluate only the checkpoint after task K.")] = None,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the result as JSON on stdout.")] = False,
+    as_csv: Annotated[bool, Opt("--csv", metavar="", help="Comparison as CSV on stdout.")] = False,
+    plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
+    data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
+    device: Annotated[Optional[str], Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
+    workers: Annotated[Optional[int], Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
+    eval_batch_size: Annotated[Optional[int], Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")] = None,
 ) -> None:
     """Re-evaluate one run from its checkpoints, or compare several runs side by side."""
     overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
@@ -34,6 +34,9 @@ def eval_cmd(
         if len(paths) > 1 or as_csv:
             _compare(paths, as_json, as_csv, plot)
             return
+        from ..preflight import check_run
+
+        check_run(paths[0], task, overrides)
         from ..evaluate import reevaluate
 
         result = reevaluate(paths[0], task, overrides)
@@ -63,6 +66,10 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 
 def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path]) -> None:
+    from ..rundir import RunDir
+
+    for path in paths:  # a missing or foreign directory is named before the heavy imports
+        RunDir.open(path)
     from ..compare import compare
 
     comparison = compare(paths)
@@ -92,7 +99,7 @@ app.add_typer(presets_app, name="presets")
 @presets_app.callback()
 def presets_list_cmd(
     ctx: typer.Context,
-    as_json: Annotated[bool, Opt("--json", help="Print {name: description} as JSON on stdout.")] = False,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print {name: description} as JSON on stdout.")] = False,
 ) -> None:
     """One line per shipped preset: what it reproduces."""
     if ctx.invoked_subcommand is not None:
@@ -103,6 +110,9 @@ def presets_list_cmd(
     if as_json:
         print(json.dumps(described))
         return
+    if out.is_terminal:  # wrapped at words under each description; a pipe gets one line per preset
+        out.print(render.preset_list(described), highlight=False)
+        return
     width = max(map(len, described), default=0)
     for name, text in described.items():
         out.print(f"{name:<{width}}  {text}", highlight=False)
@@ -110,8 +120,8 @@ def presets_list_cmd(
 
 @presets_app.command("show")
 def presets_show_cmd(
-    names: Annotated[list[str], typer.Argument(help="Preset names or TOML files, applied in order.")],
-    as_json: Annotated[bool, Opt("--json", help="Print the resolved config and sources as JSON.")] = False,
+    names: Annotated[list[str], typer.Argument(metavar="NAME", help="Preset names or TOML files, applied in order.")],
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the resolved config and sources as JSON.")] = False,
 ) -> None:
     """The config these presets resolve to (defaults < presets in order), with each value's source."""
     with errors():
@@ -121,9 +131,7 @@ def presets_show_cmd(
     if as_json:
         print(json.dumps(resolved.as_dict()))
         return
-    for key, value in resolved.config.as_dict().items():
-        source = resolved.sources[key]
-        out.print(f"{key} = {json.dumps(value)}" + ("" if source == "default" else f"   # {source}"), highlight=False)
+    out.print(render.preset_toml(resolved), highlight=False, end="")
 
 
 def _preset_description(path: Path) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -12,54 +13,57 @@ import typer
 
 from .. import render
 from ..config import ConfigError
-from ._shared import Opt, app, err, errors, out, precheck
+from ._shared import CfgOpt, Opt, app, err, errors, out, precheck
+
+D, M, O, Z, X = "Data", "Model", "Optimisation", "Zeroth order", "Execution"  # help panels
+
 
 @app.command("train")
 def train_cmd(
-    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", help="Preset name or TOML file; repeatable, applied in order.")] = None,
-    out_dir: Annotated[Optional[Path], Opt("--out", "-o", help="Run directory (default runs/<benchmark>-<plan>-s<seed>).")] = None,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a non-empty run directory.")] = False,
-    resume: Annotated[Optional[Path], Opt("--resume", help="Continue RUN_DIR from its last commit point.")] = None,
-    as_json: Annotated[bool, Opt("--json", help="Print the summary as JSON on stdout.")] = False,
-    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | testbed | digits.", rich_help_panel="Data")] = None,
-    inc: Annotated[Optional[int], Opt(help="Classes per task.", rich_help_panel="Data")] = None,
-    base: Annotated[Optional[int], Opt(help="Classes in the first task (default: --inc).", rich_help_panel="Data")] = None,
-    prompt: Annotated[Optional[str], Opt(help="Prompt template with {} for the class name.", rich_help_panel="Data")] = None,
-    data_root: Annotated[Optional[str], Opt(help="Prepared data root (env ZOCLI_DATA, default ~/.cache/zocli).", rich_help_panel="Data")] = None,
-    model: Annotated[Optional[str], Opt(help="open_clip model (ViT-B-16 = ViT-B-16-quickgelu; zocli-tiny).", rich_help_panel="Model")] = None,
-    pretrained: Annotated[Optional[str], Opt(help="openai | PATH | local-dir:DIR | none.", rich_help_panel="Model")] = None,
-    adapter: Annotated[Optional[str], Opt(help="moe | lora.", rich_help_panel="Model")] = None,
-    lora_rank: Annotated[Optional[int], Opt(rich_help_panel="Model")] = None,
-    lora_alpha: Annotated[Optional[float], Opt(rich_help_panel="Model")] = None,
-    epochs: Annotated[Optional[int], Opt(help="Epochs per task.", rich_help_panel="Optimisation")] = None,
-    batch_size: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
-    lr: Annotated[Optional[float], Opt(help="AdamW learning rate (FO); ZO uses λ·lr.", rich_help_panel="Optimisation")] = None,
-    weight_decay: Annotated[Optional[float], Opt(rich_help_panel="Optimisation")] = None,
-    warmup_steps: Annotated[Optional[int], Opt(rich_help_panel="Optimisation")] = None,
-    max_steps: Annotated[Optional[int], Opt(help="Cap on steps per task (smoke runs).", rich_help_panel="Optimisation")] = None,
-    vision: Annotated[Optional[str], Opt(help="fo | zo | frozen for the vision branch (frozen: a control, no update).", rich_help_panel="Zeroth order")] = None,
-    language: Annotated[Optional[str], Opt(help="fo | zo | frozen for the language branch.", rich_help_panel="Zeroth order")] = None,
-    layers: Annotated[Optional[str], Opt(help="all | hop-odd | hop-even | prefix | suffix (layers of ZO branches that are ZO).", rich_help_panel="Zeroth order")] = None,
-    layers_n: Annotated[Optional[int], Opt(help="Layers in prefix/suffix (default half).", rich_help_panel="Zeroth order")] = None,
-    mozo: Annotated[Optional[bool], Opt("--mozo/--no-mozo", help="MoZO: sign normalisation and eps_vision < eps_language.", rich_help_panel="Zeroth order")] = None,
-    normalize: Annotated[Optional[str], Opt(help="none | sign.", rich_help_panel="Zeroth order")] = None,
-    eps: Annotated[Optional[float], Opt(help="Perturbation scale ε.", rich_help_panel="Zeroth order")] = None,
-    eps_vision: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
-    eps_language: Annotated[Optional[float], Opt(rich_help_panel="Zeroth order")] = None,
-    estimator: Annotated[Optional[str], Opt(help="one-sided | two-sided.", rich_help_panel="Zeroth order")] = None,
-    queries: Annotated[Optional[int], Opt(help="Directions q per estimate.", rich_help_panel="Zeroth order")] = None,
-    conservative: Annotated[Optional[bool], Opt("--conservative/--aggressive", help="Keep the best of {θ, θ−ηu, θ+ηu}.", rich_help_panel="Zeroth order")] = None,
-    zo_rule: Annotated[Optional[str], Opt(help="sgd | adam | noise | random-search: how ĝ becomes the ZO step (noise, random-search: controls without a finite difference).", rich_help_panel="Zeroth order")] = None,
-    zo_lr: Annotated[Optional[float], Opt(help="Absolute peak ZO learning rate (same schedule as lr); overrides λ.", rich_help_panel="Zeroth order")] = None,
-    zo_lr_scale: Annotated[Optional[float], Opt(help="λ: ZO learning rate = λ·lr when --zo-lr is unset.", rich_help_panel="Zeroth order")] = None,
-    probe_every: Annotated[Optional[int], Opt(help="Every N steps log cos(ZO update, exact gradient of the ZO units); 0: off.", rich_help_panel="Zeroth order")] = None,
-    granularity: Annotated[Optional[str], Opt(help="branch | joint | layer.", rich_help_panel="Zeroth order")] = None,
-    zo_chunk: Annotated[Optional[int], Opt(help="Images per ZO micro-batch.", rich_help_panel="Zeroth order")] = None,
-    seed: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
-    device: Annotated[Optional[str], Opt(help="auto | cpu | cuda | cuda:N.", rich_help_panel="Execution")] = None,
-    workers: Annotated[Optional[int], Opt(help="Data-loading processes (default 0 on CPU, ≤8 on CUDA).", rich_help_panel="Execution")] = None,
-    eval_batch_size: Annotated[Optional[int], Opt(rich_help_panel="Execution")] = None,
-    save_every: Annotated[Optional[int], Opt(help="Also commit a resumable state every N steps inside a task.", rich_help_panel="Execution")] = None,
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", metavar="NAME|FILE", help="Preset name or TOML file; repeatable, applied in order (defaults < presets < flags).")] = None,
+    out_dir: Annotated[Optional[Path], Opt("--out", "-o", metavar="DIR", help="Run directory. \\[default: runs/<benchmark>-inc<N>-<adapter>-<plan>-s<seed>]")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Replace a non-empty run directory (only a zocli run).")] = False,
+    resume: Annotated[Optional[Path], Opt("--resume", metavar="RUN_DIR", help="Continue RUN_DIR from its last commit point.")] = None,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
+    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark (aliases tinyimagenet, imagenet-r).", panel=D)] = None,
+    inc: Annotated[Optional[int], CfgOpt("inc", "Classes per task.", panel=D)] = None,
+    base: Annotated[Optional[int], CfgOpt("base", "Classes in the first task.", panel=D)] = None,
+    prompt: Annotated[Optional[str], CfgOpt("prompt", "Prompt template, {} is the class name.", panel=D)] = None,
+    data_root: Annotated[Optional[str], CfgOpt("data_root", "Where prepared data lives.", panel=D)] = None,
+    model: Annotated[Optional[str], CfgOpt("model", "open_clip ViT model (ViT-B-16 means ViT-B-16-quickgelu; zocli-tiny for tests).", panel=M)] = None,
+    pretrained: Annotated[Optional[str], CfgOpt("pretrained", "Weights: an open_clip tag (from the local cache), PATH, local-dir:DIR or none.", panel=M)] = None,
+    adapter: Annotated[Optional[str], CfgOpt("adapter", "Adapter in every block: MoE (2 experts, top-2, bottleneck 64) or LoRA.", panel=M)] = None,
+    lora_rank: Annotated[Optional[int], CfgOpt("lora_rank", "LoRA rank r.", panel=M)] = None,
+    lora_alpha: Annotated[Optional[float], CfgOpt("lora_alpha", "LoRA scale α (the update is α/r · BA).", panel=M)] = None,
+    epochs: Annotated[Optional[int], CfgOpt("epochs", "Epochs per task.", panel=O)] = None,
+    batch_size: Annotated[Optional[int], CfgOpt("batch_size", "Training images per step.", panel=O)] = None,
+    lr: Annotated[Optional[float], CfgOpt("lr", "AdamW learning rate of FO units; ZO units move λ·lr.", panel=O)] = None,
+    weight_decay: Annotated[Optional[float], CfgOpt("weight_decay", "AdamW weight decay.", panel=O)] = None,
+    warmup_steps: Annotated[Optional[int], CfgOpt("warmup_steps", "Linear warm-up steps, then cosine to 0; restarted every task.", panel=O)] = None,
+    max_steps: Annotated[Optional[int], CfgOpt("max_steps", "Cap on steps per task (smoke runs).", panel=O)] = None,
+    vision: Annotated[Optional[str], CfgOpt("vision", "How the vision branch's adapters train (frozen: a control, no update).", panel=Z)] = None,
+    language: Annotated[Optional[str], CfgOpt("language", "How the language branch's adapters train (frozen: a control, no update).", panel=Z)] = None,
+    layers: Annotated[Optional[str], CfgOpt("layers", "Which layers of a ZO branch are ZO (1-based; the rest stay FO).", panel=Z)] = None,
+    layers_n: Annotated[Optional[int], CfgOpt("layers_n", "Layers in a prefix/suffix scheme.", panel=Z)] = None,
+    mozo: Annotated[Optional[bool], CfgOpt("mozo", "MoZO: --normalize sign and --eps-vision 5e-4 (each overridable).", "--mozo/--no-mozo", panel=Z)] = None,
+    normalize: Annotated[Optional[str], CfgOpt("normalize", "ZO update direction: the estimate, or its element-wise sign.", panel=Z)] = None,
+    eps: Annotated[Optional[float], CfgOpt("eps", "Perturbation scale ε of both branches.", panel=Z)] = None,
+    eps_vision: Annotated[Optional[float], CfgOpt("eps_vision", "ε of the vision branch.", panel=Z)] = None,
+    eps_language: Annotated[Optional[float], CfgOpt("eps_language", "ε of the language branch.", panel=Z)] = None,
+    estimator: Annotated[Optional[str], CfgOpt("estimator", "Finite difference: [L(θ+εz) − L(θ−εz)]/2ε or the paper's [L(θ+εz) − L(θ)]/ε.", panel=Z)] = None,
+    queries: Annotated[Optional[int], CfgOpt("queries", "Directions q averaged per estimate.", panel=Z)] = None,
+    conservative: Annotated[Optional[bool], CfgOpt("conservative", "Keep the best of {θ, θ−ηu, θ+ηu} on the step's batch, or always step.", "--conservative/--aggressive", panel=Z)] = None,
+    zo_rule: Annotated[Optional[str], CfgOpt("zo_rule", "How ĝ becomes the ZO step (noise, random-search: controls without a finite difference).", panel=Z)] = None,
+    zo_lr: Annotated[Optional[float], CfgOpt("zo_lr", "Absolute peak ZO learning rate (same schedule as lr); overrides λ.", panel=Z)] = None,
+    zo_lr_scale: Annotated[Optional[float], CfgOpt("zo_lr_scale", "λ: ZO learning rate = λ·lr when --zo-lr is unset.", panel=Z)] = None,
+    probe_every: Annotated[Optional[int], CfgOpt("probe_every", "Every N steps log cos(ZO update, exact gradient of the ZO units); 0: off.", panel=Z)] = None,
+    granularity: Annotated[Optional[str], CfgOpt("granularity", "Finite differences per step: one per ZO branch, one joint, or one per layer.", panel=Z)] = None,
+    zo_chunk: Annotated[Optional[int], CfgOpt("zo_chunk", "Images per ZO forward micro-batch (bounds activation memory).", panel=Z)] = None,
+    seed: Annotated[Optional[int], CfgOpt("seed", "Seed of adapter init, data order, crops and ZO directions.", panel=X)] = None,
+    device: Annotated[Optional[str], CfgOpt("device", "auto (CUDA when present), cpu, cuda or cuda:N.", panel=X)] = None,
+    workers: Annotated[Optional[int], CfgOpt("workers", "Data-loading processes.", panel=X)] = None,
+    eval_batch_size: Annotated[Optional[int], CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,
+    save_every: Annotated[Optional[int], CfgOpt("save_every", "Also commit a resumable state every N steps inside a task (0: task ends only).", panel=X)] = None,
 ) -> None:
     """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
     flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
@@ -97,6 +101,10 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
             what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
             raise ConfigError(f"--resume continues a run with its saved config; {what} cannot change "
                               f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)")
+        from ..preflight import check_run
+
+        check_run(resume, overrides={k: flags[k] for k in RESUMABLE_FLAGS})
+        on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from ..train import resume as resume_run
 
         where["run"] = resume
@@ -106,6 +114,10 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     resolved = resolve(preset or [], flags)
     precheck(resolved.config)
     target = out_dir or Path("runs") / _default_name(resolved.config)
+    from ..preflight import check_fresh_run
+
+    check_fresh_run(resolved.config, target, overwrite)
+    on_event({"event": "starting", "what": "training into", "run_dir": str(target)})
     from ..train import run
 
     where["run"] = target
@@ -148,7 +160,9 @@ def _graceful_stop(abort):
         yield lambda: requested["stop"]
     finally:
         for sig, old in previous.items():
-            signal.signal(sig, old)
+            # After a stop the process is on its way out: a late second Ctrl-C, arriving once the commit is
+            # done, would otherwise print a KeyboardInterrupt traceback from the interpreter's shutdown.
+            signal.signal(sig, signal.SIG_IGN if requested["stop"] else old)
 
 
 def _default_name(cfg) -> str:
@@ -161,20 +175,37 @@ def _default_name(cfg) -> str:
 
 @contextmanager
 def _progress(enabled: bool):
-    """Rich progress on stderr, only on a terminal; yields the core's on_event callback."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task unless
+    --json; on a terminal also a line while loading, and bars (this task, the whole run) with ETAs."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=err, transient=True,
-                        disable=not (enabled and err.is_terminal))
-    bars: dict[int, Any] = {}
+                        TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err,
+                        transient=True, disable=not (enabled and err.is_terminal))
+    bars: dict[Any, Any] = {}
+    run: dict[str, Any] = {}
 
     def on_event(event: dict) -> None:
         kind = event["event"]
-        if kind == "task_start":
-            bars[event["task"]] = progress.add_task(f"task {event['task']}", total=event["steps"], info="")
+        if kind == "starting":  # a terminal-only, transient line: an error after it stays one line
+            bars["starting"] = progress.add_task(f"{event['what']} {event['run_dir']}: loading torch, the data and "
+                                                 f"the model ...", total=None, info="")
+        elif kind == "run_start":
+            if "starting" in bars:
+                progress.remove_task(bars.pop("starting"))
+            run.update(event, began=time.perf_counter(), done=0, todo=sum(event["steps"][event["first_task"]:]))
+            if enabled:
+                err.print(render.run_banner(event), highlight=False)
+            bars["run"] = progress.add_task("run", total=run["todo"], info="")
+        elif kind == "task_start":
+            counter = f"task {event['task']} · {event['task'] + 1}/{run.get('tasks', '?')}"
+            bars[event["task"]] = progress.add_task(counter, total=event["steps"], completed=event["start"], info="")
         elif kind == "step":
             progress.update(bars[event["task"]], advance=1, info=f"loss {event['loss']:.4f}")
+            if "run" in bars:
+                progress.update(bars["run"], advance=1)
+                run["done"] += 1
         elif kind == "notes":
             for note in event["notes"]:
                 err.print(f"note: {note}", highlight=False)
@@ -183,10 +214,21 @@ def _progress(enabled: bool):
         elif kind == "eval":
             progress.remove_task(bars.pop(event["task"]))
             if enabled:
-                err.print(f"task {event['task']}: seen accuracy {event['seen_accuracy']:.2f}%")
+                err.print(f"task {event['task']} ({event['task'] + 1}/{run.get('tasks', '?')}): seen accuracy "
+                          f"{event['seen_accuracy']:.2f}%{_timing(run)}", highlight=False)
 
     with progress:
         yield on_event
+
+
+def _timing(run: dict) -> str:
+    """' · 0:01:05 elapsed, ETA 0:04:20' from the steps done so far (evaluations count as step time)."""
+    if not run.get("done"):
+        return ""
+    elapsed = time.perf_counter() - run["began"]
+    left = elapsed * (run["todo"] - run["done"]) / run["done"]
+    clock = lambda seconds: f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"  # noqa: E731
+    return f" · {clock(elapsed)} elapsed, ETA {clock(left)}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,14 +237,15 @@ def _progress(enabled: bool):
 
 @app.command("prepare")
 def prepare_cmd(
-    benchmark: Annotated[Optional[str], Opt(help="cifar100 | tinyimg | imgr | testbed | digits.")] = None,
-    source: Annotated[Optional[Path], Opt(help="Import from a local folder instead of the Hugging Face hub.")] = None,
-    data_root: Annotated[Optional[str], Opt(help="Where prepared data goes (env ZOCLI_DATA, default ~/.cache/zocli).")] = None,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Rebuild an existing prepared copy.")] = False,
-    weights: Annotated[bool, Opt("--weights", help="Also download pretrained model weights.")] = False,
-    model: Annotated[str, Opt(help="Model whose weights --weights downloads.")] = "ViT-B-16",
-    pretrained: Annotated[str, Opt(help="open_clip pretrained tag for --weights.")] = "openai",
-    as_json: Annotated[bool, Opt("--json", help="Print what was prepared as JSON on stdout.")] = False,
+    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark to prepare.")] = None,
+    source: Annotated[Optional[Path], Opt(metavar="DIR", help="Import from a local folder instead of the Hugging Face hub.")] = None,
+    data_root: Annotated[Optional[str], CfgOpt("data_root", "Where prepared data goes.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Rebuild an existing prepared copy.")] = False,
+    allow_partial: Annotated[bool, Opt("--allow-partial", metavar="", help="Accept a --source lacking some classes (with a warning); tasks left without images refuse to train.")] = False,
+    weights: Annotated[bool, Opt("--weights", metavar="", help="Also download pretrained model weights.")] = False,
+    model: Annotated[str, Opt(metavar="TEXT", help="Model whose weights --weights downloads.")] = "ViT-B-16",
+    pretrained: Annotated[str, Opt(metavar="TAG", help="open_clip pretrained tag for --weights.")] = "openai",
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print what was prepared as JSON on stdout.")] = False,
 ) -> None:
     """Build the normalized on-disk copy of a benchmark (and optionally fetch weights) so training runs offline."""
     if benchmark is None and not weights:
@@ -216,7 +259,14 @@ def prepare_cmd(
 
             bench = benchmarks.get(benchmark)
             note = None if as_json else (lambda line: err.print(line, highlight=False))
-            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite))
+            existing = None if overwrite else data.prepared_sizes(bench, root)
+            if existing is not None:  # kept as it is: say so, or a new --source looks imported
+                report["existing"] = True
+                counts = " + ".join(f"{n} {split}" for split, n in existing.items())
+                err.print(f"{bench.name} is already prepared at {data.dataset_dir(root, bench.name)} ({counts} images)"
+                          f"{'; --source was not read' if source else ''}; --overwrite rebuilds it", highlight=False)
+            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite,
+                                              allow_partial=allow_partial))
         if weights:
             from ..backbone import download_weights
 

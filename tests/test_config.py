@@ -33,7 +33,9 @@ def test_defaults_match_the_design():
     assert (cfg.weight_decay, cfg.warmup_steps, cfg.epochs) == (0.0, 30, 1)
     assert (cfg.lora_rank, cfg.lora_alpha) == (8, 16.0)
     assert (cfg.vision, cfg.language, cfg.layers, cfg.queries, cfg.normalize) == ("fo", "fo", "all", 1, "none")
-    assert cfg.zo_lr_scale == 1.0 and cfg.granularity == "branch" and cfg.conservative is True
+    # the ZO rule was chosen by measurement on the test-bed (README "Does ZO learn?"), not by the design
+    assert cfg.zo_rule == "adam" and cfg.zo_lr_scale == 3.0 and cfg.zo_lr is None
+    assert cfg.granularity == "branch" and cfg.conservative is True
     assert cfg.eps_for("vision") == cfg.eps_for("language") == 1e-3
 
 

@@ -25,7 +25,7 @@ BATCHES, DRAWS = 2, 8
 PNG = b"\x89PNG\r\n\x1a\n"
 REPORT_KEYS = {"model", "adapter", "benchmark", "task", "batches", "draws", "queries", "estimator", "seed",
                "hist_edges_log10", "branches", "ratio_vision_language"}
-BRANCH_KEYS = {"branch", "coordinates", "eps", "zo", "fo", "cosine_zo_fo", "layers"}
+BRANCH_KEYS = {"branch", "coordinates", "eps", "zo", "fo", "cosine_zo_fo", "layers", "step_change"}
 DIST_KEYS = {"mean", "median", "quantiles", "hist_counts", "zero"}
 QUANTILE_KEYS = {"q05", "q25", "q50", "q75", "q95"}
 
@@ -172,3 +172,12 @@ def test_cli_probe_variance_json_and_plot(digits_root, tmp_path):
     assert (data["batches"], data["draws"], data["queries"]) == (2, 3, 1)
     assert all(set(b) == BRANCH_KEYS for b in data["branches"])
     assert plot.read_bytes().startswith(PNG)
+
+
+def test_step_changes_compare_every_rule_with_the_exact_fo_step(reports):
+    for branch in reports[1].branches:
+        changes = branch.step_change
+        assert set(changes) == {"fo-adamw", "zo-plain λ=1", "mozo λ=1", "configured (adam)", "noise",
+                                "random-search"}
+        assert changes["fo-adamw"] < 0 and changes["fo-adamw"] < changes["zo-plain λ=1"]  # FO: the most progress
+        assert changes["random-search"] <= 0  # conservative: never worse on its own batch

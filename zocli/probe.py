@@ -157,13 +157,20 @@ def _step_changes(session: Session, task: int, batches: int, branch: str) -> dic
         mode = overrides.pop("mode", "zo")
         cfg = replace(session.cfg, **{branch: mode, other: "frozen", "layers": "all", "layers_n": None,
                                       "mozo": False}, **overrides)
-        stepper, deltas = Stepper(model, cfg), []
+        changes[name] = _mean_change(session, Stepper(model, cfg), cfg, task, batches)
+    return changes
+
+
+def _mean_change(session: Session, stepper: Stepper, cfg: Config, task: int, batches: int) -> float:
+    devices = [session.device.index or 0] if session.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # FO dropout and gating noise: seeded here, restored after
+        torch.manual_seed(derive_seed(cfg.seed, "probe-step"))
+        deltas = []
         for index, (images, labels, tokens) in enumerate(_batches(session, cfg, task, batches)):
             before = stepper.objective(images, labels, tokens).loss_fn(())()
             stepper.step(images, labels, tokens, cfg.lr, derive_seed(cfg.seed, "probe-step", index))
             deltas.append(stepper.objective(images, labels, tokens).loss_fn(())() - before)
-        changes[name] = sum(deltas) / len(deltas)
-    return changes
+    return sum(deltas) / len(deltas)
 
 
 def _estimate(block, loss, seed: int, cfg: Config):

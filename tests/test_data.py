@@ -302,3 +302,36 @@ def test_testbed_rows_are_the_worlds_seeded_draws(testbed_root):
 def test_testbed_takes_no_source(tmp_path):
     with pytest.raises(data.SourceError, match="made on this machine"):
         data.prepare(benchmarks.get("testbed"), tmp_path, source=tmp_path)
+
+
+DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no process has it
+
+
+def test_a_prepare_killed_between_its_renames_is_finished_by_the_next_load(tmp_path):
+    bench = benchmarks.get("digits")
+    data.prepare(bench, tmp_path / "done")
+    tmp = tmp_path / "root" / f".digits.tmp-{DEAD_PID}-abcd"
+    tmp.mkdir(parents=True)
+    # killed after the old copy moved aside and before the new one moved in: the benchmark is missing
+    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / "ready")
+    assert not data.dataset_dir(tmp_path / "root", "digits").exists()
+    assert len(data.load(bench, tmp_path / "root")["test"]) == 360  # the swap was finished
+    assert not tmp.exists()
+
+
+def test_a_dead_prepare_with_only_the_old_copy_is_rolled_back(tmp_path):
+    bench = benchmarks.get("digits")
+    data.prepare(bench, tmp_path / "done")
+    tmp = tmp_path / "root" / f".digits.tmp-{DEAD_PID}-abcd"
+    tmp.mkdir(parents=True)
+    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / "old")
+    data.prepare(bench, tmp_path / "root")  # finds the old copy back instead of rebuilding
+    assert len(data.load(bench, tmp_path / "root")["train"]) == 1437 and not tmp.exists()
+
+
+def test_a_live_prepares_temporary_directory_is_left_alone(tmp_path):
+    bench = benchmarks.get("digits")
+    live = tmp_path / f".digits.tmp-{os.getpid()}-abcd"
+    (live / "work").mkdir(parents=True)
+    data.prepare(bench, tmp_path)
+    assert live.is_dir() and len(data.load(bench, tmp_path)["test"]) == 360

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import numpy as np
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-from . import hub, world
+from . import dirswap, hub, world
 from .benchmarks import GENERATED, Benchmark
 from .preflight import dataset_dir, prepare_command  # noqa: F401  (dataset_dir is part of this module's API)
 
@@ -59,7 +57,7 @@ def _features(bench: Benchmark) -> Features:
 def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     """The prepared copy of `bench`; raises DataMissing when it is absent, unreadable or stale."""
     path = dataset_dir(data_root, bench.name)
-    recover_interrupted(path)
+    dirswap.recover(path)
     command = prepare_command(bench.name, data_root)
     # prepare renames only complete copies into place, so a directory without dataset_dict.json
     # was made or damaged by something else.
@@ -106,55 +104,20 @@ def prepare(bench: Benchmark, data_root: Path, source: Path | None = None,
     classes in the shipped order, so a missing class would only surface tasks later, mid-run.
     """
     target = dataset_dir(data_root, bench.name)
-    recover_interrupted(target)
+    dirswap.recover(target)
     if target.exists() and not overwrite:
         return target
     if on_progress is None:
         datasets.disable_progress_bars()
     progress = on_progress or (lambda _line: None)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # the pid in the name lets a later prepare or load tell a dead prepare's leftovers from a live one
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
+    with dirswap.staging(target) as tmp:
         dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress)
         _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
         del dd  # drop the memory maps on tmp/work before it is deleted
-        os.replace(tmp / "out", tmp / "ready")  # the complete copy, marked: a swap may now finish it
-        _move_into_place(tmp / "ready", target, tmp / "old")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        dirswap.swap_in(tmp, tmp / "out", target)
     return target
-
-
-def recover_interrupted(target: Path) -> None:
-    """Finish or undo the swaps of prepares that died, and delete their temporary directories.
-
-    A prepare killed between its two renames leaves `target` missing, with the new copy in
-    `TMP/ready` (finish: move it in) or only the old one in `TMP/old` (undo: move it back)."""
-    if not target.parent.is_dir():
-        return
-    for tmp in target.parent.glob(f".{target.name}.tmp-*"):
-        if not tmp.is_dir() or _alive(tmp.name.removeprefix(f".{target.name}.tmp-").split("-")[0]):
-            continue
-        for kept in (tmp / "ready", tmp / "old"):
-            if not target.exists() and (kept / "dataset_dict.json").is_file():
-                os.replace(kept, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _alive(pid: str) -> bool:
-    """Whether the process that named a temporary directory still runs (an old-style name counts as dead)."""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def class_counts(bench: Benchmark, ds: Dataset) -> np.ndarray:
@@ -173,14 +136,6 @@ def _check_complete(bench: Benchmark, dd: DatasetDict, allow_partial: bool, prog
             raise SourceError(f"{what}; every task needs its classes: use a complete copy, or --allow-partial "
                               f"for a deliberate subset (tasks left without images refuse to train)")
         progress(f"warning: {what}; tasks that contain them cannot be trained or evaluated")
-
-
-def _move_into_place(new: Path, target: Path, trash: Path) -> None:
-    # os.replace cannot replace a non-empty directory, so an old copy is first moved aside (same
-    # filesystem, both renames are atomic) and deleted with the temporary directory.
-    if target.exists():
-        os.replace(target, trash)
-    os.replace(new, target)
 
 
 def _build(bench: Benchmark, source: Path | None, work: Path, progress: Progress) -> DatasetDict:

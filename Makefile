@@ -5,9 +5,11 @@ BIN     := $(VENV)/bin
 # torch must be pinned before anything pulls it in: an unpinned resolve downloads a multi-GB build.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 # Which torch build: PyPI's CUDA one (a ~6 GB venv) where `nvidia-smi -L` lists a GPU, else the CPU-only
-# one (~1 GB). `make TORCH_INDEX=` forces PyPI's build; any other wheel index URL works too.
+# one (~1 GB) when PyTorch's CPU index answers within 3 s; where it does not (machines that reach only
+# PyPI), PyPI's. `make TORCH_INDEX=` forces PyPI's build; any other wheel index URL works too.
 CPU_INDEX   := https://download.pytorch.org/whl/cpu
-TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(CPU_INDEX))
+CPU_INDEX_UP = $(shell $(PY) -c "import urllib.request as u; u.urlopen('$(CPU_INDEX)/torch/', timeout=3)" 2>/dev/null && echo yes)
+TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(if $(CPU_INDEX_UP),$(CPU_INDEX)))
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: venv demo test test-all clean
@@ -22,7 +24,7 @@ $(BIN)/zocli: pyproject.toml
 
 venv: $(BIN)/zocli
 
-demo: venv  ## train the embedded default (digits, tiny model) and print the accuracy matrix
+demo: venv  ## train the embedded default (the test-bed, pretrained tiny CLIP) and print the accuracy matrix
 	$(BIN)/zocli train --preset demo --out runs/demo --overwrite
 
 # One worker per core (pytest-xdist); a module's tests stay on one worker, so its fixtures (a trained

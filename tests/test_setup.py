@@ -30,9 +30,15 @@ def _make_dry_run(tmp_path: Path, gpu_listing: str, *overrides: str) -> str:
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_installs_the_cpu_torch_build_without_a_gpu(tmp_path):
     # Found: `make demo` on a CPU-only machine installed the CUDA build (a 6.1 GB venv).
-    commands = _make_dry_run(tmp_path, "")
+    commands = _make_dry_run(tmp_path, "", "CPU_INDEX_UP=yes")  # as if PyTorch's CPU index answered
     assert f"--index-url {CPU_INDEX} torch==" in commands
     assert f"from {CPU_INDEX}" in commands  # make says which build it picked
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_falls_back_to_pypi_where_the_cpu_index_does_not_answer(tmp_path):
+    # CI and these machines reach PyPI alone: an unreachable --index-url would fail the install.
+    assert "--index-url" not in _make_dry_run(tmp_path, "", "CPU_INDEX_UP=")
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

@@ -105,6 +105,16 @@ def test_train_end_to_end(case, digits_root, tmp_path):
         assert e["zo_update_norm"] >= 0.0 and (has_zo or e["zo_update_norm"] == 0.0)
         assert (e["fo_grad_norm"] > 0.0) == has_fo
         assert e["loss_first"] == e["loss_first"] and e["loss_last"] == e["loss_last"]  # finite, not NaN
+        assert e["loss_kind"] == ("train_mode" if has_fo else "deterministic")  # named, never mixed
+        assert e["zo_rule"] == (cfg.zo_rule_name if has_zo else None)
+
+    # the comparable loss and the peaks: per task, training and evaluation apart, labelled
+    evals = [e for e in events if e["event"] == "eval"]
+    assert all(e["test_loss"] > 0 and e["train_bytes"] > 0 and e["eval_bytes"] > 0 for e in evals)
+    peak = summary["peak_memory"]
+    assert peak["kind"] == "process_max_rss" and "RSS" in peak["what"]
+    assert [p["task"] for p in peak["per_task"]] == list(range(N_TASKS))
+    assert peak["bytes"] == peak["train_bytes"] == max(p["train_bytes"] for p in peak["per_task"])
     if has_zo:
         assert sum(e["zo_update_norm"] for e in trains) > 0  # ZO units did move at some point
 

@@ -31,8 +31,9 @@ class RunRow:
     forgetting: float | None
     bwt: float | None
     seen_accuracy: list[float]  # A_t after each finished task: the accuracy curve
-    peak_memory_bytes: int | None
+    peak_memory_bytes: int | None  # the training peak (summary.json's peak_memory.bytes)
     wall_seconds: float | None
+    peak_memory_kind: str | None = None  # cuda_max_allocated | process_max_rss
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def _row(run: RunDir) -> RunRow:
     if run.summary.is_file():
         s = read_json(run.summary)
         return RunRow(str(run.root), config, len(s["acc_matrix"]), total, s["last"], s["avg"], s["forgetting"],
-                      s["bwt"], s["seen_accuracy"], s["peak_memory"]["bytes"], s["wall_seconds"])
+                      s["bwt"], s["seen_accuracy"], s["peak_memory"]["bytes"], s["wall_seconds"],
+                      s["peak_memory"].get("kind"))
     manifest = read_manifest(run)
     if not manifest["tasks_done"]:
         return RunRow(str(run.root), config, 0, total, None, None, None, None, [], None, None)

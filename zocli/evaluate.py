@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_task, read_manifest
 from .config import Config, ConfigError
@@ -27,6 +28,7 @@ MODEL_KEYS = ("benchmark", "inc", "base", "prompt", "model", "pretrained", "adap
 class TaskAccuracy:
     row: tuple[float, ...]  # percent accuracy on each seen task's test set, tasks 0..t
     sizes: tuple[int, ...]  # test images per seen task
+    loss: float = 0.0  # mean cross-entropy over the seen classes on the seen test sets: comparable across runs
 
 
 @torch.no_grad()
@@ -38,17 +40,20 @@ def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
     bounds = torch.tensor([split.bounds(j)[1] for j in range(task + 1)])  # class-position end of each task
     correct = torch.zeros(task + 1, dtype=torch.long)
     total = torch.zeros(task + 1, dtype=torch.long)
+    loss_sum = 0.0
     with deterministic(model):
         text = model.encode("language", session.tokens[:seen].to(device))  # (seen, E)
         loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
         for images, positions in loader:
             image = model.encode("vision", images.to(device, non_blocking=True))  # (B, E)
-            predicted = model.logits(image, text).argmax(dim=-1).cpu()  # (B,)
+            logits = model.logits(image, text)  # (B, seen)
+            loss_sum += float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
+            predicted = logits.argmax(dim=-1).cpu()  # (B,)
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) task of each true class
             correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=task + 1).long()
             total += torch.bincount(owner, minlength=task + 1)
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
-    return TaskAccuracy(row, tuple(total.tolist()))
+    return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6))
 
 
 @dataclass(frozen=True)

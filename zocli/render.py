@@ -102,7 +102,13 @@ def comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
 def comparison(comparison) -> _Whole:
     """Run names and metrics stay whole at any width; the differing config values may wrap."""
     header, rows = comparison_cells(comparison)
-    return grid(header, rows, left=("run",), wrap=comparison.differing)
+    kinds = {r.peak_memory_kind for r in comparison.rows if r.peak_memory_kind}
+    title = f"peak_mem_gb: training peak, {' / '.join(PEAK_LABELS[k] for k in sorted(kinds))}" if kinds else None
+    return grid(header, rows, left=("run",), wrap=comparison.differing, title=title)
+
+
+PEAK_LABELS = {"cuda_max_allocated": "CUDA max allocated",
+               "process_max_rss": "process RSS on CPU (includes ~1 GB of libraries)"}
 
 
 def preset_list(described: dict[str, str]) -> Table:

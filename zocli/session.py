@@ -35,7 +35,8 @@ class Session:
     workers: int
     acc_matrix: list[list[float]] = field(default_factory=list)
     task_sizes: list[int] = field(default_factory=list)
-    zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy"} of the untouched model
+    zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy", "test_loss"} of the untouched model
+    peaks: list[dict[str, int]] = field(default_factory=list)  # per task: training and evaluation peak bytes
 
 
 def open_session(cfg: Config) -> Session:

@@ -86,6 +86,7 @@ def resume(run_root: Path, overrides: dict[str, Any] | None = None,
         committed = checkpoint.committed_results(run_dir, manifest) if done else \
             {"metrics_bytes": int(manifest.get("metrics_bytes", 0))}
         session.zero_shot = manifest.get("zero_shot")
+        session.peaks = list(manifest.get("peaks", [])) if done else []
         torch.manual_seed(cfg.seed)
         if done:
             restore(run_dir, session, done - 1)
@@ -123,20 +124,19 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
     began = time.perf_counter() - elapsed
     if session.zero_shot is None:
         _evaluate_zero_shot(session, run_dir, emit)
-    peaks = []
     for task in range(first_task, session.split.n_tasks):
-        if session.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(session.device)
+        _reset_peak(session.device)
         run_dir.log(train_task(session, run_dir, task, state, emit, stop))
         state = None
-        _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began)
-        peaks.append(torch.cuda.max_memory_allocated(session.device) if session.device.type == "cuda" else None)
+        train_bytes = _peak(session.device)
+        _reset_peak(session.device)  # evaluation (batch --eval-batch-size) must not pass for training's peak
+        _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began, train_bytes)
         if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
             raise Interrupted(run_dir.root)
     summary = summarize(session.acc_matrix, session.task_sizes)
     zero_shot = session.zero_shot or {}
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
-                       time.perf_counter() - began, _peak_memory(session.device, peaks),
+                       time.perf_counter() - began, _peak_memory(session.device, session.peaks),
                        zero_shot.get("acc"), zero_shot.get("seen_accuracy"))
     run_dir.write_json(run_dir.summary, result.as_dict())
     return result
@@ -148,21 +148,25 @@ def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
     resumed run reports it without measuring again."""
     accuracy = evaluate_seen(session, session.split.n_tasks - 1)
     session.zero_shot = {"acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),
-                         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2)}
+                         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2),
+                         "test_loss": accuracy.loss}
     event = {"event": "zero_shot", **session.zero_shot}
     run_dir.log(event)
     checkpoint.record(run_dir, {"zero_shot": session.zero_shot, "metrics_bytes": run_dir.log_size()})
     emit(event)
 
 
-def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float) -> None:
+def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float,
+                         train_bytes: int) -> None:
     accuracy = evaluate_seen(session, task)
+    session.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)
     event = {"event": "eval", "task": task, "acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),
-             "seen_accuracy": summarize(session.acc_matrix, session.task_sizes).seen_accuracy[-1]}
+             "seen_accuracy": summarize(session.acc_matrix, session.task_sizes).seen_accuracy[-1],
+             "test_loss": accuracy.loss, **session.peaks[-1]}
     run_dir.log(event)
-    results = {"acc_matrix": session.acc_matrix, "task_sizes": session.task_sizes,
+    results = {"acc_matrix": session.acc_matrix, "task_sizes": session.task_sizes, "peaks": session.peaks,
                "metrics_bytes": run_dir.log_size(), "wall_seconds": round(elapsed, 3),
                "rng": checkpoint.encode_rng(_get_rng())}
     checkpoint.save_task(run_dir, task, session.model.units.state_dict(), _checkpoint_meta(session, task), results)
@@ -260,6 +264,8 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
     return {
         "event": "train", "task": task, "steps": len(history),
         "loss_first": history[0]["loss"] if history else None, "loss_last": history[-1]["loss"] if history else None,
+        "loss_kind": history[0].get("loss_kind") if history else None,  # compare only like with like; the
+        # comparable quantity across configurations is the eval events' `test_loss`
         "zo_rule": stepper.cfg.zo_rule_name if stepper.blocks else None,
         "acceptance_rate": mean("moved") if stepper.blocks and stepper.settings.keeps_best else None,
         # ZO progress: Σ over measured steps of L(after) − L(before) the ZO update, on the step's batch
@@ -288,10 +294,33 @@ def _plan(session: Session) -> dict[str, list[int]]:
     return describe(zo_units(session.cfg, depth), depth)
 
 
-def _peak_memory(device: torch.device, peaks: list[int | None]) -> dict[str, Any]:
+def _peak(device: torch.device) -> int:
+    """Bytes at the high-water mark: CUDA allocations since the last reset, or on CPU the process's peak
+    RSS, which cannot be reset (so it is the high-water mark of the whole process so far)."""
     if device.type == "cuda":
-        return {"kind": "cuda_max_allocated", "bytes": max(p or 0 for p in peaks)}
-    return {"kind": "process_max_rss", "bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+PEAK_KINDS = {  # what each peak figure is, written beside it
+    "cuda_max_allocated": "torch.cuda.max_memory_allocated, reset before each task's training and before its "
+                          "evaluation; bytes = the training peak",
+    "process_max_rss": "process peak RSS (includes ~1 GB of torch and libraries; never reset, so each figure is the "
+                       "high-water mark so far); bytes = the training peak",
+}
+
+
+def _peak_memory(device: torch.device, peaks: list[dict[str, int]]) -> dict[str, Any]:
+    kind = "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
+    train = max((p["train_bytes"] for p in peaks), default=_peak(device))
+    evaluation = max((p["eval_bytes"] for p in peaks), default=None)
+    return {"kind": kind, "what": PEAK_KINDS[kind], "bytes": train, "train_bytes": train, "eval_bytes": evaluation,
+            "per_task": peaks}
 
 
 def _environment() -> dict[str, Any]:

@@ -88,6 +88,9 @@ class StepStats:
     forwards: int  # loss evaluations this step (the FO pass counts one)
     zo_loss_delta: float | None = None  # L(after) − L(before) of the ZO update on this batch, when measured
     zo_cosine: float | None = None  # cos(applied ZO update, −exact gradient of the ZO units), on probe steps
+    # what `loss` is: "train_mode" (the FO pass: dropout and gating noise on) or "deterministic" (eval mode,
+    # from the ZO forwards when nothing is FO); they differ, so compare losses of one kind only
+    loss_kind: str = "train_mode"
 
 
 class ZOAdam:
@@ -196,7 +199,7 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
     if loss is None:  # nothing measured a loss (every unit frozen, or an unprobed noise step): measure it
         loss = counter.loss_fn(())()
     return StepStats(loss, fo_grad_norm, zo_lr * _norm(updates) if zo.moved else 0.0, zo.moved, counter.count,
-                     zo.delta, zo.cosine)
+                     zo.delta, zo.cosine, "train_mode" if fo_loss is not None else "deterministic")
 
 
 @dataclass(frozen=True)

@@ -307,26 +307,26 @@ def test_testbed_takes_no_source(tmp_path):
 DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no process has it
 
 
-def test_a_prepare_killed_between_its_renames_is_finished_by_the_next_load(tmp_path):
-    bench = benchmarks.get("digits")
-    data.prepare(bench, tmp_path / "done")
+def _dead_prepare_left(tmp_path, kept: str) -> Path:
+    """A digits root whose prepare died mid-swap, its one copy at TMP/`kept` ("ready" or "old")."""
+    data.prepare(benchmarks.get("digits"), tmp_path / "done")
     tmp = tmp_path / "root" / f".digits.tmp-{DEAD_PID}-abcd"
     tmp.mkdir(parents=True)
-    # killed after the old copy moved aside and before the new one moved in: the benchmark is missing
-    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / "ready")
-    assert not data.dataset_dir(tmp_path / "root", "digits").exists()
-    assert len(data.load(bench, tmp_path / "root")["test"]) == 360  # the swap was finished
+    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / kept)
+    assert not data.dataset_dir(tmp_path / "root", "digits").exists()  # the benchmark is missing
+    return tmp
+
+
+def test_a_prepare_killed_between_its_renames_is_finished_by_the_next_load(tmp_path):
+    tmp = _dead_prepare_left(tmp_path, "ready")  # killed after the old copy moved aside, before the new moved in
+    assert len(data.load(benchmarks.get("digits"), tmp_path / "root")["test"]) == 360  # the swap was finished
     assert not tmp.exists()
 
 
 def test_a_dead_prepare_with_only_the_old_copy_is_rolled_back(tmp_path):
-    bench = benchmarks.get("digits")
-    data.prepare(bench, tmp_path / "done")
-    tmp = tmp_path / "root" / f".digits.tmp-{DEAD_PID}-abcd"
-    tmp.mkdir(parents=True)
-    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / "old")
-    data.prepare(bench, tmp_path / "root")  # finds the old copy back instead of rebuilding
-    assert len(data.load(bench, tmp_path / "root")["train"]) == 1437 and not tmp.exists()
+    tmp = _dead_prepare_left(tmp_path, "old")
+    data.prepare(benchmarks.get("digits"), tmp_path / "root")  # finds the old copy back instead of rebuilding
+    assert len(data.load(benchmarks.get("digits"), tmp_path / "root")["train"]) == 1437 and not tmp.exists()
 
 
 def test_a_live_prepares_temporary_directory_is_left_alone(tmp_path):

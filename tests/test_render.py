@@ -22,7 +22,8 @@ def comparison() -> SimpleNamespace:
     rows = tuple(SimpleNamespace(run=f"/runs/demo-vision-zo-hop-even-seed{i}", tasks_done=5, tasks_total=5,
                                  config={"vision": "zo", "prompt": f"a bad photo of a {{}} {i}."},
                                  last=13.456 + i, avg=45.678, forgetting=3.25, bwt=-1.5, seen_accuracy=[1.0],
-                                 peak_memory_bytes=1_234_567_890, wall_seconds=1234.5) for i in range(3))
+                                 peak_memory_bytes=1_234_567_890, wall_seconds=1234.5,
+                                 peak_memory_kind="process_max_rss") for i in range(3))
     return SimpleNamespace(differing=("vision", "prompt"), rows=rows)
 
 
@@ -36,6 +37,12 @@ def test_comparison_keeps_run_names_and_metrics_whole(width):
         line = next(line for line in text.splitlines() if row[0] in line)  # the run name, on one line
         for cell in row[1 + len(comparison().differing):]:  # tasks and every metric, whole on that line
             assert f" {cell} " in line, (cell, line)
+
+
+def test_the_comparison_says_what_its_peak_memory_is():
+    # Found: on CPU peak_mem_gb was process RSS (~1.2 GB of libraries) and nothing said so.
+    text = " ".join(rendered(render.comparison(comparison()), 200).split())
+    assert "peak_mem_gb: training peak, process RSS on CPU (includes ~1 GB of libraries)" in text
 
 
 def test_config_columns_may_wrap_but_lose_nothing():

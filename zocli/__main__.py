@@ -22,7 +22,10 @@ def main() -> None:
         code = exit_.code
     # The exit code is decided: a late Ctrl-C during interpreter shutdown must not replace it (Python
     # restores the default SIGINT action there, which would kill the process by the signal).
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except OSError:  # "ignored due to race condition": a signal pending under SIG_IGN, ignored as asked
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(code)
 
 

@@ -162,7 +162,19 @@ def _graceful_stop(abort):
         for sig, old in previous.items():
             # After a stop the process is on its way out: a late second Ctrl-C, arriving once the commit is
             # done, would otherwise print a KeyboardInterrupt traceback from the interpreter's shutdown.
-            signal.signal(sig, signal.SIG_IGN if requested["stop"] else old)
+            set_handler(sig, signal.SIG_IGN if requested["stop"] else old)
+
+
+def set_handler(sig, handler) -> None:
+    """signal.signal, tolerating a signal that arrived just before: CPython checks pending signals first and
+    raises "Signal N ignored due to race condition" when one is pending under SIG_IGN — which is ignoring
+    it, as asked. The pending flag is cleared by that check, so the second call sets the handler."""
+    import signal
+
+    try:
+        signal.signal(sig, handler)
+    except OSError:
+        signal.signal(sig, handler)
 
 
 def _default_name(cfg) -> str:

@@ -20,7 +20,7 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from zocli.backbone import SHIPPED, _weights_dir
+from zocli.backbone import SHIPPED, weights_dir
 from zocli.pretrain import MODEL, PretrainConfig, pretrain
 
 HALF = ("token_embedding.weight",)
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=PretrainConfig.steps)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=_weights_dir(), help="folder for the .safetensors and .json")
+    parser.add_argument("--out", type=Path, default=weights_dir(), help="folder for the .safetensors and .json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cfg = PretrainConfig(seed=args.seed, steps=args.steps)

@@ -129,13 +129,13 @@ def test_shipped_testbed_weights_load_offline_and_match_their_record(empty_hf_ca
 def test_tampered_shipped_weights_are_refused(tmp_path, monkeypatch):
     from zocli import backbone
 
-    for f in backbone._weights_dir().iterdir():
+    for f in backbone.weights_dir().iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
     weights = tmp_path / "zocli-tiny-testbed.safetensors"
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 1
     weights.write_bytes(bytes(blob))
-    monkeypatch.setattr(backbone, "_weights_dir", lambda: tmp_path)
+    monkeypatch.setattr(backbone, "weights_dir", lambda: tmp_path)
     with pytest.raises(WeightsUnavailable, match="does not match its recorded sha256"):
         build("zocli-tiny", "testbed")
 

@@ -114,12 +114,12 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
 
 def shipped_record(name: str, tag: str) -> dict:
     """The JSON record beside a shipped weights file: sha256, the command that made it, its accuracy."""
-    return json.loads((_weights_dir() / f"{SHIPPED[(name, tag)]}.json").read_text())
+    return json.loads((weights_dir() / f"{SHIPPED[(name, tag)]}.json").read_text())
 
 
 def shipped_weights(name: str, tag: str) -> Path:
     """The package's weights file for (name, tag), verified against the sha256 recorded beside it."""
-    path = _weights_dir() / f"{SHIPPED[(name, tag)]}.safetensors"
+    path = weights_dir() / f"{SHIPPED[(name, tag)]}.safetensors"
     if not path.is_file():
         raise WeightsUnavailable(f"the shipped {tag!r} weights for {name} are missing from the package ({path}); "
                                  f"reinstall zocli or regenerate them with scripts/pretrain_testbed.py")
@@ -129,7 +129,8 @@ def shipped_weights(name: str, tag: str) -> Path:
     return path
 
 
-def _weights_dir() -> Path:
+def weights_dir() -> Path:
+    """Where the shipped weights and their records live (inside the installed package)."""
     return Path(str(resources.files("zocli") / "weights"))
 
 

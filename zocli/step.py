@@ -85,6 +85,7 @@ class Stepper:
         self.model, self.cfg = model, cfg
         self.units = zo_units(cfg, model.depth())
         self.frozen = frozen = frozen_units(cfg, model.depth())
+        self.not_fo = self.units | frozen  # what takes no backprop step: the objective's graph skips it
         fo_params = []
         for unit, module in model.unit_items():
             is_fo = unit not in self.units and unit not in frozen
@@ -100,7 +101,7 @@ class Stepper:
         self.chunk = cfg.zo_chunk or DEFAULT_ZO_CHUNK
 
     def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
-        return ClipObjective(self.model, images, labels, tokens, self.units | self.frozen, self.chunk)
+        return ClipObjective(self.model, images, labels, tokens, self.not_fo, self.chunk)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int,
              probe: bool = False) -> StepStats:

@@ -18,6 +18,7 @@ image, whatever else is generated.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 
 import numpy as np
 
@@ -36,6 +37,7 @@ TEMPLATES = ("a photo of a {}.", "a bad photo of a {}.", "a {}.", "a drawing of 
              "a picture of the {}.", "an image of a {}.", "a rendering of a {}.")
 
 
+@cache  # captions read it per sample, in pretraining's inner loop
 def class_names() -> tuple[str, ...]:
     """The 100 class names, colour-major: class c is colour c // 10 with shape c % 10."""
     return tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPES)

@@ -4,6 +4,7 @@ Each run is a real `python -m zocli train --preset demo ...` subprocess (one tor
 at a time); finished runs are skipped, so an interrupted table resumes. Reproduce the README's table:
     python benchmarks/zo_table.py --table acceptance --seeds 0-4 --jobs 2
     python benchmarks/zo_table.py --table select --seeds 0-1 --jobs 2     # how the default rule was chosen
+    python benchmarks/zo_table.py --table queries --seeds 0-1 --jobs 2    # ... and its number of directions
 """
 
 from __future__ import annotations
@@ -55,7 +56,19 @@ def select() -> dict[str, list[str]]:
     return table
 
 
-TABLES = {"acceptance": acceptance, "select": select}
+def queries() -> dict[str, list[str]]:
+    """ZO-Adam with q directions per step (2q estimate forwards): more information per step, at a cost."""
+    table = {}
+    for plan in ("dual", "vision"):
+        flags = [a.replace("{m}", "zo") for a in PLANS[plan]]
+        table[f"{plan} · frozen"] = [a.replace("{m}", "frozen") for a in PLANS[plan]]
+        for scale in ("3", "5"):
+            for q in ("1", "2", "4", "8"):
+                table[f"{plan} · adam λ {scale} q {q}"] = flags + ["--zo-lr-scale", scale, "--queries", q]
+    return table
+
+
+TABLES = {"acceptance": acceptance, "select": select, "queries": queries}
 
 
 def run_one(name: str, flags: list[str], seed: int, out: Path, data_root: str) -> Path:

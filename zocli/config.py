@@ -60,7 +60,9 @@ class Config:
     eps_vision: float | None = None  # None: `eps` (or 5e-4 with --mozo)
     eps_language: float | None = None  # None: `eps`
     estimator: Literal["one-sided", "two-sided"] = "two-sided"  # same cost at q=1, 3x more accurate
-    queries: int = 1
+    # q directions per estimate (2q forwards per ZO block): with ZO-Adam, q = 8 learned most on the test-bed
+    # for dual ZO, also against q = 1 given the same forwards as more epochs (README, "Does ZO learn?")
+    queries: int = 8
     conservative: bool = True  # keep the best of {θ, θ-ηu, θ+ηu} on the step's batch
     # What turns ĝ into the step u. ZO-Adam at λ = 3 learned most on the test-bed (README, "Does ZO learn?");
     # plain sgd at λ = 1 is an SGD step at AdamW's learning rate in expectation: hundreds of times too small.

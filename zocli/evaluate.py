@@ -21,7 +21,8 @@ from .rundir import RunDir
 from .session import Session, open_session
 
 # What a checkpoint pins: the model and protocol its adapters were trained for.
-MODEL_KEYS = ("benchmark", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank", "lora_alpha")
+MODEL_KEYS = ("benchmark", "class_order", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank",
+              "lora_alpha")
 
 
 @dataclass(frozen=True)

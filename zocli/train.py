@@ -62,7 +62,8 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     # here (a --layers-n too large for the model, say) must not leave a half-created run behind.
     notes = _zo_notes(session)
     identity = {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes}
+                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes,
+                "benchmark": _benchmark_record(session)}
     with RunDir.create(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})
@@ -282,6 +283,12 @@ def _checkpoint_meta(session: Session, task: int) -> dict[str, Any]:
     return {"config": cfg.as_dict(), "classes_seen": session.split.seen(task), "class_order": list(session.bench.order),
             "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name,
             "backbone": session.model.clip.__class__.__name__}
+
+
+def _benchmark_record(session: Session) -> dict[str, Any]:
+    """What the run trained on: the spec, its classes in label order and the class order (config.json)."""
+    bench = session.bench
+    return {"spec": bench.name, "classes": list(bench.classes), "names": list(bench.names), "order": list(bench.order)}
 
 
 def _zo_notes(session: Session) -> list[str]:

@@ -93,8 +93,33 @@ def test_a_datasets_format_benchmark_goes_through_prepare_train_and_eval(tmp_pat
     record = json.loads((Path(json.loads(prepared.stdout)["data"]) / "zocli_benchmark.json").read_text())
     assert record["names"] == ["sea lion", "tree", "motor car", "owl"]
     assert record["split"] == "splits 'train' and 'validation'"
-    result, again = train_and_eval(tmp_path, f"hf:{tmp_path / 'set'}", "--class-order", "seed:1")
+    result, again = train_and_eval(tmp_path, f"hf:{tmp_path / 'set'}", "--class-order", "seed:1", "--eval-future")
     assert result["task_sizes"] == [4, 4] and again["acc_matrix"] == result["acc_matrix"]
+    # --eval-future: row 0 holds task 1 too, zero-shot; FWT compares it with the untouched model's
+    assert [len(row) for row in result["acc_matrix"]] == [2, 2]
+    assert result["forward_transfer"] == round(result["acc_matrix"][0][1] - result["zero_shot"][1], 2)
+    assert again["forward_transfer"] == result["forward_transfer"]
+    assert result["transfer"] == round(result["acc_matrix"][0][1], 2)
+    if result["zero_shot"][1] > 0:  # retention is a ratio to the untouched model's accuracy on task 1
+        assert result["zero_shot_retention"] == round(100 * result["acc_matrix"][0][1] / result["zero_shot"][1], 2)
+    else:
+        assert "zero_shot_retention" not in result
+
+
+def test_the_full_matrix_renders_both_triangles(tmp_path):
+    from zocli import plots, render
+
+    matrix, summary = [[90.0, 20.0], [70.0, 80.0]], {"last": 75.0, "avg": 82.5, "forgetting": 20.0, "bwt": -20.0,
+                                                     "seen_accuracy": [90.0, 75.0], "forward_transfer": -5.0,
+                                                     "transfer": 20.0, "zero_shot_retention": 80.0}
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render.accuracy_matrix(matrix, summary, "run"))
+    text = console.export_text()
+    assert "(20.0)" in text and "FWT -5.00" in text and "zero-shot retention 80.00%" in text
+    pytest.importorskip("matplotlib")
+    assert plots.accuracy_heatmap(matrix, tmp_path / "heat.png", "run").stat().st_size > 0
 
 
 def _one_class(root: Path) -> None:

@@ -65,7 +65,7 @@ def _row(run: RunDir) -> RunRow:
     manifest = read_manifest(run)
     if not manifest["tasks_done"]:
         return RunRow(str(run.root), config, 0, total, None, None, None, None, [], None, None)
-    s = summarize(manifest["acc_matrix"], manifest["task_sizes"])
+    s = summarize(manifest["acc_matrix"], manifest["task_sizes"], (manifest.get("zero_shot") or {}).get("acc"))
     return RunRow(str(run.root), config, manifest["tasks_done"], total, s.last, s.avg, s.forgetting, s.bwt,
                   list(s.seen_accuracy), None, manifest.get("wall_seconds"))
 

@@ -19,7 +19,7 @@ import torch
 
 from . import __version__, checkpoint
 from .config import Config, ConfigError, Resolved
-from .evaluate import evaluate_seen, restore
+from .evaluate import evaluate_row, evaluate_seen, restore
 from .loader import select, train_loader
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
@@ -111,7 +111,8 @@ def _recorded(run_dir: RunDir) -> RunResult:
     recorded = read_json(run_dir.summary)
     try:
         return RunResult(run_dir.root, recorded["acc_matrix"], recorded["task_sizes"],
-                         summarize(recorded["acc_matrix"], recorded["task_sizes"]), float(recorded["wall_seconds"]),
+                         summarize(recorded["acc_matrix"], recorded["task_sizes"], recorded.get("zero_shot")),
+                         float(recorded["wall_seconds"]),
                          recorded["peak_memory"], recorded.get("zero_shot"), recorded.get("zero_shot_seen"))
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise RunDirError(f"{run_dir.summary}: damaged ({type(exc).__name__}: {exc}); delete it to resume "
@@ -134,8 +135,8 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
         _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began, train_bytes)
         if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
             raise Interrupted(run_dir.root)
-    summary = summarize(session.acc_matrix, session.task_sizes)
     zero_shot = session.zero_shot or {}
+    summary = summarize(session.acc_matrix, session.task_sizes, zero_shot.get("acc"))
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
                        time.perf_counter() - began, _peak_memory(session.device, session.peaks),
                        zero_shot.get("acc"), zero_shot.get("seen_accuracy"))
@@ -159,7 +160,7 @@ def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
 
 def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float,
                          train_bytes: int) -> None:
-    accuracy = evaluate_seen(session, task)
+    accuracy = evaluate_row(session, task)
     session.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)

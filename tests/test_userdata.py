@@ -204,3 +204,23 @@ def test_a_user_spec_has_a_stable_storage_folder():
     assert name.startswith("folder-my_pets-") and name == benchmarks.storage_name("folder:/data/my pets")
     assert benchmarks.storage_name("folder:/other/my pets") != name
     assert benchmarks.short_name("hf:user/set") == "hf-user-set"
+
+
+def test_a_saved_dataset_with_string_labels_and_no_test_split_is_split_per_class(tmp_path):
+    from datasets import Dataset, DatasetDict, Features, Image, Value, load_from_disk
+
+    labels = [name for name in ("owl", "bee", "ant") for _ in range(5)]
+    pixels = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(len(labels))]
+    features = Features({"img": Image(), "species": Value("string")})
+    DatasetDict({"train": Dataset.from_dict({"img": pixels, "species": labels}, features=features)}).save_to_disk(
+        str(tmp_path / "saved"))
+    args = ["prepare", "--benchmark", f"hf:{tmp_path / 'saved'}", "--data-root", str(tmp_path / "root"), "--json"]
+    assert_one_line_error(invoke(args), 2, "has no ClassLabel columns", "--label-column")
+    result = invoke([*args, "--label-column", "species"])
+    assert result.exit_code == 0, result.output
+    prepared = Path(json.loads(result.stdout)["data"])
+    record = json.loads((prepared / "zocli_benchmark.json").read_text())
+    assert record["classes"] == ["ant", "bee", "owl"] and record["split"].endswith("80/20 per class (seed 1993)")
+    copy = load_from_disk(str(prepared))
+    assert (len(copy["train"]), len(copy["test"])) == (12, 3)  # 4 + 1 of each class's 5
+    assert sorted(copy["test"]["label"]) == [0, 1, 2]

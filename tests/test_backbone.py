@@ -182,7 +182,8 @@ def test_an_unknown_tag_suggests_the_model_own_tags():
 
 
 def moe_count(towers: list[tuple[int, int]]) -> int:
-    """MoE adapters' trainable parameters: per block 2 experts d→64→d (with biases) + the router's W_g, W_n (d×2)."""
+    """MoE adapters' trainable parameters of (layers, width) towers: per block 2 experts d→64→d (with
+    biases) and the router's W_g, W_n (d×2 each)."""
     return sum(layers * (2 * (2 * 64 * d + 64 + d) + 2 * 2 * d) for layers, d in towers)
 
 

@@ -3,8 +3,8 @@
 `--model` is any open_clip model whose towers are open_clip's own transformers (the ViTs), or a
 model-config JSON file (open_clip's format; the file's stem becomes the model name). `--pretrained`
 accepts any of that model's open_clip tags (`open_clip.list_pretrained()`), a weights file,
-`local-dir:DIR` (an open_clip model directory) or `none` (random init). Tags resolve only from the local Hugging Face
-cache: `train` never touches the network; `zocli prepare --weights` is what downloads. Tags that ship
+`local-dir:DIR` (an open_clip model directory) or `none` (random init). Tags resolve only from the
+local Hugging Face cache: `train` never touches the network; `zocli prepare --weights` is what downloads. Tags that ship
 inside the package (`zocli-tiny` + `testbed`) resolve to their file, checked against its sha256, and
 load through the same open_clip call as any weights file.
 """
@@ -94,7 +94,8 @@ def build(model: str, pretrained: str = "none", device: str | torch.device = "cp
         _check_adaptable(name, open_clip.get_model_config(name) or {})
         weights = resolve_weights(name, pretrained)
     # A QuickGELU tag on a model with no -quickgelu config (ViT-H-14 dfn5b): open_clip's own switch.
-    force_quick = _is_tag(pretrained) and (open_clip.get_pretrained_cfg(name, pretrained) or {}).get("quick_gelu", False)
+    record = open_clip.get_pretrained_cfg(name, pretrained) if _is_tag(pretrained) else {}
+    force_quick = bool((record or {}).get("quick_gelu", False))
     with _quiet_random_init_warning():
         clip = _create(open_clip, name, weights, pretrained, device, force_quick)
     clip.requires_grad_(False)
@@ -130,7 +131,8 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
     cached = _cached_tag_file(name, pretrained)
     if cached is None:
         raise WeightsUnavailable(
-            f"'{pretrained}' weights ({_hub_repo(name, pretrained)}) for {name} are not in the local Hugging Face cache; download them with "
+            f"'{pretrained}' weights ({_hub_repo(name, pretrained)}) for {name} are not in the local Hugging Face "
+            f"cache; download them with "
             f"`zocli prepare --weights --model {name} --pretrained {pretrained}` on a machine with network "
             f"(or `hf download {_hub_repo(name, pretrained)}`), or pass --pretrained PATH to a weights file"
         )

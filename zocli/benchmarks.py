@@ -74,7 +74,8 @@ def canonical_name(name: str) -> str:
     if is_user(name):
         kind, value = name.split(":", 1)
         if not value:
-            raise ConfigError(f"--benchmark {name}: name the {'folder' if kind == 'folder' else 'dataset'} after '{kind}:'")
+            what = "folder" if kind == "folder" else "dataset"
+            raise ConfigError(f"--benchmark {name}: name the {what} after '{kind}:'")
         return name
     key = name.lower()
     key = ALIASES.get(key, key)
@@ -130,7 +131,8 @@ def reorder(bench: Benchmark, order: str | list) -> Benchmark:
     unknown = [str(entry) for entry, label in zip(order, labels) if label is None]
     if unknown:
         raise ConfigError(f"--class-order names {len(unknown)} entries that are not {bench.name} classes "
-                          f"({', '.join(unknown[:5])}); use class ids such as {bench.classes[0]!r} or indices 0..{n - 1}")
+                          f"({', '.join(unknown[:5])}); use class ids such as {bench.classes[0]!r} "
+                          f"or indices 0..{n - 1}")
     doubled = sorted({bench.classes[c] for c in labels if labels.count(c) > 1})
     missing = [bench.classes[c] for c in range(n) if c not in set(labels)]
     if doubled or missing:

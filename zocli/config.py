@@ -141,7 +141,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
     if cfg.class_order is not None and cfg.class_order.startswith("seed:") and \
             not re.fullmatch(r"seed:\d+", cfg.class_order):
-        raise ConfigError(f"--class-order must be FILE (a JSON list) or seed:N with N an integer, got {cfg.class_order!r}")
+        raise ConfigError(f"--class-order must be FILE (a JSON list) or seed:N with N an integer, "
+                          f"got {cfg.class_order!r}")
     if "{}" not in cfg.prompt:
         raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
     try:

@@ -34,7 +34,8 @@ def dataset_dir(data_root: Path | str, benchmark: str) -> Path:
 
 
 def prepare_command(benchmark: str, data_root: Path | str) -> str:
-    return f"zocli prepare --benchmark {shlex.quote(canonical_name(benchmark))} --data-root {shlex.quote(str(data_root))}"
+    name, root = shlex.quote(canonical_name(benchmark)), shlex.quote(str(data_root))
+    return f"zocli prepare --benchmark {name} --data-root {root}"
 
 
 def benchmark(cfg: Config) -> Benchmark:
@@ -52,8 +53,9 @@ def benchmark(cfg: Config) -> Benchmark:
 def read_record(data_root: Path | str, name: str) -> dict:
     path = dataset_dir(data_root, name) / RECORD
     if not path.is_file():
+        same = " with the same --image-column/--label-column/--*-split options" if name.startswith("hf:") else ""
         raise NotReady(f"benchmark {name} is not prepared under {data_root}; run `{prepare_command(name, data_root)}`"
-                       f"{' with the same --image-column/--label-column/--*-split options' if name.startswith('hf:') else ''}")
+                       f"{same}")
     try:
         record = json.loads(path.read_text())
         if not isinstance(record.get("classes"), list) or len(record["names"]) != len(record["classes"]):

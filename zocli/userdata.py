@@ -118,7 +118,8 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
         images = []
         for file in _visible(entry):
             if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
-                raise SourceError(f"{file} is not an image ({', '.join(sorted(IMAGE_SUFFIXES))}); move it out of {entry}")
+                kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+                raise SourceError(f"{file} is not an image ({kinds}); move it out of {entry}")
             images.append(file)
         if not images:
             raise SourceError(f"class folder {entry} has no images; remove it or add its images")
@@ -209,8 +210,8 @@ def _choose(value: str, options: list[str], flag: str, where: str) -> str:
 def _only(features: Features, kind: type, what: str, flag: str, where: str) -> str:
     found = [name for name, feature in features.items() if isinstance(feature, kind)]
     if len(found) != 1:
-        raise ConfigError(f"hf:{where} has {len(found) or 'no'} {what} columns ({', '.join(found) or 'it has ' + ', '.join(features)}); "
-                          f"name the column with {flag}")
+        listed = ", ".join(found) or "it has " + ", ".join(features)
+        raise ConfigError(f"hf:{where} has {len(found) or 'no'} {what} columns ({listed}); name the column with {flag}")
     return found[0]
 
 

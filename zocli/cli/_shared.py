@@ -103,7 +103,8 @@ def main(
 Opt = typer.Option
 
 # How a default reads in --help where the Config value alone (None) would not say it.
-DEFAULT_WORDS = {"base": "= --inc", "class_order": "the benchmark's", "eval_future": "off", "max_steps": "full epochs", "layers_n": "half the layers",
+DEFAULT_WORDS = {"base": "= --inc", "class_order": "the benchmark's", "eval_future": "off",
+                 "max_steps": "full epochs", "layers_n": "half the layers",
                  "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
                  "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
                  "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr"}

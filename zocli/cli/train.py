@@ -186,7 +186,8 @@ def _default_name(cfg) -> str:
     rule = f"-{cfg.zo_rule_name}" if cfg.zo_branches else ""
     from ..benchmarks import short_name
 
-    return f"{short_name(cfg.benchmark)}-inc{cfg.inc}-{cfg.adapter}-{plan}{rule}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
+    mozo = "-mozo" if cfg.mozo else ""
+    return f"{short_name(cfg.benchmark)}-inc{cfg.inc}-{cfg.adapter}-{plan}{rule}{mozo}-s{cfg.seed}"
 
 
 @contextmanager

@@ -22,7 +22,7 @@ LAYERS = {
     "adapters": 1, "zo": 1, "benchmarks": 1,
     # 2: the model and the disk
     "backbone": 2, "attach": 2, "data": 2, "dirswap": 2, "loader": 2, "checkpoint": 2, "rundir": 2, "objective": 2,
-    "preflight": 2, "hub": 2,
+    "preflight": 2, "hub": 2, "userdata": 2,
     # 3: the jobs
     "step": 3, "session": 3, "evaluate": 3, "train": 3, "probe": 3, "memory": 3, "compare": 3, "plots": 3,
     "pretrain": 3,

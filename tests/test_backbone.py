@@ -151,3 +151,78 @@ def test_models_without_open_clip_transformer_blocks_are_a_usage_error(model, to
     # Found: --model RN50 ended in "AttributeError: 'ModifiedResNet' object has no attribute 'transformer'".
     with pytest.raises(UnknownModel, match=f"{tower}.*choose a ViT model"):
         build(model, "none", "meta")
+
+
+# ---------------------------------------------------------------------------------------------- any open_clip ViT
+
+
+def test_the_quickgelu_alias_follows_the_weights():
+    # openai (and metaclip) weights were trained with QuickGELU; laion2b_s34b_b79k with GELU.
+    assert open_clip_name("ViT-B-32", "openai") == "ViT-B-32-quickgelu"
+    assert open_clip_name("ViT-B-32", "metaclip_400m") == "ViT-B-32-quickgelu"
+    assert open_clip_name("ViT-B-32", "laion2b_s34b_b79k") == "ViT-B-32"
+    assert open_clip_name("ViT-L-14", "datacomp_xl_s13b_b90k") == "ViT-L-14"
+    assert open_clip_name("ViT-B-16", "none") == "ViT-B-16-quickgelu"  # no tag: the study's backbone, as before
+
+
+def test_a_laion_tag_resolves_to_open_clip_own_model_and_fails_at_the_weights(empty_hf_cache):
+    # Found: "no pretrained tag 'laion2b_s34b_b79k' for ViT-B-32-quickgelu", a name the user never typed.
+    with pytest.raises(WeightsUnavailable) as info:
+        build("ViT-B-32", "laion2b_s34b_b79k", "meta")
+    message = str(info.value)
+    assert "'laion2b_s34b_b79k' weights (laion/CLIP-ViT-B-32-laion2B-s34B-b79K) for ViT-B-32 are not" in message
+    assert "quickgelu" not in message and "\n" not in message
+
+
+def test_an_unknown_tag_suggests_the_model_own_tags():
+    with pytest.raises(WeightsUnavailable) as info:
+        build("ViT-B-32", "laion2b_s34b", "meta")
+    assert "did you mean 'laion2b_s34b_b79k'?" in str(info.value)
+    assert "its tags: openai, " in str(info.value)
+
+
+def moe_count(towers: list[tuple[int, int]]) -> int:
+    """MoE adapters' trainable parameters of (layers, width) towers: per block 2 experts d→64→d (with
+    biases) and the router's W_g, W_n (d×2 each)."""
+    return sum(layers * (2 * (2 * 64 * d + 64 + d) + 2 * 2 * d) for layers, d in towers)
+
+
+def adapter_count(model: str, adapter: str = "moe") -> tuple[int, object]:
+    from zocli.attach import AdaptedCLIP
+
+    backbone = build(model, "none", "meta")
+    adapted = AdaptedCLIP(backbone, adapter)
+    assert all(p.is_meta for p in backbone.clip.parameters())
+    assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == \
+        sum(p.numel() for p in adapted.adapter_parameters())
+    return sum(p.numel() for p in adapted.adapter_parameters()), backbone
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, towers, expected", [
+    ("ViT-B-32", [(12, 768), (12, 512)], 4_027_392),  # the same widths as ViT-B-16
+    ("ViT-L-14", [(24, 1024), (12, 768)], 8_858_112),
+])
+def test_vit_b32_and_l14_build_on_meta_with_their_trainable_counts(model, towers, expected):
+    assert moe_count(towers) == expected
+    assert moe_count([(12, 768), (12, 512)]) == 4_027_392  # ViT-B-16's published count (tests/test_attach.py)
+    count, backbone = adapter_count(model)
+    assert count == expected
+    assert backbone.image_size == 224
+
+
+def test_a_tiny_vit_from_a_model_config_json(tmp_path):
+    config = json.loads((resources.files("zocli") / "model_configs" / "zocli-tiny.json").read_text())
+    config["vision_cfg"].update(layers=2, width=48)
+    path = tmp_path / "my-tiny-vit.json"
+    path.write_text(json.dumps(config))
+    count, backbone = adapter_count(str(path))
+    assert backbone.name == "my-tiny-vit"
+    assert count == moe_count([(2, 48), (4, 32)])
+
+
+def test_a_model_config_json_that_is_not_one_is_a_usage_error(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"embed_dim": 8}')
+    with pytest.raises(UnknownModel, match="needs embed_dim, vision_cfg and text_cfg"):
+        build(str(path), "none", "meta")

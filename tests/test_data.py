@@ -214,7 +214,7 @@ def test_imgr_hub_path(tmp_path, monkeypatch):
 
 def test_per_class_split_is_deterministic():
     labels = np.array([0] * 10 + [1] * 5)
-    a, b = data._per_class_split(labels), data._per_class_split(labels)
+    a, b = data.per_class_split(labels), data.per_class_split(labels)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[0]) == 12 and len(a[1]) == 3
     assert not set(a[0]) & set(a[1])

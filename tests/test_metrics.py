@@ -71,7 +71,7 @@ def test_values_are_rounded_to_two_decimals_and_as_dict_is_json():
 
 @pytest.mark.parametrize("acc, sizes", [
     ([], []),  # empty
-    ([[1.0, 2.0]], [1, 1]),  # row 0 with two entries
+    ([[1.0, 2.0]], [1, 1, 1]),  # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
     ([[1.0], [1.0]], [1, 1]),  # row 1 too short
     ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1]),  # row 1 too long (not lower-triangular)
     ([[1.0], [1.0, 2.0]], [1]),  # a task without a size
@@ -110,3 +110,47 @@ def test_published_matrices_satisfy_metric_identities(name):
     # the best earlier accuracy on a task is at least the one right after learning it
     assert s.forgetting >= -s.bwt - 0.01
     assert s.forgetting >= 0.0
+
+
+# ---------------------------------------------------------------------------------------------- the upper triangle
+
+
+FULL = [[100.0, 30.0, 20.0],  # after task 0: tasks 1 and 2 are zero-shot (not trained yet)
+        [80.0, 90.0, 10.0],
+        [60.0, 85.0, 70.0]]
+ZERO_SHOT = [40.0, 50.0, 20.0]  # the untouched model, the same all-class softmax as the upper triangle
+
+
+def test_forward_transfer_and_retention_by_hand():
+    s = summarize(FULL, [10, 10, 10], ZERO_SHOT)
+    # the lower triangle is what it would be without the upper one
+    lower = summarize([row[: t + 1] for t, row in enumerate(FULL)], [10, 10, 10])
+    assert (s.last, s.avg, s.forgetting, s.bwt, s.seen_accuracy) == \
+        (lower.last, lower.avg, lower.forgetting, lower.bwt, lower.seen_accuracy)
+    # FWT: task 1 acc[0][1] - zs[1] = 30 - 50 = -20; task 2 acc[1][2] - zs[2] = 10 - 20 = -10 -> -15
+    assert s.forward_transfer == -15.0
+    # transfer: task 1 mean(acc[0][1]) = 30; task 2 mean(acc[0][2], acc[1][2]) = 15 -> 22.5
+    assert s.transfer == 22.5
+    # retention: 100 * (30 + 15) / (50 + 20) = 64.2857...
+    assert s.zero_shot_retention == 64.29
+    assert {"forward_transfer", "transfer", "zero_shot_retention"} <= set(s.as_dict())
+
+
+def test_a_partial_full_matrix_uses_the_rows_it_has():
+    # Only task 0 done: only task 1 has all its rows before training measured, so only its terms count
+    # (each term is final once counted; task 2's would still change with acc[1][2]).
+    s = summarize(FULL[:1], [10, 10, 10], ZERO_SHOT)
+    assert s.forward_transfer == -20.0  # 30 - 50
+    assert s.transfer == 30.0
+    assert s.zero_shot_retention == 60.0  # 100 * 30 / 50
+
+
+def test_without_an_upper_triangle_nothing_is_added():
+    s = summarize([[90.0], [70.0, 80.0]], [100, 100], [50.0, 50.0])
+    assert s.forward_transfer is s.transfer is s.zero_shot_retention is None
+    assert set(s.as_dict()) == {"last", "avg", "forgetting", "bwt", "seen_accuracy"}
+
+
+def test_rows_must_be_all_complete_or_all_triangular():
+    with pytest.raises(ValueError, match="row 1 .* expected 3"):
+        summarize([[100.0, 30.0, 20.0], [80.0, 90.0]], [10, 10, 10])

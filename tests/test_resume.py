@@ -298,13 +298,13 @@ def test_a_stop_asked_during_evaluation_stops_at_that_task_commit(digits_root, t
     from zocli.rundir import Interrupted
 
     asked = {"stop": False}
-    evaluate_seen = train.evaluate_seen
+    evaluate_row = train.evaluate_row  # a task's evaluation (the zero-shot one calls evaluate_seen)
 
     def ctrl_c_while_evaluating(session, task):
-        asked["stop"] = asked["stop"] or task == 0  # task 0's evaluation, not the zero-shot one (all tasks)
-        return evaluate_seen(session, task)
+        asked["stop"] = asked["stop"] or task == 0
+        return evaluate_row(session, task)
 
-    monkeypatch.setattr(train, "evaluate_seen", ctrl_c_while_evaluating)
+    monkeypatch.setattr(train, "evaluate_row", ctrl_c_while_evaluating)
     run = tmp_path / "run"
     flags = {"data_root": str(digits_root), "max_steps": 2}
     with pytest.raises(Interrupted):

@@ -2,12 +2,19 @@
 
 A prepared dataset stores `label` = index into `Benchmark.classes`. Training relabels a class to its
 position in `Benchmark.order`, so task t owns order positions [start_t, end_t).
+
+Besides the shipped names, a benchmark can be the user's own data: `folder:DIR` or `hf:ID` (a Hugging
+Face dataset id, or a local path `datasets.load_dataset` reads). `zocli prepare` records its classes
+beside the prepared copy; `from_record` rebuilds the Benchmark from that record alone.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+import random
+import re
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 
@@ -56,17 +63,82 @@ class Split:
         return self.bounds(task)[1]
 
 
+USER_KINDS = ("folder", "hf")  # benchmarks from the user's data: folder:DIR, hf:ID
+
+
+def is_user(name: str) -> bool:
+    return name.split(":", 1)[0] in USER_KINDS and ":" in name
+
+
 def canonical_name(name: str) -> str:
+    if is_user(name):
+        kind, value = name.split(":", 1)
+        if not value:
+            what = "folder" if kind == "folder" else "dataset"
+            raise ConfigError(f"--benchmark {name}: name the {what} after '{kind}:'")
+        return name
     key = name.lower()
     key = ALIASES.get(key, key)
     if key not in BUILDERS:
         raise ConfigError(f"unknown benchmark {name!r}{did_you_mean(key, [*BUILDERS, *ALIASES])}; "
-                          f"choose from {', '.join(BUILDERS)}")
+                          f"choose from {', '.join(BUILDERS)}, folder:DIR or hf:ID")
     return key
 
 
+def storage_name(name: str) -> str:
+    """The folder of the prepared copy under the data root: the name, or for the user's data a readable
+    stem plus a hash of the whole spec (two folders called `train` must not share one copy)."""
+    name = canonical_name(name)
+    if not is_user(name):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    return f"{short_name(name)}-{digest}"
+
+
+def short_name(name: str) -> str:
+    """A file-name-safe label: `folder-flowers` for folder:/data/flowers, `hf-user-set` for hf:user/set."""
+    if not is_user(name):
+        return canonical_name(name)
+    kind, value = name.split(":", 1)
+    local = kind == "folder" or value.startswith("/")  # config.resolve makes local paths absolute
+    stem = value.rstrip("/").rsplit("/", 1)[-1] if local else value.strip("/").replace("/", "-")
+    return f"{kind}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:60] or 'data'}"
+
+
 def get(name: str) -> Benchmark:
-    return _build(canonical_name(name))
+    """A shipped benchmark (user benchmarks come from their prepared record: `from_record`)."""
+    name = canonical_name(name)
+    if is_user(name):
+        raise ValueError(f"{name} is the user's data: build it with from_record")
+    return _build(name)
+
+
+def from_record(record: dict) -> Benchmark:
+    """The Benchmark `zocli prepare` recorded for folder:DIR or hf:ID: its classes in label order."""
+    classes, names = tuple(record["classes"]), tuple(record["names"])
+    return Benchmark(record["spec"], classes, names, tuple(range(len(classes))), None)
+
+
+def reorder(bench: Benchmark, order: str | list) -> Benchmark:
+    """`bench` with another class order: `seed:N` (a random.Random(N) permutation of the labels) or a
+    list naming every class once, by id (`bench.classes`) or label index."""
+    n = bench.n_classes
+    if isinstance(order, str):
+        return replace(bench, order=tuple(random.Random(int(order.removeprefix("seed:"))).sample(range(n), n)))
+    index = {c: i for i, c in enumerate(bench.classes)}
+    labels = [entry if isinstance(entry, int) and not isinstance(entry, bool) and 0 <= entry < n else
+              index.get(entry) if isinstance(entry, str) else None for entry in order]
+    unknown = [str(entry) for entry, label in zip(order, labels) if label is None]
+    if unknown:
+        raise ConfigError(f"--class-order names {len(unknown)} entries that are not {bench.name} classes "
+                          f"({', '.join(unknown[:5])}); use class ids such as {bench.classes[0]!r} "
+                          f"or indices 0..{n - 1}")
+    doubled = sorted({bench.classes[c] for c in labels if labels.count(c) > 1})
+    missing = [bench.classes[c] for c in range(n) if c not in set(labels)]
+    if doubled or missing:
+        what = f"repeats {', '.join(doubled[:5])}" if doubled else f"lacks {', '.join(missing[:5])}"
+        raise ConfigError(f"--class-order must list each of the {n} classes of {bench.name} once; it {what}")
+    return replace(bench, order=tuple(labels))
 
 
 def split(benchmark: Benchmark, inc: int, base: int | None = None) -> Split:

@@ -54,8 +54,9 @@ def compare(roots: list[Path]) -> Comparison:
 
 
 def _row(run: RunDir) -> RunRow:
-    config = read_json(run.config)["config"]
-    total = _task_count(config)
+    saved = read_json(run.config)
+    config = saved["config"]
+    total = _task_count(config, saved.get("benchmark"))
     if run.summary.is_file():
         s = read_json(run.summary)
         return RunRow(str(run.root), config, len(s["acc_matrix"]), total, s["last"], s["avg"], s["forgetting"],
@@ -64,11 +65,13 @@ def _row(run: RunDir) -> RunRow:
     manifest = read_manifest(run)
     if not manifest["tasks_done"]:
         return RunRow(str(run.root), config, 0, total, None, None, None, None, [], None, None)
-    s = summarize(manifest["acc_matrix"], manifest["task_sizes"])
+    s = summarize(manifest["acc_matrix"], manifest["task_sizes"], (manifest.get("zero_shot") or {}).get("acc"))
     return RunRow(str(run.root), config, manifest["tasks_done"], total, s.last, s.avg, s.forgetting, s.bwt,
                   list(s.seen_accuracy), None, manifest.get("wall_seconds"))
 
 
-def _task_count(config: dict) -> int:
-    bench = benchmarks.get(config["benchmark"])
+def _task_count(config: dict, record: dict | None) -> int:
+    # A folder:/hf: benchmark is rebuilt from the record config.json keeps, not from its prepared copy.
+    bench = benchmarks.from_record(record) if benchmarks.is_user(config["benchmark"]) else \
+        benchmarks.get(config["benchmark"])
     return benchmarks.split(bench, config["inc"], config["base"]).n_tasks

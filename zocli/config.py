@@ -31,7 +31,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     # benchmark and protocol (DESIGN §4-5)
-    benchmark: str = "cifar100"
+    benchmark: str = "cifar100"  # a shipped name, folder:DIR or hf:ID (prepared with `zocli prepare`)
+    class_order: str | None = None  # FILE (a JSON list of classes) or seed:N; None: the benchmark's own order
     inc: int = 10  # classes per task after the first
     base: int | None = None  # classes in task 0; None means `inc`
     prompt: str = "a bad photo of a {}."
@@ -77,6 +78,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
     eval_batch_size: int = 256
+    eval_future: bool = False  # also evaluate the tasks not trained yet: the matrix's upper triangle
     save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
 
     def __post_init__(self) -> None:
@@ -139,6 +141,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("--mozo changes the ZO update, but no branch is ZO: add --vision zo and/or --language zo")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
+    if cfg.class_order is not None and cfg.class_order.startswith("seed:") and \
+            not re.fullmatch(r"seed:\d+", cfg.class_order):
+        raise ConfigError(f"--class-order must be FILE (a JSON list) or seed:N with N an integer, "
+                          f"got {cfg.class_order!r}")
     if "{}" not in cfg.prompt:
         raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
     try:
@@ -266,6 +272,7 @@ def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | N
         if value is not None:
             values[key], sources[key] = value, "flag"
     _apply_mozo(values, sources)
+    _absolute_paths(values)
     values = {k: float(v) if _is_float_field(k) and isinstance(v, int) and not isinstance(v, bool) else v
               for k, v in values.items()}
     return Resolved(Config(**values), sources, tuple(presets))
@@ -278,6 +285,18 @@ def _apply_mozo(values: dict[str, Any], sources: dict[str, str]) -> None:
     for key, implied in (("normalize", "sign"), ("eps_vision", MOZO_EPS_VISION)):
         if sources[key] == "default":
             values[key], sources[key] = implied, "mozo"
+
+
+def _absolute_paths(values: dict[str, Any]) -> None:
+    # A run names its data by these paths: absolute, so `eval` and `--resume` find them from any directory.
+    bench = values.get("benchmark")
+    if isinstance(bench, str) and bench.startswith("folder:"):
+        values["benchmark"] = "folder:" + str(Path(bench.removeprefix("folder:")).expanduser().resolve())
+    elif isinstance(bench, str) and bench.startswith("hf:") and Path(bench[3:]).expanduser().exists():
+        values["benchmark"] = "hf:" + str(Path(bench[3:]).expanduser().resolve())
+    order = values.get("class_order")
+    if isinstance(order, str) and not order.startswith("seed:"):
+        values["class_order"] = str(Path(order).expanduser().resolve())
 
 
 def _is_float_field(key: str) -> bool:

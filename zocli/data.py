@@ -78,9 +78,9 @@ def load(bench: Benchmark, data_root: Path) -> DatasetDict:
     return dd
 
 
-def prepared_sizes(bench: Benchmark, data_root: Path) -> dict[str, int] | None:
-    """Images per split of the copy already prepared under `data_root`, or None when there is none."""
-    path = dataset_dir(data_root, bench.name)
+def prepared_sizes(name: str, data_root: Path) -> dict[str, int] | None:
+    """Images per split of the copy of benchmark `name` already prepared under `data_root`, or None."""
+    path = dataset_dir(data_root, name)
     if not (path / "dataset_dict.json").is_file():
         return None
     try:
@@ -156,7 +156,7 @@ def _build(bench: Benchmark, source: Path | None, work: Path, progress: Progress
 # normalization shared by every source
 
 
-def _normalize(ds: Dataset, bench: Benchmark, image_col: str, label_col: str,
+def normalize(ds: Dataset, bench: Benchmark, image_col: str, label_col: str,
                lookup: Mapping | None, cache: Path) -> Dataset:
     """Keep only image + label, map labels through `lookup` (source value -> class index), force RGB."""
     raw = Features({"image": Image(decode=False), "label": _features(bench)["label"]})
@@ -261,7 +261,7 @@ def _from_hub(bench: Benchmark, work: Path, progress: Progress) -> DatasetDict:
     out = {}
     for split, hub_split in (("train", "train"), ("test", test)):
         progress(f"normalizing {split} ({len(dd[hub_split])} images)")
-        out[split] = _normalize(dd[hub_split], bench, image_col, label_col, lookup, work / f"{split}.arrow")
+        out[split] = normalize(dd[hub_split], bench, image_col, label_col, lookup, work / f"{split}.arrow")
     return DatasetDict(out)
 
 
@@ -280,7 +280,7 @@ def _from_saved(bench: Benchmark, source: Path, work: Path, progress: Progress) 
         raise SourceError(f"saved dataset {source} has columns {', '.join(cols)}; expected an image "
                           "column (img or image) and a ClassLabel (fine_label or label)")
     lookup = _lookup_names(bench, cols[label_col].names, str(source))
-    return DatasetDict({split: _normalize(dd[s], bench, image_col, label_col, lookup, work / f"{split}.arrow")
+    return DatasetDict({split: normalize(dd[s], bench, image_col, label_col, lookup, work / f"{split}.arrow")
                         for split, s in (("train", "train"), ("test", test))})
 
 
@@ -330,7 +330,7 @@ def _files_split(bench: Benchmark, files: list[tuple[str, int]], where: str, cac
     paths, labels = zip(*files, strict=True)
     # The Image feature stores paths; save_to_disk embeds the file bytes, so the copy is standalone.
     ds = Dataset.from_dict({"image": list(paths), "label": list(labels)}, features=_features(bench))
-    return _normalize(ds, bench, "image", "label", None, cache)
+    return normalize(ds, bench, "image", "label", None, cache)
 
 
 def _imgr_folder(bench: Benchmark, source: Path, work: Path, progress: Progress) -> DatasetDict:
@@ -355,14 +355,14 @@ def _imgr_rows(bench: Benchmark, ds: Dataset, image_col: str, wnid_col: str, wor
     wnids = list(ds[wnid_col])
     index = _class_index(bench)
     _lookup_names(bench, sorted(set(wnids)), "the ImageNet-R source")
-    train, test = _per_class_split(np.array([index[w] for w in wnids]))
+    train, test = per_class_split(np.array([index[w] for w in wnids]))
     progress(f"split {len(wnids)} images per class 80/20 (seed {SPLIT_SEED})")
-    return DatasetDict({split: _normalize(ds.select(rows), bench, image_col, wnid_col, index,
+    return DatasetDict({split: normalize(ds.select(rows), bench, image_col, wnid_col, index,
                                           work / f"{split}.arrow")
                         for split, rows in (("train", train), ("test", test))})
 
 
-def _per_class_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+def per_class_split(labels: np.ndarray, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, test): per class, a RandomState(1993) permutation of its rows in row order.
 
     A fresh generator per class makes each class's split independent of which other classes exist.

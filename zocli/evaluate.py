@@ -2,6 +2,8 @@
 
 After task t: softmax over every seen class, no task id, on the union of the seen test sets; text
 features for the seen prompts are computed once per evaluation. Deterministic (center crop, no noise).
+With `--eval-future` the tasks not trained yet are evaluated too, zero-shot, with a softmax over all
+classes (as the untouched model's zero-shot row): the accuracy matrix's upper triangle (metrics.py).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from .rundir import RunDir
 from .session import Session, open_session
 
 # What a checkpoint pins: the model and protocol its adapters were trained for.
-MODEL_KEYS = ("benchmark", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank", "lora_alpha")
+MODEL_KEYS = ("benchmark", "class_order", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank",
+              "lora_alpha")
 
 
 @dataclass(frozen=True)
@@ -31,27 +34,48 @@ class TaskAccuracy:
     loss: float = 0.0  # mean cross-entropy over the seen classes on the seen test sets: comparable across runs
 
 
-@torch.no_grad()
 def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
-    """Accuracy row after training `task`, on the test sets of tasks 0..task."""
+    """Accuracy row after training `task`, on the test sets of tasks 0..task (softmax over the seen classes)."""
+    return _evaluate(session, range(task + 1), session.split.seen(task))
+
+
+def evaluate_future(session: Session, task: int) -> TaskAccuracy:
+    """Zero-shot accuracy after training `task` on the test sets of the later tasks (softmax over all classes)."""
+    split = session.split
+    return _evaluate(session, range(task + 1, split.n_tasks), split.seen(split.n_tasks - 1))
+
+
+def evaluate_row(session: Session, task: int) -> TaskAccuracy:
+    """The accuracy-matrix row after `task`: the seen tasks, and with --eval-future every later one too."""
+    seen = evaluate_seen(session, task)
+    if not session.cfg.eval_future or task + 1 == session.split.n_tasks:
+        return seen
+    future = evaluate_future(session, task)
+    return TaskAccuracy(seen.row + future.row, seen.sizes + future.sizes, seen.loss)  # loss: the seen classes'
+
+
+@torch.no_grad()
+def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
+    """Accuracy (percent) on each of `tasks`' test sets, classifying among the first `classes` positions."""
     model, test, split, device = session.model, session.test, session.split, session.device
-    seen = split.seen(task)
-    rows = select(session.test_labels, test.position, 0, seen)
-    bounds = torch.tensor([split.bounds(j)[1] for j in range(task + 1)])  # class-position end of each task
-    correct = torch.zeros(task + 1, dtype=torch.long)
-    total = torch.zeros(task + 1, dtype=torch.long)
+    if not tasks:
+        return TaskAccuracy((), (), 0.0)
+    rows = select(session.test_labels, test.position, split.bounds(tasks.start)[0], split.bounds(tasks.stop - 1)[1])
+    bounds = torch.tensor([split.bounds(j)[1] for j in tasks])  # class-position end of each task
+    correct = torch.zeros(len(tasks), dtype=torch.long)
+    total = torch.zeros(len(tasks), dtype=torch.long)
     loss_sum = 0.0
     with deterministic(model):
-        text = model.encode("language", session.tokens[:seen].to(device))  # (seen, E)
+        text = model.encode("language", session.tokens[:classes].to(device))  # (classes, E)
         loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
         for images, positions in loader:
             image = model.encode("vision", images.to(device, non_blocking=True))  # (B, E)
-            logits = model.logits(image, text)  # (B, seen)
+            logits = model.logits(image, text)  # (B, classes)
             loss_sum += float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
             predicted = logits.argmax(dim=-1).cpu()  # (B,)
-            owner = torch.bucketize(positions, bounds, right=True)  # (B,) task of each true class
-            correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=task + 1).long()
-            total += torch.bincount(owner, minlength=task + 1)
+            owner = torch.bucketize(positions, bounds, right=True)  # (B,) index in `tasks` of each true class
+            correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=len(tasks)).long()
+            total += torch.bincount(owner, minlength=len(tasks))
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
     return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6))
 
@@ -62,7 +86,7 @@ class RunEvaluation:
     tasks: tuple[int, ...]  # the rows re-evaluated
     acc_matrix: list[list[float]]  # one row per re-evaluated task
     task_sizes: list[int]
-    summary: dict | None  # Last/Avg/forgetting/BWT when every task was re-evaluated
+    summary: dict | None  # Last/Avg/forgetting/BWT (and the upper triangle's figures) when every task was re-evaluated
 
     def as_dict(self) -> dict:
         return {"run_dir": self.run_dir, "tasks": list(self.tasks), "acc_matrix": self.acc_matrix,
@@ -110,8 +134,9 @@ def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None =
     matrix, sizes = [], []
     for t in tasks:
         restore(run, session, t)
-        accuracy = evaluate_seen(session, t)
+        accuracy = evaluate_row(session, t)
         matrix.append(list(accuracy.row))
         sizes = list(accuracy.sizes)
-    summary = summarize(matrix, sizes).as_dict() if task is None else None
+    zero_shot = (read_manifest(run).get("zero_shot") or {}).get("acc")  # measured once, by train
+    summary = summarize(matrix, sizes, zero_shot).as_dict() if task is None else None
     return RunEvaluation(str(run.root), tasks, matrix, sizes, summary)

@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from . import benchmarks
+from . import benchmarks, preflight
 from .attach import AdaptedCLIP, build_model
 from .config import MOZO_EPS_VISION, Config, ConfigError, did_you_mean
 from .step import Stepper
@@ -137,7 +137,7 @@ def measure(cfg: Config, configs: Sequence[str] = DEFAULT_CONFIGS, device: str =
         raise ConfigError(f"--device must be meta, cpu, cuda or cuda:N; got {device!r}")
     plans = {name: plan_for(name) for name in configs}
     progress = on_progress or (lambda name, index, total: None)
-    bench = benchmarks.get(cfg.benchmark)
+    bench = preflight.benchmark(cfg)  # a folder:/hf: benchmark: its prepared record
     prompts = benchmarks.split(bench, cfg.inc, cfg.base).sizes[0]
     model = build_model(replace(cfg, pretrained="none"), device)
     images, labels, tokens = synthetic_batch(model, bench, cfg.batch_size, prompts, device, cfg.prompt)

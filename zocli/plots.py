@@ -88,18 +88,25 @@ def accuracy_curves(comparison, path: Path) -> Path:
 
 
 def accuracy_heatmap(matrix: list[list[float]], path: Path, title: str = "") -> Path:
-    """acc[t][j]: rows = after task t, columns = task j (blank above the diagonal)."""
+    """acc[t][j]: rows = after task t, columns = task j. Above the diagonal: blank, or with --eval-future the
+    zero-shot accuracy on tasks not trained yet, set apart from the trained ones by a line along the diagonal."""
     plt = _pyplot()
-    n = len(matrix)
+    n = max(len(matrix), *(len(row) for row in matrix))
     grid = [[row[j] if j < len(row) else float("nan") for j in range(n)] for row in matrix]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.6 + 0.6 * n), 1.0 + 0.5 * len(matrix)))
     image = ax.imshow(grid, vmin=0, vmax=100, cmap="viridis")
     for t, row in enumerate(matrix):
         for j, value in enumerate(row):
             ax.text(j, t, f"{value:.0f}", ha="center", va="center", color="white" if value < 60 else "black",
                     fontsize=8)
+    ax.set_title(title)
+    if any(len(row) > t + 1 for t, row in enumerate(matrix)):
+        # a staircase along the right and lower edges of the diagonal cells: trained left of it, zero-shot right
+        xs = [x for t in range(len(matrix)) for x in (t + 0.5, t + 0.5)]
+        ys = [y for t in range(len(matrix)) for y in (t - 0.5, t + 0.5)]
+        ax.plot(xs, ys, color="white", linewidth=2)
+        ax.set_title(f"{title}\nabove the line: zero-shot, not trained yet".strip(), fontsize=9)
     ax.set_xlabel("task j")
     ax.set_ylabel("after task t")
-    ax.set_title(title)
     fig.colorbar(image, ax=ax, label="accuracy (%)")
     return _save(fig, plt, path)

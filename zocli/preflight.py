@@ -7,18 +7,21 @@ repeat these checks where they matter; failing here only moves the same answer e
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import GENERATED, canonical_name
+from . import benchmarks
+from .benchmarks import GENERATED, Benchmark, canonical_name, is_user, storage_name
 from .config import Config, ConfigError
 from .rundir import RunDir, read_json
 
 # Device nodes of the drivers torch.cuda can use (NVIDIA, ROCm, WSL): with none of them present,
 # CUDA is certainly unavailable; with one present, torch decides later.
 GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+RECORD = "zocli_benchmark.json"  # beside a prepared folder:/hf: copy: its spec, classes and prompt names
 
 
 class NotReady(RuntimeError):
@@ -27,11 +30,51 @@ class NotReady(RuntimeError):
 
 def dataset_dir(data_root: Path | str, benchmark: str) -> Path:
     """Where the prepared copy of `benchmark` lives under `data_root`."""
-    return Path(data_root).expanduser() / canonical_name(benchmark)
+    return Path(data_root).expanduser() / storage_name(benchmark)
 
 
 def prepare_command(benchmark: str, data_root: Path | str) -> str:
-    return f"zocli prepare --benchmark {canonical_name(benchmark)} --data-root {shlex.quote(str(data_root))}"
+    name, root = shlex.quote(canonical_name(benchmark)), shlex.quote(str(data_root))
+    return f"zocli prepare --benchmark {name} --data-root {root}"
+
+
+def benchmark(cfg: Config) -> Benchmark:
+    """The run's benchmark, in its class order: a shipped one, or the user's from its prepared record
+    (so `train` and `eval` need only the prepared copy, never the source)."""
+    name = canonical_name(cfg.benchmark)
+    bench = benchmarks.from_record(read_record(cfg.data_root, name)) if is_user(name) else benchmarks.get(name)
+    if cfg.class_order is None:
+        return bench
+    if cfg.class_order.startswith("seed:"):
+        return benchmarks.reorder(bench, cfg.class_order)
+    return benchmarks.reorder(bench, _read_order(Path(cfg.class_order)))
+
+
+def read_record(data_root: Path | str, name: str) -> dict:
+    path = dataset_dir(data_root, name) / RECORD
+    if not path.is_file():
+        same = " with the same --image-column/--label-column/--*-split options" if name.startswith("hf:") else ""
+        raise NotReady(f"benchmark {name} is not prepared under {data_root}; run `{prepare_command(name, data_root)}`"
+                       f"{same}")
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record.get("classes"), list) or len(record["names"]) != len(record["classes"]):
+            raise ValueError("classes and names do not match")
+    except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
+        raise NotReady(f"{path} is damaged ({exc}); run `{prepare_command(name, data_root)} --overwrite`") from None
+    return {**record, "spec": name}
+
+
+def _read_order(path: Path) -> list:
+    try:
+        order = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"--class-order {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--class-order {path} is not JSON ({exc})") from None
+    if not isinstance(order, list):
+        raise ConfigError(f"--class-order {path} must hold a JSON list of class ids or indices")
+    return order
 
 
 def check_device(name: str) -> None:

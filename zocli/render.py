@@ -58,21 +58,30 @@ def grid(header: Sequence[str], rows: Sequence[Sequence[str]], *, left: Collecti
 
 
 def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_shot: dict | None = None) -> Group:
-    """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT.
+    """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT (and, for a
+    complete matrix from --eval-future, whose cells above the diagonal are zero-shot, FWT / transfer /
+    zero-shot retention).
 
     `zero_shot` ({"acc": row, "seen": all-class accuracy}) adds the untouched model's row on top."""
-    header = ["after task", *(f"T{j}" for j in range(len(matrix))), "seen"]
-    rows = [[str(t), *(f"{a:.1f}" for a in row), *[""] * (len(matrix) - len(row)), f"{summary['seen_accuracy'][t]:.2f}"]
-            for t, row in enumerate(matrix)]
+    tasks = max(len(matrix), *(len(row) for row in matrix))
+    header = ["after task", *(f"T{j}" for j in range(tasks)), "seen"]
+    rows = [[str(t), *(f"{a:.1f}" if j <= t else f"({a:.1f})" for j, a in enumerate(row)), *[""] * (tasks - len(row)),
+             f"{summary['seen_accuracy'][t]:.2f}"] for t, row in enumerate(matrix)]
     lead = None
     if zero_shot and zero_shot.get("acc"):
-        cells = [f"{a:.1f}" for a in zero_shot["acc"][:len(matrix)]]
-        lead = ["zero-shot", *cells, *[""] * (len(matrix) - len(cells)), f"{zero_shot['seen']:.2f}"]
+        cells = [f"{a:.1f}" for a in zero_shot["acc"][:tasks]]
+        lead = ["zero-shot", *cells, *[""] * (tasks - len(cells)), f"{zero_shot['seen']:.2f}"]
     table = grid(header, rows, bold=("seen",), title=title, lead=lead)
     line = (f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
             f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}")
     if zero_shot and zero_shot.get("seen") is not None:
         line += f"   (zero-shot, all classes: {zero_shot['seen']:.2f})"
+    upper = [(label, summary[key]) for key, label in (("forward_transfer", "FWT"), ("transfer", "transfer"),
+                                                      ("zero_shot_retention", "zero-shot retention"))
+             if summary.get(key) is not None]
+    if upper:  # (cells) above the diagonal: zero-shot on tasks not trained yet
+        line += "\n(above the diagonal: zero-shot on tasks not trained yet)   " + \
+            "   ".join(f"{label} {value:.2f}{'%' if label.endswith('retention') else ''}" for label, value in upper)
     return Group(table, Text(line))
 
 

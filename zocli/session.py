@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from . import benchmarks, data
+from . import benchmarks, data, preflight
 from .attach import AdaptedCLIP, build_model
 from .benchmarks import Benchmark, Split
 from .config import Config
@@ -41,7 +41,7 @@ class Session:
 
 def open_session(cfg: Config) -> Session:
     """Check the protocol and the data before building anything expensive."""
-    bench = benchmarks.get(cfg.benchmark)
+    bench = preflight.benchmark(cfg)
     split = benchmarks.split(bench, cfg.inc, cfg.base)
     dataset = _load_data(bench, Path(cfg.data_root).expanduser())
     _check_every_task_has_images(bench, split, dataset)

@@ -19,7 +19,7 @@ import torch
 
 from . import __version__, checkpoint
 from .config import Config, ConfigError, Resolved
-from .evaluate import evaluate_seen, restore
+from .evaluate import evaluate_row, evaluate_seen, restore
 from .loader import select, train_loader
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
@@ -62,7 +62,8 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     # here (a --layers-n too large for the model, say) must not leave a half-created run behind.
     notes = _zo_notes(session)
     identity = {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes}
+                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes,
+                "benchmark": _benchmark_record(session)}
     with RunDir.create(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})
@@ -110,7 +111,8 @@ def _recorded(run_dir: RunDir) -> RunResult:
     recorded = read_json(run_dir.summary)
     try:
         return RunResult(run_dir.root, recorded["acc_matrix"], recorded["task_sizes"],
-                         summarize(recorded["acc_matrix"], recorded["task_sizes"]), float(recorded["wall_seconds"]),
+                         summarize(recorded["acc_matrix"], recorded["task_sizes"], recorded.get("zero_shot")),
+                         float(recorded["wall_seconds"]),
                          recorded["peak_memory"], recorded.get("zero_shot"), recorded.get("zero_shot_seen"))
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise RunDirError(f"{run_dir.summary}: damaged ({type(exc).__name__}: {exc}); delete it to resume "
@@ -133,8 +135,8 @@ def _train_from(session: Session, run_dir: RunDir, first_task: int, state: check
         _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began, train_bytes)
         if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
             raise Interrupted(run_dir.root)
-    summary = summarize(session.acc_matrix, session.task_sizes)
     zero_shot = session.zero_shot or {}
+    summary = summarize(session.acc_matrix, session.task_sizes, zero_shot.get("acc"))
     result = RunResult(run_dir.root, session.acc_matrix, session.task_sizes, summary,
                        time.perf_counter() - began, _peak_memory(session.device, session.peaks),
                        zero_shot.get("acc"), zero_shot.get("seen_accuracy"))
@@ -158,7 +160,7 @@ def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
 
 def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float,
                          train_bytes: int) -> None:
-    accuracy = evaluate_seen(session, task)
+    accuracy = evaluate_row(session, task)
     session.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)
@@ -282,6 +284,12 @@ def _checkpoint_meta(session: Session, task: int) -> dict[str, Any]:
     return {"config": cfg.as_dict(), "classes_seen": session.split.seen(task), "class_order": list(session.bench.order),
             "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name,
             "backbone": session.model.clip.__class__.__name__}
+
+
+def _benchmark_record(session: Session) -> dict[str, Any]:
+    """What the run trained on: the spec, its classes in label order and the class order (config.json)."""
+    bench = session.bench
+    return {"spec": bench.name, "classes": list(bench.classes), "names": list(bench.names), "order": list(bench.order)}
 
 
 def _zo_notes(session: Session) -> list[str]:

@@ -103,7 +103,8 @@ def main(
 Opt = typer.Option
 
 # How a default reads in --help where the Config value alone (None) would not say it.
-DEFAULT_WORDS = {"base": "= --inc", "max_steps": "full epochs", "layers_n": "half the layers",
+DEFAULT_WORDS = {"base": "= --inc", "class_order": "the benchmark's", "eval_future": "off",
+                 "max_steps": "full epochs", "layers_n": "half the layers",
                  "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
                  "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
                  "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr"}
@@ -129,16 +130,16 @@ def CfgOpt(key: str, help: str, *decls: str, panel: str | None = None):  # noqa:
     if get_origin(kind) not in (typing.Literal, None):  # X | None
         kind = next(a for a in get_args(kind) if a is not type(None))
     choices = get_args(kind) if get_origin(kind) is typing.Literal else \
-        tuple(benchmarks.BUILDERS) if key == "benchmark" else ()
+        (*benchmarks.BUILDERS, "folder:DIR", "hf:ID") if key == "benchmark" else ()
     metavar = "|".join(choices) if choices else {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}[kind]
     default = DEFAULT_WORDS.get(key, getattr(_defaults(), key))
     return typer.Option(*decls, help=f"{help} \\[default: {default}]", metavar=metavar, rich_help_panel=panel)
 
 def precheck(cfg) -> None:
     # Usage errors must surface before any expensive import or model build.
-    from .. import benchmarks
+    from .. import benchmarks, preflight
 
-    benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)
+    benchmarks.split(preflight.benchmark(cfg), cfg.inc, cfg.base)
 
 
 def plots_check(path) -> None:

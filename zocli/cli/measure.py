@@ -100,7 +100,7 @@ def memory_cmd(
 ) -> None:
     """Peak memory of one training step per FO/ZO configuration, with a breakdown (no weights or data needed)."""
     flags = {"model": model, "adapter": adapter, "benchmark": benchmark, "inc": inc, "batch_size": batch_size,
-             "zo_chunk": zo_chunk}
+             "zo_chunk": zo_chunk, "data_root": os.environ.get("ZOCLI_DATA")}  # where a folder:/hf: record lives
     with errors():
         from ..config import resolve
         from ..preflight import check_device

@@ -25,7 +25,8 @@ def train_cmd(
     overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Replace a non-empty run directory (only a zocli run).")] = False,
     resume: Annotated[Optional[Path], Opt("--resume", metavar="RUN_DIR", help="Continue RUN_DIR from its last commit point.")] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
-    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark (aliases tinyimagenet, imagenet-r).", panel=D)] = None,
+    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark (aliases tinyimagenet, imagenet-r), or your data prepared with `zocli prepare --benchmark folder:DIR|hf:ID`.", panel=D)] = None,
+    class_order: Annotated[Optional[str], CfgOpt("class_order", "Class order: FILE (a JSON list of class ids or indices) or seed:N (a seeded permutation).", panel=D)] = None,
     inc: Annotated[Optional[int], CfgOpt("inc", "Classes per task.", panel=D)] = None,
     base: Annotated[Optional[int], CfgOpt("base", "Classes in the first task.", panel=D)] = None,
     prompt: Annotated[Optional[str], CfgOpt("prompt", "Prompt template, {} is the class name.", panel=D)] = None,
@@ -64,6 +65,7 @@ def train_cmd(
     workers: Annotated[Optional[int], CfgOpt("workers", "Data-loading processes.", panel=X)] = None,
     eval_batch_size: Annotated[Optional[int], CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,
     save_every: Annotated[Optional[int], CfgOpt("save_every", "Also commit a resumable state every N steps inside a task (0: task ends only).", panel=X)] = None,
+    eval_future: Annotated[Optional[bool], CfgOpt("eval_future", "After every task also evaluate the tasks not trained yet (zero-shot): the full accuracy matrix.", "--eval-future/--no-eval-future", panel=X)] = None,
 ) -> None:
     """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
     flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
@@ -182,7 +184,10 @@ def _default_name(cfg) -> str:
     modes = [f"{b}-{getattr(cfg, b)}" for b in ("vision", "language") if getattr(cfg, b) != "fo"]
     plan = "-".join(modes) + f"-{cfg.layers}" if modes else "fo"
     rule = f"-{cfg.zo_rule_name}" if cfg.zo_branches else ""
-    return f"{cfg.benchmark}-inc{cfg.inc}-{cfg.adapter}-{plan}{rule}{'-mozo' if cfg.mozo else ''}-s{cfg.seed}"
+    from ..benchmarks import short_name
+
+    mozo = "-mozo" if cfg.mozo else ""
+    return f"{short_name(cfg.benchmark)}-inc{cfg.inc}-{cfg.adapter}-{plan}{rule}{mozo}-s{cfg.seed}"
 
 
 @contextmanager
@@ -249,8 +254,13 @@ def _timing(run: dict) -> str:
 
 @app.command("prepare")
 def prepare_cmd(
-    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark to prepare.")] = None,
+    benchmark: Annotated[Optional[str], CfgOpt("benchmark", "Benchmark to prepare: a shipped one, folder:DIR (train/ and test/ class folders, or class folders split 80/20) or hf:ID (a Hugging Face dataset id, or a local path datasets.load_dataset reads).")] = None,
     source: Annotated[Optional[Path], Opt(metavar="DIR", help="Import from a local folder instead of the Hugging Face hub.")] = None,
+    image_column: Annotated[Optional[str], Opt(metavar="NAME", help="For hf:ID, the image column. \\[default: its only Image column]")] = None,
+    label_column: Annotated[Optional[str], Opt(metavar="NAME", help="For hf:ID, the label column. \\[default: its only ClassLabel column, or label]")] = None,
+    train_split: Annotated[str, Opt(metavar="NAME", help="For hf:ID, the training split.")] = "train",
+    test_split: Annotated[Optional[str], Opt(metavar="NAME", help="For hf:ID, the test split. \\[default: test, validation, valid or val; without one the training split is split 80/20 per class]")] = None,
+    names: Annotated[Optional[Path], Opt(metavar="FILE", help="For folder:DIR and hf:ID, prompt names: JSON {class: name} or a list in sorted class order. \\[default: class names, underscores as spaces]")] = None,
     data_root: Annotated[Optional[str], CfgOpt("data_root", "Where prepared data goes.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Rebuild an existing prepared copy.")] = False,
     allow_partial: Annotated[bool, Opt("--allow-partial", metavar="", help="Accept a --source lacking some classes (with a warning); tasks left without images refuse to train.")] = False,
@@ -267,18 +277,29 @@ def prepare_cmd(
     report: dict[str, str] = {}
     with errors():
         if benchmark is not None:
-            from .. import benchmarks, data
+            from .. import benchmarks
 
-            bench = benchmarks.get(benchmark)
+            name = benchmarks.canonical_name(_absolute(benchmark))
+            user = {"image_column": image_column, "label_column": label_column, "test_split": test_split,
+                    "names": names, "train_split": None if train_split == "train" else train_split}
+            _check_prepare_flags(name, source, allow_partial, user)
+            from .. import data
+
             note = None if as_json else (lambda line: err.print(line, highlight=False))
-            existing = None if overwrite else data.prepared_sizes(bench, root)
+            existing = None if overwrite else data.prepared_sizes(name, root)
             if existing is not None:  # kept as it is: say so, or a new --source looks imported
                 report["existing"] = True
                 counts = " + ".join(f"{n} {split}" for split, n in existing.items())
-                err.print(f"{bench.name} is already prepared at {data.dataset_dir(root, bench.name)} ({counts} images)"
+                err.print(f"{name} is already prepared at {data.dataset_dir(root, name)} ({counts} images)"
                           f"{'; --source was not read' if source else ''}; --overwrite rebuilds it", highlight=False)
-            report["data"] = str(data.prepare(bench, root, source, on_progress=note, overwrite=overwrite,
-                                              allow_partial=allow_partial))
+            if benchmarks.is_user(name):
+                from ..userdata import SourceOptions, prepare
+
+                options = SourceOptions(image_column, label_column, train_split, test_split, names)
+                report["data"] = str(prepare(name, root, options, on_progress=note, overwrite=overwrite))
+            else:
+                report["data"] = str(data.prepare(benchmarks.get(name), root, source, on_progress=note,
+                                                  overwrite=overwrite, allow_partial=allow_partial))
         if weights:
             from ..backbone import download_weights
 
@@ -290,7 +311,24 @@ def prepare_cmd(
             out.print(f"{kind}: {path}")
 
 
+def _absolute(benchmark: str) -> str:
+    """folder:/hf: paths made absolute as `train` records them (config.resolve), so both name one copy."""
+    from ..config import resolve
+
+    return resolve([], {"benchmark": benchmark}).config.benchmark
+
+
+def _check_prepare_flags(name: str, source, allow_partial: bool, user: dict) -> None:
+    from ..benchmarks import is_user
+
+    given = [f"--{k.replace('_', '-')}" for k, v in user.items() if v is not None]
+    if is_user(name) and (source is not None or allow_partial):
+        raise ConfigError(f"--source and --allow-partial apply to the shipped benchmarks; {name} names its data itself")
+    if not is_user(name) and given:
+        raise ConfigError(f"{', '.join(given)} apply to folder:DIR and hf:ID benchmarks, not {name}")
+    if name.startswith("folder:") and set(given) - {"--names"}:
+        raise ConfigError(f"{', '.join(sorted(set(given) - {'--names'}))} apply to hf:ID only")
+
+
 # ----------------------------------------------------------------------------------------------
 # not yet available
-
-

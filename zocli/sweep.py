@@ -221,7 +221,8 @@ def _read(root: Path) -> Sweep:
 
 
 def data_root(sweep: Sweep) -> str | None:
-    return read_json(sweep.root / MANIFEST).get("data_root")
+    path = sweep.root / MANIFEST
+    return read_json(path).get("data_root") if path.is_file() else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -282,11 +283,11 @@ def states(sweep: Sweep) -> list[RunState]:
     return [state(sweep, run.name) for run in sweep.runs]
 
 
-def command(sweep: Sweep, run: RunSpec) -> tuple[str, list[str]]:
-    """(action, argv): resume a run that has started, else train it fresh (`--overwrite` only ever meets a
-    directory its own earlier attempt left before config.json existed)."""
+def command(sweep: Sweep, run: RunSpec, where: str | None = None) -> tuple[str, list[str]]:
+    """(action, argv): resume a run that has started, else train it fresh; `where` overrides the data root
+    the manifest records."""
     base = [sys.executable, "-m", "zocli", "train"]
-    where = data_root(sweep)
+    where = where or data_root(sweep)
     place = ["--data-root", where] if where else []
     if is_run(sweep.run_dir(run.name)):
         return "resume", [*base, "--resume", str(sweep.run_dir(run.name)), *place, "--json"]

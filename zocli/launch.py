@@ -192,6 +192,8 @@ def submit(sweep: Sweep, options: SlurmOptions, cluster: str | None = None) -> l
     except ImportError:
         raise SweepError("--slurm needs submitit: pip install 'zocli[slurm]'") from None
     todo = [run for run in sweep.runs if state(sweep, run.name).state not in ("finished", "running")]
+    if not todo:
+        return []
     executor = submitit.AutoExecutor(folder=str(sweep.root / "slurm"), cluster=cluster)
     executor.update_parameters(name=f"zocli-{sweep.root.name}", **options.executor_parameters())
     with executor.batch():

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
-from .checkpoint import read_manifest
+from . import benchmarks
 from .config import KEYS, Config, ConfigError, did_you_mean, resolve, suggest_key
-from .rundir import RunDir, RunDirError, is_run, read_json, write_json
+from .rundir import RunDirError, is_run, read_json, write_json
 
 MANIFEST = "sweep.json"
 FORMAT = 1
@@ -150,7 +150,8 @@ def expand(grid: Grid) -> list[RunSpec]:
         extra = tuple(p for p in str(values.pop("preset", "")).split("+") if p)
         for seed in grid.seeds:
             flags = {**values, "seed": seed}
-            resolve([*grid.presets, *extra], flags)
+            cfg = resolve([*grid.presets, *extra], flags).config
+            benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)  # as `train` checks first
             label = [_slug(str(values.get(k, "+".join(extra))) if k == "preset" else f"{k}-{_slug(str(values[k]))}")
                      for k in varying]
             runs.append(RunSpec("_".join([*label, f"s{seed}"]), (*grid.presets, *extra), flags))
@@ -260,9 +261,11 @@ def state(sweep: Sweep, name: str) -> RunState:
 
 
 def _tasks_done(root: Path) -> int:
+    # the manifest's JSON read directly: the checkpoint module would import torch (seconds) into the sweep
+    manifest = root / "checkpoints" / "manifest.json"
     try:
-        return read_manifest(RunDir.open(root))["tasks_done"] if is_run(root) else 0
-    except (RunDirError, ValueError):
+        return int(read_json(manifest)["tasks_done"]) if manifest.is_file() else 0
+    except (RunDirError, KeyError, TypeError, ValueError):
         return 0
 
 
@@ -296,6 +299,8 @@ def command(sweep: Sweep, run: RunSpec, where: str | None = None) -> tuple[str, 
 
 def record_start(sweep: Sweep, name: str, action: str, pid: int, where: str) -> None:
     tries = attempts(sweep, name)
+    if tries and "ended" not in tries[-1]:  # its sweep died before it could record the end
+        tries[-1]["outcome"] = "unrecorded (the sweep that ran it was killed)"
     tries.append({"action": action, "started": time.time(), "pid": pid, "host": os.uname().nodename, "where": where})
     write_json(sweep.status_file(name), {"name": name, "attempts": tries})
 

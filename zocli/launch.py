@@ -64,8 +64,7 @@ class Attempt:
                       f"{shlex.join(argv)}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-                                              **env},
+                                         env={**os.environ, **env},
                                          start_new_session=True,  # a terminal's Ctrl-C reaches only the sweep
                                          preexec_fn=_child_setup)
         record_start(sweep, run.name, self.action, self.proc.pid, where)

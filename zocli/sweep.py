@@ -155,6 +155,10 @@ def expand(grid: Grid) -> list[RunSpec]:
             label = [_slug(str(values.get(k, "+".join(extra))) if k == "preset" else f"{k}-{_slug(str(values[k]))}")
                      for k in varying]
             runs.append(RunSpec("_".join([*label, f"s{seed}"]), (*grid.presets, *extra), flags))
+    names = [run.name for run in runs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # e.g. lr=0.001,1e-3: the same value twice
+        raise ConfigError(f"the grid names two runs {twice[0]!r}: a value is listed twice")
     return runs
 
 
@@ -328,4 +332,5 @@ def as_json(sweep: Sweep) -> dict[str, Any]:
                                                                       "pending")}
     return {"sweep": str(sweep.root), "counts": counts,
             "runs": [{**s.as_dict(), **sweep.get(s.name).as_dict(), "run_dir": str(sweep.run_dir(s.name)),
-                      "command": command(sweep, sweep.get(s.name))[1]} for s in found]}
+                      "command": None if s.state == "finished" else command(sweep, sweep.get(s.name))[1]}
+                     for s in found]}

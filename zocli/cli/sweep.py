@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import render
+from ..config import ConfigError
 from ._shared import Opt, app, err, errors, out
 from .train import _graceful_stop
 
@@ -52,7 +53,10 @@ def sweep_cmd(
 
         root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
         asked = grid_file or preset or grid or seeds
-        if asked:
+        if not asked and not (root / core.MANIFEST).is_file():
+            raise ConfigError(f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
+                              f"existing sweep ({root} is not one)")
+        if asked and not status:
             runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds))
             where = data_root or os.environ.get("ZOCLI_DATA")
             if dry_run:
@@ -137,7 +141,6 @@ def _abort() -> None:
 
 
 def _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra) -> None:
-    from ..config import ConfigError
     from ..launch import SlurmOptions, submit
 
     pairs = [item.partition("=") for item in extra]

@@ -41,7 +41,7 @@ def killed_and_resumed(tmp_path_factory, digits_root):
                              stderr=subprocess.DEVNULL)
     second_pair = [root / "lr-0.003_s0", root / "lr-0.003_s1"]
     deadline = time.monotonic() + 120
-    while not any((run / "config.json").is_file() for run in second_pair):
+    while not all((run / "config.json").is_file() for run in second_pair):  # the first pair is then done
         assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before the kill"
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
@@ -73,13 +73,14 @@ def test_rerun_does_only_the_missing_work(killed_and_resumed):
     assert again.returncode == 0, again.stderr
     opened = sweep.open_sweep(root)
     assert {s.state for s in sweep.states(opened)} == {"finished"}
-    assert {name for name, (s, _) in before.items() if s.state == "finished"} == {"lr-0.01_s0", "lr-0.01_s1"}
-    for name, (was, summary_mtime) in before.items():
+    was = {name: state.state for name, (state, _) in before.items()}
+    assert was["lr-0.01_s0"] == was["lr-0.01_s1"] == "finished" and "partial" in was.values()  # killed mid-way
+    for name, (_, summary_mtime) in before.items():
         tries = sweep.attempts(opened, name)
-        if was.state == "finished":  # untouched: no new attempt, the same summary file
+        if was[name] == "finished":  # untouched: no new attempt, the same summary file
             assert len(tries) == 1 and _mtime(root / name / "summary.json") == summary_mtime
         else:  # started by the killed sweep: continued through `train --resume`, not redone
-            assert was.state == "partial" and [t["action"] for t in tries] == ["start", "resume"]
+            assert was[name] == "partial" and [t["action"] for t in tries] == ["start", "resume"]
             assert tries[0]["outcome"].startswith("unrecorded")
             # ... because the run stopped itself gracefully (SIGTERM as its parent died), committing first
             assert f"resume with: zocli train --resume {root / name}" in (root / "logs" / f"{name}.log").read_text()

@@ -104,3 +104,9 @@ def test_unknown_tracker_is_a_usage_error():
     with pytest.raises(ConfigError, match="did you mean 'wandb'"):
         tiny_config(report_to="wandbb")
     assert tiny_config(report_to="tensorboard").log_interval == 50 and tiny_config().log_interval == 0
+
+
+def test_tracker_output_belongs_to_the_run(tracked_run):
+    from zocli.rundir import foreign_files
+
+    assert (tracked_run / "tensorboard").is_dir() and foreign_files(tracked_run) == []  # --overwrite may replace it

@@ -18,8 +18,9 @@ from zocli.cli import app
 from zocli.compare import Comparison, RunRow
 from zocli.config import ConfigError, resolve
 
-# The smallest real runs: digits on random-init zocli-tiny, 2 tasks of 5 classes, 1 epoch (~28 steps a task).
-TINY = ["--preset", "digits-demo", "--grid", "inc=5", "--grid", "epochs=1", "--grid", "warmup_steps=2"]
+# The smallest real runs: digits on random-init zocli-tiny, 2 tasks of 5 classes, 8 steps each.
+TINY = ["--preset", "digits-demo", "--grid", "inc=5", "--grid", "epochs=1", "--grid", "max_steps=8",
+        "--grid", "warmup_steps=2"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 

@@ -104,6 +104,11 @@ def test_grouped_table_is_mean_and_std_of_the_summaries(killed_and_resumed):
         assert group["peak_memory_bytes"]["mean"] == pytest.approx(statistics.mean(peaks))
     table = cli("eval", root, "--markdown").stdout.splitlines()
     assert table[0].startswith("| lr | n | Last |") and len(table) == 4
+    latex = cli("eval", root, "--latex").stdout
+    assert latex.startswith("\\begin{tabular}{lrrrrrrr}") and " $\\pm$ " in latex
+    pytest.importorskip("matplotlib")
+    assert cli("eval", root, "--plot", root.parent / "curves.png").exit_code == 0
+    assert (root.parent / "curves.png").stat().st_size > 0
 
 
 def test_sweep_state_as_json(killed_and_resumed):

@@ -20,7 +20,7 @@ S = "SLURM (with --slurm; needs the slurm extra)"
 
 @app.command("sweep")
 def sweep_cmd(
-    grid_file: Annotated[Optional[Path], typer.Argument(metavar="[GRID.toml]", help="Grid file: presets = [...], seeds = \"0-4\", fixed keys, and [grid] KEY = [values].")] = None,
+    grid_file: Annotated[Optional[Path], typer.Argument(metavar="GRID.toml", help="Grid file: presets = [...], seeds = \"0-4\", fixed keys, and \\[grid] KEY = \\[values].")] = None,
     preset: Annotated[Optional[list[str]], Opt("--preset", "-p", metavar="NAME|FILE", help="Preset of every run; repeatable, applied in order before the grid's.")] = None,
     grid: Annotated[Optional[list[str]], Opt("--grid", "-g", metavar="KEY=V1,V2", help="An axis of the grid over any train flag (or preset=A,B); repeatable; one value fixes the key.")] = None,
     seeds: Annotated[Optional[str], Opt("--seeds", metavar="0-4", help="Seeds of every configuration: a range or a list. \\[default: 0, or the grid file's]")] = None,

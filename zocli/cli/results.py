@@ -34,8 +34,8 @@ def eval_cmd(
     when a group is a published configuration."""
     overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
                  "eval_batch_size": eval_batch_size}
-    paths = _expand(run_dirs)
     with errors():
+        paths = _expand(run_dirs)
         plots_check(plot)
         if len(paths) > 1 or as_csv or as_markdown or as_latex:
             _compare(paths, "json" if as_json else "csv" if as_csv else "markdown" if as_markdown else

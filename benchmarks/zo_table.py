@@ -1,7 +1,8 @@
 """Does ZO learn? Runs named configurations × seeds of `zocli train` and prints mean ± std (prints figures).
 
-Each run is a real `python -m zocli train --preset demo ...` subprocess (one torch thread each, `--jobs`
-at a time); finished runs are skipped, so an interrupted table resumes. Reproduce the README's table:
+The rows × seeds are one `zocli sweep` (zocli.launch's local queue: a `python -m zocli train --preset demo ...`
+process per run, one torch thread each, `--jobs` at a time) under --out; finished runs are skipped and
+interrupted ones resume, so an interrupted table continues. Reproduce the README's table:
     python benchmarks/zo_table.py --table acceptance --seeds 0-4 --jobs 2
     python benchmarks/zo_table.py --table select --seeds 0-1 --jobs 2     # how the default rule was chosen
     python benchmarks/zo_table.py --table queries --seeds 0-1 --jobs 2    # ... and its number of directions
@@ -13,10 +14,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from zocli import launch, sweep
 
 PLANS = {  # what is ZO (or frozen): the study's branch-wise settings and one layer-wise one
     "dual": ["--vision", "{m}", "--language", "{m}"],
@@ -71,17 +71,28 @@ def queries() -> dict[str, list[str]]:
 TABLES = {"acceptance": acceptance, "select": select, "queries": queries}
 
 
-def run_one(name: str, flags: list[str], seed: int, out: Path, data_root: str) -> Path:
-    run = out / _slug(name) / f"s{seed}"
-    if (run / "summary.json").is_file():
-        return run
-    command = [sys.executable, "-m", "zocli", "train", "--preset", "demo", *flags, "--seed", str(seed),
-               "--out", str(run), "--overwrite", "--data-root", data_root, "--json"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} seed {seed} failed: {done.stderr.strip()[-400:]}")
-    return run
+def run_spec(name: str, flags: list[str], seed: int) -> sweep.RunSpec:
+    """A table row's `train` flags as a sweep run: the demo preset, then the row's presets and values."""
+    presets, values, args = ["demo"], {}, list(flags)
+    while args:
+        flag = args.pop(0)
+        if flag == "--preset":
+            presets.append(args.pop(0))
+        elif flag in ("--conservative", "--aggressive"):
+            values["conservative"] = flag == "--conservative"
+        else:
+            key = flag[2:].replace("-", "_")
+            values[key] = sweep.parse_value(key, args.pop(0))
+    return sweep.RunSpec(f"{_slug(name)}_s{seed}", tuple(presets), {**values, "seed": seed})
+
+
+def run_all(specs: list[sweep.RunSpec], out: Path, data_root: str, jobs: int) -> sweep.Sweep:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    table = sweep.create(out, specs, data_root)
+    failed = [s for s in launch.run_local(table, launch.local_slots(None, jobs)) if s.state != "finished"]
+    if failed:
+        raise SystemExit("\n".join(f"{s.name}: {s.state} {s.error or ''}" for s in failed))
+    return table
 
 
 def row(name: str, runs: list[Path]) -> str:
@@ -117,15 +128,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/zo-table"))
-    parser.add_argument("--data-root", default=os.environ.get("ZOCLI_DATA", "~/.cache/zocli"))
+    parser.add_argument("--data-root", default=os.path.expanduser(os.environ.get("ZOCLI_DATA", "~/.cache/zocli")))
     args = parser.parse_args()
     table = {k: v for k, v in TABLES[args.table]().items()
              if not args.only or any(s in k for s in args.only.split(","))}
     seeds = _seeds(args.seeds)
-    with ThreadPoolExecutor(args.jobs) as pool:
-        futures = {(n, s): pool.submit(run_one, n, f, s, args.out, args.data_root) for n, f in table.items()
-                   for s in seeds}
-        runs = {key: future.result() for key, future in futures.items()}
+    specs = {(n, s): run_spec(n, f, s) for n, f in table.items() for s in seeds}
+    done = run_all(list(specs.values()), args.out, args.data_root, args.jobs)
+    runs = {key: done.run_dir(spec.name) for key, spec in specs.items()}
     print(f"test-bed demo protocol, seeds {args.seeds}: mean ± std over seeds\n")
     print("| configuration | Last | Avg | forwards/step | ms/step | Σ ZO loss change/task |")
     print("|---|---|---|---|---|---|")

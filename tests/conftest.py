@@ -47,7 +47,7 @@ def tiny_model():
 
 # Under pytest-xdist (`make test`) each module runs on one worker. Starting the longest ones first keeps a
 # worker from being left alone with one of them at the end; within a module the order is unchanged.
-LONGEST_MODULES = ("test_resume.py", "test_pipeline.py", "test_cli.py", "test_train_zo.py")
+LONGEST_MODULES = ("test_sweep.py", "test_resume.py", "test_pipeline.py", "test_cli.py", "test_train_zo.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -13,11 +13,11 @@ from typing import Any
 from . import benchmarks
 from .checkpoint import read_manifest
 from .config import KEYS
-from .metrics import summarize
+from .metrics import seen_accuracy, summarize
 from .rundir import RunDir, read_json
 
 # Keys that say where a run ran, not what it was: never a reason for a column.
-PLACE_KEYS = ("data_root", "device", "workers", "eval_batch_size", "save_every")
+PLACE_KEYS = ("data_root", "device", "workers", "eval_batch_size", "save_every", "report_to", "log_every")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,7 @@ class RunRow:
     peak_memory_bytes: int | None  # the training peak (summary.json's peak_memory.bytes)
     wall_seconds: float | None
     peak_memory_kind: str | None = None  # cuda_max_allocated | process_max_rss
+    zero_shot_curve: list[float] | None = None  # the untouched model on the classes seen after each task
 
 
 @dataclass(frozen=True)
@@ -61,13 +62,18 @@ def _row(run: RunDir) -> RunRow:
         s = read_json(run.summary)
         return RunRow(str(run.root), config, len(s["acc_matrix"]), total, s["last"], s["avg"], s["forgetting"],
                       s["bwt"], s["seen_accuracy"], s["peak_memory"]["bytes"], s["wall_seconds"],
-                      s["peak_memory"].get("kind"))
+                      s["peak_memory"].get("kind"), _zero_shot_curve(s))
     manifest = read_manifest(run)
     if not manifest["tasks_done"]:
         return RunRow(str(run.root), config, 0, total, None, None, None, None, [], None, None)
     s = summarize(manifest["acc_matrix"], manifest["task_sizes"], (manifest.get("zero_shot") or {}).get("acc"))
     return RunRow(str(run.root), config, manifest["tasks_done"], total, s.last, s.avg, s.forgetting, s.bwt,
                   list(s.seen_accuracy), None, manifest.get("wall_seconds"))
+
+
+def _zero_shot_curve(summary: dict) -> list[float] | None:
+    row, sizes = summary.get("zero_shot"), summary["task_sizes"]
+    return [round(seen_accuracy(row[:t + 1], sizes), 2) for t in range(len(summary["acc_matrix"]))] if row else None
 
 
 def _task_count(config: dict, record: dict | None) -> int:

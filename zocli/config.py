@@ -21,6 +21,8 @@ BRANCH_MODES = ("fo", "zo", "frozen")
 ZO_RULES = ("sgd", "adam", "noise", "random-search")
 LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
+TRACKERS = ("tensorboard", "wandb")
+DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
 
 
@@ -80,6 +82,20 @@ class Config:
     eval_batch_size: int = 256
     eval_future: bool = False  # also evaluate the tasks not trained yet: the matrix's upper triangle
     save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
+    # tracking: what is watched, never what a run is (comparisons and seed groups ignore it)
+    report_to: str = ""  # comma-separated trackers: tensorboard, wandb
+    log_every: int | None = None  # per-step records every N steps; None: 50 with --report-to, else off
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.report_to.split(",") if name.strip())
+
+    @property
+    def log_interval(self) -> int:
+        """Steps between per-step records (0: none)."""
+        if self.log_every is not None:
+            return self.log_every
+        return DEFAULT_LOG_EVERY if self.trackers else 0
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -130,8 +146,14 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"--{_flag(name)} must be > 0 and finite, got {value}")
     if not all(math.isfinite(v) for v in (cfg.zo_lr_scale, cfg.weight_decay, cfg.lora_alpha)):
         raise ConfigError("--zo-lr-scale, --weight-decay and --lora-alpha must be finite")
-    if min(cfg.zo_lr_scale, cfg.weight_decay, cfg.warmup_steps, cfg.save_every, cfg.probe_every) < 0:
-        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps, --save-every and --probe-every must be >= 0")
+    if min(cfg.zo_lr_scale, cfg.weight_decay, cfg.warmup_steps, cfg.save_every, cfg.probe_every,
+           cfg.log_every or 0) < 0:
+        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps, --save-every, --probe-every and "
+                          "--log-every must be >= 0")
+    unknown = [name for name in cfg.trackers if name not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"--report-to {unknown[0]!r} is not a tracker; use {' and/or '.join(TRACKERS)}, "
+                          f"comma-separated{did_you_mean(unknown[0], TRACKERS)}")
     if cfg.layers != "all" and not (cfg.zo_branches or cfg.frozen_branches):
         raise ConfigError(f"--layers {cfg.layers} selects ZO (or frozen) layers, but no branch is ZO: "
                           f"add --vision zo and/or --language zo")

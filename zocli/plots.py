@@ -81,10 +81,40 @@ def accuracy_curves(comparison, path: Path) -> Path:
     for row in comparison.rows:
         label = Path(row.run).name + (f" (Avg {row.avg:.2f})" if row.avg is not None else "")
         ax.plot(range(len(row.seen_accuracy)), row.seen_accuracy, marker="o", label=label)
-    ax.set_xlabel("after task")
-    ax.set_ylabel("accuracy on seen classes (%)")
+    _task_axis(ax)
     ax.legend(fontsize="small")
     return _save(fig, plt, path)
+
+
+def seed_curves(grouped, path: Path) -> Path:
+    """Per seed group: the mean accuracy on seen classes after each task with a ± std band, labelled by
+    the config values that differ; the zero-shot model on the same classes dashed, where known."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    shots = {tuple(g.zero_shot_curve) for g in grouped.groups if g.zero_shot_curve}
+    for i, g in enumerate(grouped.groups):
+        tasks = range(len(g.mean_curve))
+        low = [m - s for m, s in zip(g.mean_curve, g.std_curve)]
+        high = [m + s for m, s in zip(g.mean_curve, g.std_curve)]
+        name = ", ".join(f"{k}={v}" for k, v in g.config.items()) or "all runs"
+        line, = ax.plot(tasks, g.mean_curve, marker="o", label=f"{name} (n={len(g.seeds)})")
+        ax.fill_between(tasks, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if g.zero_shot_curve and len(shots) > 1:  # zero-shot differs between groups: one per group
+            ax.plot(tasks, g.zero_shot_curve, "--", color=line.get_color(), linewidth=1)
+    if len(shots) == 1:
+        shot = list(next(iter(shots)))
+        ax.plot(range(len(shot)), shot, "--", color="grey", linewidth=1, label="zero-shot")
+    _task_axis(ax)
+    ax.legend(fontsize="small")
+    return _save(fig, plt, path)
+
+
+def _task_axis(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # tasks are whole numbers
+    ax.set_xlabel("after task")
+    ax.set_ylabel("accuracy on seen classes (%)")
 
 
 def accuracy_heatmap(matrix: list[list[float]], path: Path, title: str = "") -> Path:

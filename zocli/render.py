@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
@@ -195,3 +196,73 @@ def _fmt(value, spec: str, suffix: str = "", negate: bool = False) -> str:
     if value is None:
         return ""
     return format(-value if negate else value, spec) + suffix
+
+
+# ----------------------------------------------------------------------------------------------
+# statistics over seeds, and sweeps
+
+GROUP_METRICS = (("last", "Last", ".2f", 1), ("avg", "Avg", ".2f", 1), ("forgetting", "forgetting", ".2f", 1),
+                 ("bwt", "BWT", ".2f", 1), ("wall_seconds", "wall_s", ".1f", 1),
+                 ("peak_memory_bytes", "peak_mem_gb", ".2f", 1e9))
+
+
+def grouped_cells(grouped, pm: str = "±") -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the seed-group table: mean ± std (n) per metric, and the paper's value if any."""
+    paper = any(g.paper for g in grouped.groups)
+    header = [*grouped.differing, "n", *(label for _, label, _, _ in GROUP_METRICS), *(["paper Last / Avg"] if paper else [])]
+    rows = []
+    for g in grouped.groups:
+        cells = [str(g.config.get(k)) for k in grouped.differing]
+        cells.append(f"{len(g.seeds)}" if len(g.seeds) == len(g.runs) else f"{len(g.seeds)} of {len(g.runs)}")
+        cells += [_mean_std(g.stats[key], spec, scale, pm) for key, _, spec, scale in GROUP_METRICS]
+        if paper:
+            cells.append(" / ".join(_fmt(g.paper.get(k), ".2f") or "–" for k in ("last", "avg")) if g.paper else "")
+        rows.append(cells)
+    return header, rows
+
+
+def _mean_std(stat, spec: str, scale: float, pm: str) -> str:
+    if stat.mean is None:
+        return ""
+    mean = format(stat.mean / scale, spec)
+    return mean if stat.std is None else f"{mean} {pm} {format(stat.std / scale, spec)}"
+
+
+def grouped_table(grouped) -> _Whole:
+    header, rows = grouped_cells(grouped)
+    return grid(header, rows, wrap=grouped.differing, title="mean ± std over seeds (n: finished runs)")
+
+
+def grouped_csv_rows(grouped) -> tuple[list[str], list[list[Any]]]:
+    """Numbers as numbers: a mean, a std and an n column per metric."""
+    header = [*grouped.differing, "runs", *(f"{key}_{part}" for key, *_ in GROUP_METRICS for part in ("mean", "std", "n")),
+              "paper_last", "paper_avg"]
+    rows = [[*(g.config.get(k) for k in grouped.differing), len(g.runs),
+             *(v for key, *_ in GROUP_METRICS for v in (g.stats[key].mean, g.stats[key].std, g.stats[key].n)),
+             *((g.paper or {}).get(k) for k in ("last", "avg"))] for g in grouped.groups]
+    return header, rows
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows])
+
+
+def latex(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 0) -> str:
+    """A booktabs tabular (\\usepackage{booktabs}), the first `text_columns` left-aligned; ± becomes $\\pm$."""
+    escape = lambda text: "".join("\\" + c if c in "&%$#_{}" else c for c in text).replace(" ± ", " $\\pm$ ")  # noqa: E731
+    lines = [f"\\begin{{tabular}}{{{'l' * text_columns}{'r' * (len(header) - text_columns)}}}",
+             "\\toprule", " & ".join(map(escape, header)) + " \\\\", "\\midrule",
+             *(" & ".join(map(escape, row)) + " \\\\" for row in rows), "\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines)
+
+
+SWEEP_STYLES = {"finished": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "dim"}
+
+
+def sweep_state(state: dict) -> _Whole:
+    """One row per run of a sweep: state, tasks done, attempts, error."""
+    header = ["run", "state", "tasks", "attempts", "error"]
+    rows = [[r["name"], r["state"], str(r["tasks_done"]), str(r["attempts"]), r["error"] or ""] for r in state["runs"]]
+    counts = ", ".join(f"{n} {kind}" for kind, n in state["counts"].items() if n)
+    return grid(header, rows, left=("run", "state", "error"), wrap=("error",), title=f"sweep {state['sweep']}: {counts}")

@@ -35,6 +35,7 @@ LOCK_NAME = ".zocli.lock"
 # Everything a run ever writes. --overwrite deletes only these names, and refuses a directory holding
 # anything else: it replaces a run, never a user's files that happen to sit next to one.
 ROOT_FILES = ("config.json", "metrics.jsonl", "summary.json", LOCK_NAME, ".write-test")
+TRACKER_DIRS = ("tensorboard", "wandb")  # --report-to output, replaced with the run by --overwrite
 CHECKPOINT_FILE = re.compile(r"task_\d{2,}\.safetensors|manifest\.json|resume\.safetensors")
 TEMP_FILE = re.compile(r"\.[\w.-]+\.[\w]+\.tmp")  # atomic_write's mkstemp names: .NAME.XXXXXXXX.tmp
 
@@ -143,6 +144,8 @@ def foreign_files(root: Path) -> list[Path]:
         elif entry.name == "checkpoints" and entry.is_dir():
             found += [f for f in sorted(entry.iterdir()) if f.is_symlink() or not f.is_file()
                       or not (CHECKPOINT_FILE.fullmatch(f.name) or TEMP_FILE.fullmatch(f.name))]
+        elif entry.name in TRACKER_DIRS and entry.is_dir():
+            continue
         elif not entry.is_file() or not (entry.name in ROOT_FILES or TEMP_FILE.fullmatch(entry.name)):
             found.append(entry)
     return found
@@ -186,6 +189,8 @@ def _clear(root: Path) -> None:
               *(f for f in root.iterdir() if TEMP_FILE.fullmatch(f.name) or f.name == ".write-test")]
     for path in doomed:
         path.unlink(missing_ok=True)
+    for name in TRACKER_DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)
 
 
 @dataclass(frozen=True)

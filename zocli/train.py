@@ -27,6 +27,7 @@ from .rng import derive_seed
 from .rundir import Interrupted, RunDir, RunDirError, read_json
 from .session import Session, open_session, overview
 from .step import Stepper, make_blocks, zo_notes
+from .tracking import Tracking, tee
 
 Event = dict[str, Any]
 
@@ -121,7 +122,16 @@ def _recorded(run_dir: RunDir) -> RunResult:
 
 def _train_from(session: Session, run_dir: RunDir, first_task: int, state: checkpoint.TrainState | None,
                 on_event, should_stop, elapsed: float = 0.0) -> RunResult:
-    emit, stop = on_event or (lambda event: None), should_stop or (lambda: False)
+    tracking = Tracking(session.cfg, run_dir.root)  # --report-to: the trackers hear every event
+    try:
+        return _train_tasks(session, run_dir, first_task, state, tee(on_event, tracking), should_stop, elapsed)
+    finally:
+        tracking.close()
+
+
+def _train_tasks(session: Session, run_dir: RunDir, first_task: int, state: checkpoint.TrainState | None,
+                 emit, should_stop, elapsed: float) -> RunResult:
+    stop = should_stop or (lambda: False)
     emit({"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session)})
     began = time.perf_counter() - elapsed
     if session.zero_shot is None:
@@ -164,9 +174,10 @@ def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, ela
     session.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
     session.acc_matrix.append(list(accuracy.row))
     session.task_sizes = list(accuracy.sizes)
+    so_far = summarize(session.acc_matrix, session.task_sizes)
     event = {"event": "eval", "task": task, "acc": list(accuracy.row), "task_sizes": list(accuracy.sizes),
-             "seen_accuracy": summarize(session.acc_matrix, session.task_sizes).seen_accuracy[-1],
-             "test_loss": accuracy.loss, **session.peaks[-1]}
+             "seen_accuracy": so_far.seen_accuracy[-1], "avg": so_far.avg, "test_loss": accuracy.loss,
+             **session.peaks[-1]}
     run_dir.log(event)
     results = {"acc_matrix": session.acc_matrix, "task_sizes": session.task_sizes, "peaks": session.peaks,
                "metrics_bytes": run_dir.log_size(), "wall_seconds": round(elapsed, 3),
@@ -194,12 +205,16 @@ def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.T
         images = images.to(session.device, non_blocking=True)
         labels = (labels - first).to(session.device)  # local labels: CE over this task's classes only
         probe = cfg.probe_every > 0 and (step + 1) % cfg.probe_every == 0
-        stats = stepper.step(images, labels, tokens, lr_at(step, total, cfg.warmup_steps, cfg.lr),
-                             derive_seed(cfg.seed, "zo", task, step), probe)
+        lr = lr_at(step, total, cfg.warmup_steps, cfg.lr)
+        stats = stepper.step(images, labels, tokens, lr, derive_seed(cfg.seed, "zo", task, step), probe)
         _check_finite(stats.loss, model, task, step)
-        history.append({**asdict(stats), "seconds": time.perf_counter() - began})
+        history.append({**asdict(stats), "seconds": time.perf_counter() - began, "images": len(labels)})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
         done = step + 1
+        if cfg.log_interval and done % cfg.log_interval == 0:
+            record = _step_record(task, step, total, history[-cfg.log_interval:], lr, stepper)
+            run_dir.log(record)
+            emit(record)
         if done < total and (stop() or (cfg.save_every and done % cfg.save_every == 0)):
             _commit_state(run_dir, task, done, stepper, history)
             if stop():
@@ -277,6 +292,20 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
         "zo_update_norm": mean("zo_update_norm"), "fo_grad_norm": mean("fo_grad_norm"),
         "forwards_per_step": mean("forwards"), "step_seconds": mean("seconds"),
     }
+
+
+def _step_record(task: int, step: int, total: int, window: list[dict], lr: float, stepper: Stepper) -> Event:
+    """--log-every: the last N steps in one record (means over the window; learning rates at this step)."""
+    mean = lambda key: round(sum(h[key] for h in window) / len(window), 6)  # noqa: E731
+    zo, fo = bool(stepper.blocks), stepper.optimizer is not None
+    seconds = sum(h["seconds"] for h in window)
+    images = sum(h.get("images", stepper.cfg.batch_size) for h in window)
+    return {"event": "train_step", "task": task, "step": step, "steps": total, "loss": mean("loss"),
+            "loss_kind": window[-1].get("loss_kind"), "lr": lr if fo else None,
+            "zo_lr": stepper.cfg.zo_lr_at(lr) if zo else None,
+            "zo_acceptance": mean("moved") if zo and stepper.settings.keeps_best else None,
+            "zo_update_norm": mean("zo_update_norm") if zo else None, "fo_grad_norm": mean("fo_grad_norm") if fo else None,
+            "step_seconds": round(seconds / len(window), 6), "images_per_second": round(images / seconds, 2)}
 
 
 def _checkpoint_meta(session: Session, task: int) -> dict[str, Any]:

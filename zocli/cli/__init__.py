@@ -4,7 +4,7 @@ The only package that imports Typer, prints or exits; each module registers its 
 in the order `--help` lists them.
 """
 
-from . import train, results, measure  # noqa: F401, I001  (registers the commands, in this order)
+from . import train, results, sweep, measure  # noqa: F401, I001  (registers the commands, in this order)
 from ._shared import app
 
 __all__ = ["app"]

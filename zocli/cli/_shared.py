@@ -29,7 +29,8 @@ USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.backbone": ("UnknownMod
 RUNTIME_ERRORS = {"zocli.backbone": ("WeightsUnavailable",), "zocli.checkpoint": ("CheckpointError",),
                   "zocli.data": ("DataMissing", "SourceError"), "zocli.rundir": ("RunDirError",),
                   "zocli.step": ("DeviceUnavailable",), "zocli.train": ("Diverged",), "zocli.preflight": ("NotReady",),
-                  "zocli.loader": ("CorruptImage",)}
+                  "zocli.loader": ("CorruptImage",), "zocli.tracking": ("TrackingUnavailable",),
+                  "zocli.sweep": ("SweepError",)}
 
 
 def _classes(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
@@ -107,7 +108,8 @@ DEFAULT_WORDS = {"base": "= --inc", "class_order": "the benchmark's", "eval_futu
                  "max_steps": "full epochs", "layers_n": "half the layers",
                  "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
                  "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
-                 "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr"}
+                 "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr",
+                 "report_to": "none", "log_every": "50 with --report-to, else off"}
 
 
 @functools.cache

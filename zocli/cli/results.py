@@ -19,20 +19,27 @@ def eval_cmd(
     task: Annotated[Optional[int], Opt("--task", metavar="K", help="Re-evaluate only the checkpoint after task K.")] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the result as JSON on stdout.")] = False,
     as_csv: Annotated[bool, Opt("--csv", metavar="", help="Comparison as CSV on stdout.")] = False,
-    plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="PNG: accuracy-matrix heatmap (one run) or accuracy curves (several).")] = None,
+    plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="PNG: accuracy-matrix heatmap (one run), accuracy curves (several), mean curves ± std (seed groups).")] = None,
+    as_markdown: Annotated[bool, Opt("--markdown", metavar="", help="Comparison as a Markdown table on stdout.")] = False,
+    as_latex: Annotated[bool, Opt("--latex", metavar="", help="Comparison as a LaTeX (booktabs) tabular on stdout.")] = False,
+    by_run: Annotated[bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")] = False,
     data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
     device: Annotated[Optional[str], Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
     workers: Annotated[Optional[int], Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
     eval_batch_size: Annotated[Optional[int], Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")] = None,
 ) -> None:
-    """Re-evaluate one run from its checkpoints, or compare several runs side by side."""
+    """Re-evaluate one run from its checkpoints, or compare several runs (a sweep directory: its runs).
+
+    Runs that differ only by seed form a group: mean ± std and n of each metric, and the paper's figures
+    when a group is a published configuration."""
     overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
                  "eval_batch_size": eval_batch_size}
-    paths = _expand(run_dirs)
     with errors():
+        paths = _expand(run_dirs)
         plots_check(plot)
-        if len(paths) > 1 or as_csv:
-            _compare(paths, as_json, as_csv, plot)
+        if len(paths) > 1 or as_csv or as_markdown or as_latex:
+            _compare(paths, "json" if as_json else "csv" if as_csv else "markdown" if as_markdown else
+                     "latex" if as_latex else "table", plot, by_run)
             return
         from ..preflight import check_run
 
@@ -58,35 +65,51 @@ def _expand(patterns: list[str]) -> list[Path]:
     paths: list[Path] = []
     for pattern in patterns:
         matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
-        paths.extend(Path(m) for m in matches)
+        for match in map(Path, matches):  # a sweep directory stands for its runs
+            paths.extend(_sweep_runs(match) if (match / "sweep.json").is_file() else [match])
     if not paths:
         err.print(f"error: no run directory matches {' '.join(patterns)}")
         raise typer.Exit(2)
     return paths
 
 
-def _compare(paths: list[Path], as_json: bool, as_csv: bool, plot: Optional[Path]) -> None:
+def _sweep_runs(root: Path) -> list[Path]:
+    from ..rundir import is_run
+    from ..sweep import open_sweep
+
+    sweep = open_sweep(root)
+    return [sweep.run_dir(run.name) for run in sweep.runs if is_run(sweep.run_dir(run.name))]
+
+
+def _compare(paths: list[Path], form: str, plot: Optional[Path], by_run: bool) -> None:
     from ..rundir import RunDir
 
     for path in paths:  # a missing or foreign directory is named before the heavy imports
         RunDir.open(path)
     from ..compare import compare
+    from ..stats import group
 
     comparison = compare(paths)
+    grouped = group(comparison)
+    seeds = grouped.repeated and not by_run
     if plot is not None:
-        plot_to(lambda plots: plots.accuracy_curves(comparison, plot))
-    if as_json:
-        print(json.dumps(comparison.as_dict()))
-    elif as_csv:
-        _print_csv(comparison)
+        plot_to(lambda plots: plots.seed_curves(grouped, plot) if seeds else plots.accuracy_curves(comparison, plot))
+    header, rows = render.grouped_cells(grouped) if seeds else render.comparison_cells(comparison)
+    if form == "json":
+        print(json.dumps({**comparison.as_dict(), "groups": grouped.as_dict()["groups"]}))
+    elif form == "csv":
+        _print_csv(*(render.grouped_csv_rows(grouped) if seeds else (header, rows)))
+    elif form == "markdown":
+        print(render.markdown(header, rows))
+    elif form == "latex":
+        print(render.latex(header, rows, len(grouped.differing) if seeds else 1 + len(comparison.differing)))
     else:
-        out.print(render.comparison(comparison))
+        out.print(render.grouped_table(grouped) if seeds else render.comparison(comparison))
 
 
-def _print_csv(comparison) -> None:
+def _print_csv(header, rows) -> None:
     import csv
 
-    header, rows = render.comparison_cells(comparison)
     writer = csv.writer(sys.stdout)
     writer.writerow(header)
     writer.writerows(rows)

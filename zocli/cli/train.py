@@ -15,7 +15,7 @@ from .. import render
 from ..config import ConfigError
 from ._shared import CfgOpt, Opt, app, err, errors, out, precheck
 
-D, M, O, Z, X = "Data", "Model", "Optimisation", "Zeroth order", "Execution"  # help panels
+D, M, O, Z, X, T = "Data", "Model", "Optimisation", "Zeroth order", "Execution", "Tracking"  # help panels
 
 
 @app.command("train")
@@ -66,6 +66,8 @@ def train_cmd(
     eval_batch_size: Annotated[Optional[int], CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,
     save_every: Annotated[Optional[int], CfgOpt("save_every", "Also commit a resumable state every N steps inside a task (0: task ends only).", panel=X)] = None,
     eval_future: Annotated[Optional[bool], CfgOpt("eval_future", "After every task also evaluate the tasks not trained yet (zero-shot): the full accuracy matrix.", "--eval-future/--no-eval-future", panel=X)] = None,
+    report_to: Annotated[Optional[str], CfgOpt("report_to", "Trackers, comma-separated: tensorboard, wandb (offline unless WANDB_MODE is set); output in the run directory.", panel=T)] = None,
+    log_every: Annotated[Optional[int], CfgOpt("log_every", "Every N steps a record (loss, learning rates, ZO acceptance and update norm, step time, images/s) to metrics.jsonl and the trackers; 0: off.", panel=T)] = None,
 ) -> None:
     """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
     flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
@@ -92,11 +94,14 @@ def train_cmd(
                                          zero_shot))
 
 
-RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every")
+RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
 
 
 def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where):
     # Every usage check runs before torch, open_clip and datasets are imported.
+    from ..config import Config
+    from ..tracking import check_available
+
     if resume is not None:
         changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
         if changed or preset or out_dir or overwrite:
@@ -106,6 +111,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         from ..preflight import check_run
 
         check_run(resume, overrides={k: flags[k] for k in RESUMABLE_FLAGS})
+        check_available(Config(report_to=flags["report_to"] or "").trackers)
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from ..train import resume as resume_run
 
@@ -115,6 +121,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
 
     resolved = resolve(preset or [], flags)
     precheck(resolved.config)
+    check_available(resolved.config.trackers)
     target = out_dir or Path("runs") / _default_name(resolved.config)
     from ..preflight import check_fresh_run
 

@@ -1,0 +1,155 @@
+"""`zocli sweep`: a grid of train configurations × seeds, run by a local queue or as a SLURM array."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .. import render
+from ..config import ConfigError
+from ._shared import Opt, app, err, errors, out
+from .train import _graceful_stop
+
+S = "SLURM (with --slurm; needs the slurm extra)"
+
+
+@app.command("sweep")
+def sweep_cmd(
+    grid_file: Annotated[Optional[Path], typer.Argument(metavar="GRID.toml", help="Grid file: presets = [...], seeds = \"0-4\", fixed keys, and \\[grid] KEY = \\[values].")] = None,
+    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", metavar="NAME|FILE", help="Preset of every run; repeatable, applied in order before the grid's.")] = None,
+    grid: Annotated[Optional[list[str]], Opt("--grid", "-g", metavar="KEY=V1,V2", help="An axis of the grid over any train flag (or preset=A,B); repeatable; one value fixes the key.")] = None,
+    seeds: Annotated[Optional[str], Opt("--seeds", metavar="0-4", help="Seeds of every configuration: a range or a list. \\[default: 0, or the grid file's]")] = None,
+    out_dir: Annotated[Optional[Path], Opt("--out", "-o", metavar="DIR", help="Sweep directory; run again to continue it. \\[default: runs/<grid file name> or runs/sweep]")] = None,
+    data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root of every run. \\[default: $ZOCLI_DATA or ~/.cache/zocli]")] = None,
+    devices: Annotated[Optional[str], Opt(metavar="0,1", help="GPUs to use: runs go to them one at a time each (CUDA_VISIBLE_DEVICES).")] = None,
+    jobs: Annotated[int, Opt(metavar="N", min=1, help="Runs at once (per GPU with --devices); CPU runs share the cores.")] = 1,
+    dry_run: Annotated[bool, Opt("--dry-run", metavar="", help="List the runs and their commands; run nothing.")] = False,
+    status: Annotated[bool, Opt("--status", metavar="", help="Show the state of each run of the sweep; run nothing.")] = False,
+    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the sweep's state (or the plan, with --dry-run) as JSON on stdout.")] = False,
+    slurm: Annotated[bool, Opt("--slurm", metavar="", help="Submit the unfinished runs as a SLURM job array (submitit) and return.", rich_help_panel=S)] = False,
+    partition: Annotated[Optional[str], Opt("--slurm-partition", metavar="NAME", help="sbatch --partition.", rich_help_panel=S)] = None,
+    time_min: Annotated[int, Opt("--slurm-time", metavar="MIN", help="sbatch --time per run, minutes; a timed-out run is requeued and resumes.", rich_help_panel=S)] = 24 * 60,
+    gpus: Annotated[int, Opt("--slurm-gpus", metavar="N", help="sbatch --gpus-per-node.", rich_help_panel=S)] = 1,
+    cpus: Annotated[int, Opt("--slurm-cpus", metavar="N", help="sbatch --cpus-per-task.", rich_help_panel=S)] = 8,
+    mem_gb: Annotated[Optional[int], Opt("--slurm-mem", metavar="GB", help="sbatch --mem.", rich_help_panel=S)] = None,
+    account: Annotated[Optional[str], Opt("--slurm-account", metavar="NAME", help="sbatch --account.", rich_help_panel=S)] = None,
+    qos: Annotated[Optional[str], Opt("--slurm-qos", metavar="NAME", help="sbatch --qos.", rich_help_panel=S)] = None,
+    constraint: Annotated[Optional[str], Opt("--slurm-constraint", metavar="EXPR", help="sbatch --constraint.", rich_help_panel=S)] = None,
+    parallel: Annotated[int, Opt("--slurm-parallel", metavar="N", help="Array jobs running at once (--array=...%N).", rich_help_panel=S)] = 256,
+    extra: Annotated[Optional[list[str]], Opt("--slurm-opt", metavar="KEY=VALUE", help="Any other sbatch option (--slurm-opt mail-type=END); repeatable.", rich_help_panel=S)] = None,
+) -> None:
+    """Run a grid of `zocli train` configurations × seeds as named runs under one sweep directory.
+
+    Running it again skips finished runs, resumes interrupted ones and retries failed ones; a failed run
+    does not stop the others; Ctrl-C stops every run at a commit point (again: at once). Compare the runs
+    with `zocli eval SWEEP_DIR` (mean ± std over seeds)."""
+    with errors():
+        from .. import sweep as core
+
+        root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
+        asked = grid_file or preset or grid or seeds
+        if not asked and not (root / core.MANIFEST).is_file():
+            raise ConfigError(f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
+                              f"existing sweep ({root} is not one)")
+        if asked and not status:
+            runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds))
+            where = data_root or os.environ.get("ZOCLI_DATA")
+            if dry_run:
+                _print_plan(core, root, runs, where, as_json)
+                return
+            sweep = core.create(root, runs, where)
+        else:  # continue the sweep already in --out
+            sweep = core.open_sweep(root)
+            if dry_run:
+                _print_plan(core, root, list(sweep.runs), core.data_root(sweep), as_json)
+                return
+        if status:
+            _print_state(core.as_json(sweep), as_json)
+            return
+        if slurm:
+            _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra or [])
+            return
+        final = _run_local(sweep, devices, jobs, quiet=as_json)
+    state = core.as_json(sweep)
+    _print_state(state, as_json)
+    if final["stopped"]:
+        err.print(f"stopped; run the same command again to continue the sweep in {root}", highlight=False)
+        raise typer.Exit(130)
+    if state["counts"]["failed"]:
+        raise typer.Exit(1)
+
+
+def _grid(core, grid_file, presets, items, seeds):
+    base = core.load_grid(grid_file) if grid_file else core.Grid()
+    axes = {**base.axes, **core.parse_axes(items)}
+    return core.Grid((*presets, *base.presets), axes, core.parse_seeds(seeds) if seeds else base.seeds)
+
+
+def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
+    sweep = core.Sweep(root, tuple(runs))
+    plan = [{"name": r.name, "run_dir": str(sweep.run_dir(r.name)), "command": core.command(sweep, r, data_root)[1]}
+            for r in runs]
+    if as_json:
+        print(json.dumps({"sweep": str(root), "runs": plan}))
+        return
+    for item in plan:
+        out.print(f"{item['name']}: {shlex.join(item['command'])}", highlight=False, soft_wrap=True)
+
+
+def _print_state(state: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(state))
+    else:
+        out.print(render.sweep_state(state))
+
+
+def _run_local(sweep, devices: Optional[str], jobs: int, quiet: bool) -> dict:
+    from ..launch import local_slots, run_local
+
+    slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs)
+    total = len(sweep.runs)
+    counter = {"done": 0}
+
+    def on_event(event: dict) -> None:
+        if event["event"] == "skipped":
+            counter["done"] += event["state"] == "finished"
+            line = f"skip {event['name']}: {event['state']}"
+        elif event["event"] == "started":
+            line = f"{event['action']} {event['name']} on {event['slot']}"
+        else:
+            counter["done"] += event["state"] == "finished"
+            line = f"{event['state']} {event['name']}" + (f": {event['error']}" if event["error"] else "") + \
+                   f" · {counter['done']}/{total} finished"
+        if not quiet or event["event"] == "ended" and event["error"]:
+            err.print(line, highlight=False)
+
+    with _graceful_stop(_abort) as should_stop:
+        run_local(sweep, slots, on_event, should_stop)
+        return {"stopped": should_stop()}
+
+
+def _abort() -> None:
+    # A second Ctrl-C: exit now. The runs get SIGTERM as their parent dies — after the SIGINT already
+    # forwarded, a second stop request for them: each aborts at once, its last commit intact.
+    os.write(2, b"aborted; run the same command again to continue the sweep\n")
+    os._exit(130)
+
+
+def _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra) -> None:
+    from ..launch import SlurmOptions, submit
+
+    pairs = [item.partition("=") for item in extra]
+    if any(not sep for _, sep, _ in pairs):
+        raise ConfigError("--slurm-opt takes KEY=VALUE (e.g. --slurm-opt mail-type=END)")
+    options = SlurmOptions(partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel,
+                           {key.replace("-", "_"): value for key, _, value in pairs})
+    jobs = submit(sweep, options)
+    for name, job in jobs:
+        err.print(f"submitted {name}: job {job.job_id}", highlight=False)
+    err.print(f"{len(jobs)} runs submitted; `zocli sweep --out {sweep.root} --status` shows their state",
+              highlight=False)

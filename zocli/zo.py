@@ -232,8 +232,7 @@ def _estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSe
               ) -> tuple[torch.Tensor, float]:
     """`estimate` with ĝ as one (N,) tensor: one draw, three moves and one accumulation per query."""
     base = None if settings.two_sided else loss()
-    grad = torch.zeros(block.size, device=block.params[0].device, dtype=block.params[0].dtype)  # (N,)
-    seen = []
+    grad, seen = None, []
     for query in range(settings.queries):
         z = direction(block, derive_seed(seed, block.name, query))  # (N,), alive for this query only
         _move_(block, z, +1.0)
@@ -247,7 +246,11 @@ def _estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSe
             _move_(block, z, -1.0)
             d = plus - base
         for start, stop, eps in block.runs:
-            grad[start:stop].add_(z[start:stop], alpha=d / (eps * settings.queries))
+            if grad is None:  # the first query's z becomes ĝ in place: no zeros, no extra pass
+                z[start:stop].mul_(d / (eps * settings.queries))
+            else:
+                grad[start:stop].add_(z[start:stop], alpha=d / (eps * settings.queries))
+        grad = z if grad is None else grad  # (N,)
     return grad, (base if base is not None else sum(seen) / len(seen))
 
 
@@ -312,12 +315,15 @@ def _apply_zo(objective: _Counter, blocks: Sequence[Block], updates: list[torch.
     targets, steps = _targets(blocks, updates)
     theta = [t.detach().clone() for t in targets]
     if settings.keeps_best:
-        losses = {}
-        for k in (0.0, -1.0, 1.0):
+        losses = {0.0: loss()}  # at θ, where the parameters are
+        for k in (-1.0, 1.0):
             _set_candidate_(targets, theta, steps, k * lr)
             losses[k] = loss()
         best = min(losses, key=losses.get)  # dict order makes ties go to θ, then θ − ηu
-        _set_candidate_(targets, theta, steps, best * lr)
+        if best == 0.0:
+            _restore_(targets, theta)
+        elif best == -1.0:  # (θ + ηu is where the parameters already are)
+            _set_candidate_(targets, theta, steps, -lr)
         moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
     else:
         before = loss() if probe else None
@@ -343,7 +349,12 @@ def _targets(blocks: Sequence[Block], updates: list[torch.Tensor]) -> tuple[list
 
 def _set_candidate_(params, theta, updates, step: float) -> None:
     for p, t, u in zip(params, theta, updates):
-        p.copy_(t).add_(u, alpha=step)
+        torch.add(t, u, alpha=step, out=p)  # one pass; the same rounding as p.copy_(t).add_(u, alpha=step)
+
+
+def _restore_(params, theta) -> None:
+    for p, t in zip(params, theta):
+        p.copy_(t)
 
 
 def scalar(value: torch.Tensor) -> float:

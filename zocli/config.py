@@ -21,6 +21,7 @@ BRANCH_MODES = ("fo", "zo", "frozen")
 ZO_RULES = ("sgd", "adam", "noise", "random-search")
 LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
+PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.precision)
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
 
 
@@ -75,6 +76,10 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
     eval_batch_size: int = 256
+    # backbone matmuls: of the FO passes and evaluation, and of the ZO forwards (README, "Precision");
+    # auto: the fastest the finite-difference fidelity check passes on the first batch (fp32 on a CPU)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    zo_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
     save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ from .config import Config, ConfigError
 from .loader import eval_loader, select
 from .metrics import summarize
 from .objective import deterministic
+from .precision import at_least_fp32, matmuls
 from .rundir import RunDir
 from .session import Session, open_session
 
@@ -41,12 +42,15 @@ def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
     correct = torch.zeros(task + 1, dtype=torch.long)
     total = torch.zeros(task + 1, dtype=torch.long)
     loss_sum = 0.0
+    precision = session.cfg.precision
     with deterministic(model):
-        text = model.encode("language", session.tokens[:seen].to(device))  # (seen, E)
+        with matmuls(precision, device):
+            text = at_least_fp32(model.encode("language", session.tokens[:seen].to(device)))  # (seen, E)
         loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
         for images, positions in loader:
-            image = model.encode("vision", images.to(device, non_blocking=True))  # (B, E)
-            logits = model.logits(image, text)  # (B, seen)
+            with matmuls(precision, device):
+                image = at_least_fp32(model.encode("vision", images.to(device, non_blocking=True)))  # (B, E)
+            logits = model.logits(image, text)  # (B, seen), fp32
             loss_sum += float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
             predicted = logits.argmax(dim=-1).cpu()  # (B,)
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) task of each true class

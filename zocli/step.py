@@ -32,6 +32,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def zo_precision(cfg: Config) -> str:
+    """The ZO forwards' precision: `auto` is resolved by train's fidelity check on its first batch (and
+    recorded in config.json); anywhere it is still unresolved (memory, probes, benchmarks) it is fp32."""
+    return "fp32" if cfg.zo_precision == "auto" else cfg.zo_precision
+
+
 def settings(cfg: Config) -> ZOSettings:
     return ZOSettings(two_sided=cfg.estimator == "two-sided", queries=cfg.queries, sign=cfg.sign,
                       conservative=cfg.conservative, rule=cfg.zo_rule)
@@ -101,7 +107,8 @@ class Stepper:
         self.chunk = cfg.zo_chunk or DEFAULT_ZO_CHUNK
 
     def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
-        return ClipObjective(self.model, images, labels, tokens, self.not_fo, self.chunk)
+        return ClipObjective(self.model, images, labels, tokens, self.not_fo, self.chunk, self.cfg.precision,
+                             zo_precision(self.cfg))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int,
              probe: bool = False) -> StepStats:

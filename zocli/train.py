@@ -20,6 +20,8 @@ import torch
 from . import __version__, checkpoint
 from .config import Config, ConfigError, Resolved
 from .evaluate import evaluate_seen, restore
+from .fidelity import choose_zo_precision
+from .fidelity import notes as fidelity_notes
 from .loader import select, train_loader
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
@@ -59,10 +61,14 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
     session = open_session(cfg)
     # Everything config.json holds is computed before the directory is touched: a bad value found
-    # here (a --layers-n too large for the model, say) must not leave a half-created run behind.
-    notes = _zo_notes(session)
+    # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
+    # the first batch) must not leave a half-created run behind.
+    resolved, fidelity = choose_zo_precision(session, resolved)
+    cfg = session.cfg = resolved.config
+    notes = fidelity_notes(fidelity, cfg.zo_precision) + _zo_notes(session)
     identity = {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
-                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes}
+                "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes,
+                "zo_fidelity": fidelity.as_dict() if fidelity is not None else None}
     with RunDir.create(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})

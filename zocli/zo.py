@@ -19,6 +19,7 @@ Every ZO loss goes through `Objective.loss_fn`, so a multi-GPU reduction would l
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
@@ -61,32 +62,27 @@ class Block:
     eps: tuple[float, ...]  # per parameter: a joint block mixes the branches' ε
     flat: torch.Tensor | None = None  # (N,): the parameters' storage, when they are views into one buffer
     runs: tuple[tuple[int, int, float], ...] = field(init=False)  # (start, stop, ε) of equal-ε stretches
+    starts: tuple[int, ...] = field(init=False)  # each parameter's offset in the (N,) layout
 
     def __post_init__(self) -> None:
-        runs, start = [], 0
-        for param, eps in zip(self.params, self.eps):
-            stop = start + param.numel()
+        starts = tuple(itertools.accumulate((p.numel() for p in self.params), initial=0))
+        runs = []
+        for start, stop, eps in zip(starts, starts[1:], self.eps):
             if runs and runs[-1][2] == eps:
                 runs[-1] = (runs[-1][0], stop, eps)
             elif stop > start:
                 runs.append((start, stop, eps))
-            start = stop
         object.__setattr__(self, "runs", tuple(runs))
+        object.__setattr__(self, "starts", starts)
 
     @property
     def size(self) -> int:
-        return sum(p.numel() for p in self.params)
+        return self.starts[-1]
 
     def is_flat(self) -> bool:
         """Whether the parameters still live in `flat` (moving the model to a device rebinds them)."""
-        if self.flat is None:
-            return False
-        base, offset = self.flat.data_ptr(), 0
-        for p in self.params:
-            if p.data_ptr() != base + offset * self.flat.element_size():
-                return False
-            offset += p.numel()
-        return True
+        base, width = (self.flat.data_ptr(), self.flat.element_size()) if self.flat is not None else (0, 0)
+        return self.flat is not None and all(p.data_ptr() == base + i * width for p, i in zip(self.params, self.starts))
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Views of a (N,) tensor shaped like the parameters, in order."""
@@ -207,10 +203,10 @@ def direction(block: Block, seed: int) -> torch.Tensor:
 
 def perturb_(block: Block, seed: int, scale: float) -> None:
     """θ_p += scale · ε_p · z_p in place, z regenerated from `seed`."""
-    _move_(block, direction(block, seed), scale)
+    move_(block, direction(block, seed), scale)
 
 
-def _move_(block: Block, z: torch.Tensor, scale: float) -> None:
+def move_(block: Block, z: torch.Tensor, scale: float) -> None:
     """θ += scale · ε · z: one kernel per equal-ε run of a flat block, else one per tensor."""
     if block.is_flat():
         for start, stop, eps in block.runs:
@@ -235,15 +231,15 @@ def _estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSe
     grad, seen = None, []
     for query in range(settings.queries):
         z = direction(block, derive_seed(seed, block.name, query))  # (N,), alive for this query only
-        _move_(block, z, +1.0)
+        move_(block, z, +1.0)
         plus = loss()
         if settings.two_sided:
-            _move_(block, z, -2.0)
+            move_(block, z, -2.0)
             minus = loss()
-            _move_(block, z, +1.0)
+            move_(block, z, +1.0)
             d, seen = (plus - minus) / 2.0, seen + [plus, minus]
         else:
-            _move_(block, z, -1.0)
+            move_(block, z, -1.0)
             d = plus - base
         for start, stop, eps in block.runs:
             if grad is None:  # the first query's z becomes ĝ in place: no zeros, no extra pass
@@ -258,7 +254,7 @@ def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
     """The parameter arithmetic of `estimate` without its forwards: +εz, −2εz, +εz is not exact in
     floating point, and a skipped estimate must leave θ bit-identical to a measured one."""
     for scale in ((1.0, -2.0, 1.0) if settings.two_sided else (1.0, -1.0)):
-        _move_(block, z, scale)
+        move_(block, z, scale)
 
 
 def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: torch.optim.Optimizer | None,
@@ -320,10 +316,8 @@ def _apply_zo(objective: _Counter, blocks: Sequence[Block], updates: list[torch.
             _set_candidate_(targets, theta, steps, k * lr)
             losses[k] = loss()
         best = min(losses, key=losses.get)  # dict order makes ties go to θ, then θ − ηu
-        if best == 0.0:
-            _restore_(targets, theta)
-        elif best == -1.0:  # (θ + ηu is where the parameters already are)
-            _set_candidate_(targets, theta, steps, -lr)
+        if best != 1.0:  # θ + ηu is where the parameters already are
+            _set_candidate_(targets, theta, steps, best * lr)
         moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
     else:
         before = loss() if probe else None
@@ -350,11 +344,6 @@ def _targets(blocks: Sequence[Block], updates: list[torch.Tensor]) -> tuple[list
 def _set_candidate_(params, theta, updates, step: float) -> None:
     for p, t, u in zip(params, theta, updates):
         torch.add(t, u, alpha=step, out=p)  # one pass; the same rounding as p.copy_(t).add_(u, alpha=step)
-
-
-def _restore_(params, theta) -> None:
-    for p, t in zip(params, theta):
-        p.copy_(t)
 
 
 def scalar(value: torch.Tensor) -> float:

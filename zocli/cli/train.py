@@ -60,6 +60,8 @@ def train_cmd(
     granularity: Annotated[Optional[str], CfgOpt("granularity", "Finite differences per step: one per ZO branch, one joint, or one per layer.", panel=Z)] = None,
     zo_chunk: Annotated[Optional[int], CfgOpt("zo_chunk", "Images per ZO forward micro-batch (bounds activation memory).", panel=Z)] = None,
     seed: Annotated[Optional[int], CfgOpt("seed", "Seed of adapter init, data order, crops and ZO directions.", panel=X)] = None,
+    precision: Annotated[Optional[str], CfgOpt("precision", "Backbone matmuls of FO passes and evaluation (tf32 is fp32 on a CPU).", panel=X)] = None,
+    zo_precision: Annotated[Optional[str], CfgOpt("zo_precision", "Backbone matmuls of ZO forwards; auto: the fastest that passes the fidelity check on the first batch.", panel=X)] = None,
     device: Annotated[Optional[str], CfgOpt("device", "auto (CUDA when present), cpu, cuda or cuda:N.", panel=X)] = None,
     workers: Annotated[Optional[int], CfgOpt("workers", "Data-loading processes.", panel=X)] = None,
     eval_batch_size: Annotated[Optional[int], CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,

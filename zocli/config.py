@@ -80,6 +80,9 @@ class Config:
     # auto: the fastest the finite-difference fidelity check passes on the first batch (fp32 on a CPU)
     precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     zo_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    # where images are cropped and resized: cpu workers, or on the device in batches (small-image benchmarks);
+    # auto: device on CUDA for cifar100/tinyimg/testbed/digits, else cpu
+    input_pipeline: Literal["auto", "cpu", "device"] = "auto"
     save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
 
     def __post_init__(self) -> None:

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_task, read_manifest
 from .config import Config, ConfigError
-from .loader import eval_loader, select
+from .loader import select
 from .metrics import summarize
 from .objective import deterministic
 from .precision import at_least_fp32, matmuls
 from .rundir import RunDir
-from .session import Session, open_session
+from .session import Session, eval_batches, open_session
 
 # What a checkpoint pins: the model and protocol its adapters were trained for.
 MODEL_KEYS = ("benchmark", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank", "lora_alpha")
@@ -46,7 +46,7 @@ def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
     with deterministic(model):
         with matmuls(precision, device):
             text = at_least_fp32(model.encode("language", session.tokens[:seen].to(device)))  # (seen, E)
-        loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
+        loader = eval_batches(session, rows, session.cfg.eval_batch_size)
         for images, positions in loader:
             with matmuls(precision, device):
                 image = at_least_fp32(model.encode("vision", images.to(device, non_blocking=True)))  # (B, E)

@@ -20,11 +20,12 @@ import torch.nn.functional as F
 
 from .attach import AdaptedCLIP
 from .config import Config, ConfigError, Resolved
-from .loader import select, train_loader
+from .loader import select
 from .objective import ClipObjective
 from .plan import zo_units
 from .precision import zo_default
 from .rng import derive_seed
+from .session import train_batches
 from .step import DEFAULT_ZO_CHUNK, make_blocks
 from .zo import Block, direction, move_
 
@@ -199,8 +200,8 @@ def first_batch(session, cfg: Config):
 def _batches(session, cfg: Config, task: int, count: int, key: tuple | None = None):
     first, last = session.split.bounds(task)
     rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_loader(session.train, rows, cfg.batch_size, max(1, cfg.epochs), key or (cfg.seed, task, "fidelity"),
-                          0, max_steps=count)
+    loader = train_batches(session, rows, cfg.batch_size, cfg.epochs, key or (cfg.seed, task, "fidelity"),
+                           max_steps=count, workers=0)
     for images, labels in loader:
         yield images.to(session.device), (labels - first).to(session.device), session.tokens[first:last]
 

@@ -22,12 +22,12 @@ from .config import Config, ConfigError, Resolved
 from .evaluate import evaluate_seen, restore
 from .fidelity import choose_zo_precision
 from .fidelity import notes as fidelity_notes
-from .loader import select, train_loader
+from .loader import select
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
 from .rundir import Interrupted, RunDir, RunDirError, read_json
-from .session import Session, open_session, overview
+from .session import Session, open_session, overview, train_batches
 from .step import Stepper, make_blocks, zo_notes
 
 Event = dict[str, Any]
@@ -188,8 +188,7 @@ def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.T
     stepper, tokens = Stepper(model, cfg), session.tokens[first:last]
     start, history = _restore_state(session, run_dir, stepper, state)
     rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_loader(session.train, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), session.workers,
-                          start=start, max_steps=cfg.max_steps, pin=session.device.type == "cuda")
+    loader = train_batches(session, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), start, cfg.max_steps)
     total = start + len(loader)
     emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": last - first})
     model.train()

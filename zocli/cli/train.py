@@ -64,6 +64,7 @@ def train_cmd(
     zo_precision: Annotated[Optional[str], CfgOpt("zo_precision", "Backbone matmuls of ZO forwards; auto: the fastest that passes the fidelity check on the first batch.", panel=X)] = None,
     device: Annotated[Optional[str], CfgOpt("device", "auto (CUDA when present), cpu, cuda or cuda:N.", panel=X)] = None,
     workers: Annotated[Optional[int], CfgOpt("workers", "Data-loading processes.", panel=X)] = None,
+    input_pipeline: Annotated[Optional[str], CfgOpt("input_pipeline", "Crop and resize in CPU workers, or on the device in batches (small-image benchmarks); auto: device on CUDA when it can.", panel=X)] = None,
     eval_batch_size: Annotated[Optional[int], CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,
     save_every: Annotated[Optional[int], CfgOpt("save_every", "Also commit a resumable state every N steps inside a task (0: task ends only).", panel=X)] = None,
 ) -> None:

@@ -151,8 +151,7 @@ class ZOAdam:
     BETAS, EPS = (0.9, 0.999), 1e-8
 
     def __init__(self, params: Sequence[torch.Tensor], blocks: Sequence[Block] | None = None):
-        """`params`: tensors shaped like what `direction` receives; `blocks`: saved per parameter of these
-        blocks when each tensor is one block's (N,) estimate (see `for_blocks`)."""
+        """`params` shaped like what `direction` receives; `blocks`: see `for_blocks`."""
         self.t, self.blocks = 0, blocks
         self.m = [torch.zeros_like(p) for p in params]
         self.v = [torch.zeros_like(p) for p in params]
@@ -262,12 +261,11 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
                 probe: bool = False) -> StepStats:
     """One step of DESIGN §6 on the objective's batch; `seed` names this step's directions.
 
-    `adam` holds the moments when settings.rule is "adam" (one (N,) tensor per block: `ZOAdam.for_blocks`);
-    `probe` also measures the cosine between the applied ZO update and the exact gradient of the ZO units
-    (one extra forward and backward)."""
+    `adam` holds the moments when settings.rule is "adam" (`ZOAdam.for_blocks`); `probe` also measures the
+    cosine between the applied ZO update and the exact gradient of the ZO units (one forward + backward)."""
     counter = _Counter(objective)
     fo_loss = counter.fo_backward()
-    fo_grad_norm = _grad_norm(fo_optimizer)
+    fo_grad_norm = _grad_norm(fo_optimizer)  # a tensor: read with the ZO norm, in one host sync
     zo_losses, updates = [], []  # updates: one (N,) tensor per block
     for block in blocks:
         if settings.estimates(len(blocks)):
@@ -289,7 +287,8 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
     loss = fo_loss if fo_loss is not None else (sum(zo_losses) / len(zo_losses) if zo_losses else zo.before)
     if loss is None:  # nothing measured a loss (every unit frozen, or an unprobed noise step): measure it
         loss = counter.loss_fn(())()
-    return StepStats(loss, fo_grad_norm, zo_lr * _norm(updates) if zo.moved else 0.0, zo.moved, counter.count,
+    fo_grad_norm, zo_norm = _floats(fo_grad_norm, _norm_of(updates) if zo.moved else None)
+    return StepStats(loss, fo_grad_norm, zo_lr * zo_norm, zo.moved, counter.count,
                      zo.delta, zo.cosine, "train_mode" if fo_loss is not None else "deterministic")
 
 
@@ -330,15 +329,8 @@ def _apply_zo(objective: _Counter, blocks: Sequence[Block], updates: list[torch.
 
 def _targets(blocks: Sequence[Block], updates: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """What the update writes to, paired with its piece of u: a flat block's buffer whole, else each tensor."""
-    targets, steps = [], []
-    for block, u in zip(blocks, updates):
-        if block.is_flat():
-            targets.append(block.flat)
-            steps.append(u)
-        else:
-            targets.extend(block.params)
-            steps.extend(block.split(u))
-    return targets, steps
+    pairs = [([b.flat], [u]) if b.is_flat() else (list(b.params), b.split(u)) for b, u in zip(blocks, updates)]
+    return [t for ts, _ in pairs for t in ts], [u for _, us in pairs for u in us]
 
 
 def _set_candidate_(params, theta, updates, step: float) -> None:
@@ -351,21 +343,30 @@ def scalar(value: torch.Tensor) -> float:
     return 0.0 if value.is_meta else float(value.detach())
 
 
-def _grad_norm(optimizer: torch.optim.Optimizer | None) -> float:
+def _grad_norm(optimizer: torch.optim.Optimizer | None) -> torch.Tensor | None:
     if optimizer is None:
-        return 0.0
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    return _norm(grads)
+        return None
+    return _norm_of([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
 
 def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float | None:
     dot = sum((x.double() * y.double()).sum() for x, y in zip(a, b))
-    norms = _norm(a) * _norm(b)
-    return scalar(dot) / norms if norms > 0 else None
+    norm_a, norm_b = _floats(_norm_of(a), _norm_of(b))
+    return scalar(dot) / (norm_a * norm_b) if norm_a * norm_b > 0 else None
 
 
-def _norm(tensors: Sequence[torch.Tensor]) -> float:
-    return scalar(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors))) if tensors else 0.0
+def _norm_of(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """‖tensors‖₂ accumulated in float64, as a 0-d tensor on their device (no host sync)."""
+    if not tensors:
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]))
+
+
+def _floats(*values: torch.Tensor | None) -> list[float]:
+    """0-d tensors as floats with one host sync between them; None (nothing measured) and meta read as 0."""
+    present = [v for v in values if v is not None and not v.is_meta]
+    read = iter(torch.stack([v.to(present[0].device) for v in present]).tolist() if present else [])
+    return [next(read) if v is not None and not v.is_meta else 0.0 for v in values]
 
 
 class _Counter:

@@ -61,3 +61,20 @@ def test_train_refuses_a_failing_zo_precision_before_creating_the_run(digits_roo
         run(resolved, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert classify(failed.value)[0] == 2  # a usage error on the command line
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_check_on_cuda_measures_tf32_and_bf16_against_fp32():
+    from zocli.attach import build_model
+
+    cfg = tiny_config(device="cuda", **DUAL)
+    model = build_model(cfg, "cuda")
+    images, labels, tokens = synthetic_batch(model, benchmarks.get(cfg.benchmark), 8, 2, "cuda")
+    images.normal_()
+    report = fidelity.measure(model, cfg, [(images, labels, tokens)], ["tf32", "bf16"], 4, seed=0)
+    assert [row.precision for row in report.precisions] == ["fp32", "tf32", "bf16"]
+    assert all(b.rel_error_fp64 is None for row in report.precisions for b in row.blocks)  # no fp64 on CUDA
+    for row in report.precisions:
+        rule = all(b.rel_error <= report.max_rel_error and b.cosine >= report.min_cosine for b in row.blocks)
+        assert row.passed == (row.precision == "fp32" or rule)

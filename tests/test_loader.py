@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from zocli import benchmarks, data
@@ -31,3 +32,15 @@ def test_auto_pipeline():
     assert pipeline_for("auto", "imgr", torch.device("cuda")) == "cpu"
     assert pipeline_for("auto", "cifar100", torch.device("cpu")) == "cpu"
     assert pipeline_for("device", "digits", torch.device("cpu")) == "device"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_device_batches_equal_the_cpu_device_path(testbed_root):
+    bench = benchmarks.get("testbed")
+    images = TaskImages(data.load(bench, testbed_root)["test"], positions_of(bench.order), SPEC)
+    keys = [(row, 7 * row) for row in range(32)] + [(row, None) for row in range(32, 40)]
+    on_cpu, labels = DeviceImages(images, torch.device("cpu")).batch(keys)
+    on_cuda, cuda_labels = DeviceImages(images, torch.device("cuda")).batch(keys)
+    assert on_cuda.is_cuda and torch.equal(labels, cuda_labels)
+    assert float((on_cuda.cpu() - on_cpu).abs().max()) < 0.02  # the same float algorithm, ±1 level of rounding

@@ -600,3 +600,22 @@ def test_flat_block_falls_back_when_its_parameters_are_rebound():
     theta = [p.clone() for p in block.params]
     perturb_(block, 3, 1.0)
     assert all(not torch.equal(p, t) for p, t in zip(block.params, theta))  # every tensor moved, not the stale buffer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flat_block_on_cuda_matches_the_per_tensor_path():
+    results = []
+    for fuse in (False, True):
+        toy = Toy(torch.float32)
+        for ps in toy.params.values():
+            for p in ps:
+                p.data = p.data.cuda()
+        toy.x, toy.y = toy.x.cuda(), toy.y.cuda()
+        block = zo.flatten_(toy.block()) if fuse else toy.block()
+        assert block.is_flat() == fuse
+        adam = ZOAdam.for_blocks([block])
+        for step in range(3):
+            hybrid_step(ToyObjective(toy), [block], None, 0.05, ZOSettings(rule="adam"), derive_seed("cuda", step), adam)
+        results.append(flat(toy.zo_params()).cpu())
+    assert torch.allclose(results[0], results[1], rtol=0, atol=1e-6)

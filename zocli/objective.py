@@ -88,7 +88,8 @@ class ClipObjective:
     # -- pieces ----------------------------------------------------------------------------------
 
     def _features(self, branch: str) -> torch.Tensor:
-        """Detached features of a tower at θ, computed deterministically once and then reused."""
+        """Detached features of a tower at θ, computed deterministically once and then reused (at the
+        precision of the pass that first needs them: a ± pair shares them, so d is unaffected)."""
         if branch not in self.features:
             with torch.no_grad(), deterministic(self.model):
                 self.features[branch] = torch.cat([self.model.encode(branch, x) for x in self._pieces(branch)])

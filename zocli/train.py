@@ -106,7 +106,8 @@ def resume(run_root: Path, overrides: dict[str, Any] | None = None,
 
 def _saved_config(run_dir: RunDir) -> Config:
     try:
-        return Config(**run_dir.saved()["config"])
+        # runs from before --input-pipeline decoded and cropped on the CPU: a resume keeps that
+        return Config(**{"input_pipeline": "cpu", **run_dir.saved()["config"]})
     except (TypeError, ConfigError) as exc:  # unknown or missing keys, bad values: the file was edited
         raise RunDirError(f"{run_dir.config}: the saved config is not valid ({exc})") from None
 

@@ -7,7 +7,8 @@ precision) — 1.0 means the step costs only its forwards; ZO forwards that reus
 below it — and "own" = step time / the time spent inside the step's own loss evaluations and FO pass
 as they actually ran (cached): what is left above 1.0 is ZO arithmetic, optimizers and overhead. With --flops, FLOPs per step are counted (torch.utils.flop_counter) and on CUDA reported as
 achieved TFLOP/s and % of the device's dense peak for the precision (H100: fp32 67, tf32 495, bf16 989).
---pipeline times the input pipeline alone (the train loader, images/s) on prepared benchmarks.
+--pipeline times the input pipeline alone (images/s; cpu workers, and the device path where it applies)
+on prepared benchmarks.
     python benchmarks/step_time.py --model ViT-B-16 --batch-size 8 --configs fo,dual,vision,language --steps 1
     python benchmarks/step_time.py --model zocli-tiny --batch-size 64 --configs fo,dual --flops
     python benchmarks/step_time.py --model zocli-tiny --configs fo --pipeline testbed,digits --data-root DIR
@@ -29,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from zocli import benchmarks  # noqa: E402
 from zocli.attach import build_model  # noqa: E402
 from zocli.config import resolve  # noqa: E402
+from zocli.loader import DEVICE_BENCHMARKS  # noqa: E402
 from zocli.memory import plan_for, synthetic_batch  # noqa: E402
 from zocli.objective import ClipObjective  # noqa: E402
 from zocli.precision import peak_tflops  # noqa: E402
@@ -104,20 +106,22 @@ def step_flops(stepper: Stepper, images, labels, tokens, lr: float) -> int:
     return counter.get_total_flops()
 
 
-def pipeline_rate(name: str, data_root: str, model, batch_size: int, workers: int, batches: int) -> float:
-    """Images/s of the training loader alone (decode, crop, resize, normalise), task 0 of `name`."""
-    from zocli.loader import select, train_loader
-    from zocli.session import open_session
+def pipeline_rate(name: str, pipeline: str, args, device: torch.device, batches: int = 8) -> float:
+    """Images/s of the training input pipeline alone (decode, crop, resize, normalise), task 0 of `name`."""
+    from zocli.loader import select
+    from zocli.session import open_session, train_batches
 
-    session = open_session(resolve([], {"benchmark": name, "model": model, "pretrained": "none", "device": "cpu",
-                                        "data_root": data_root, "inc": benchmarks.get(name).n_classes}).config)
+    session = open_session(resolve([], {"benchmark": name, "model": args.model, "pretrained": "none",
+                                        "device": str(device), "data_root": args.data_root, "workers": args.workers,
+                                        "inc": benchmarks.get(name).n_classes, "input_pipeline": pipeline}).config)
     rows = select(session.train_labels, session.train.position, 0, session.split.bounds(0)[1])
-    loader = train_loader(session.train, rows, batch_size, 1, (0, "bench"), workers, max_steps=batches + 1)
-    it = iter(loader)
-    next(it)  # worker start-up is not the pipeline's rate
+    it = iter(train_batches(session, rows, args.batch_size, 1, (0, "bench"), max_steps=batches + 1))
+    next(it)  # worker start-up, and the device pipeline's one-time decode, are not the rate
     began, seen = time.perf_counter(), 0
     for images, _ in it:
+        images = images.to(device, non_blocking=True)
         seen += len(images)
+    sync(device)
     return seen / (time.perf_counter() - began)
 
 
@@ -151,12 +155,13 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{args.model} {args.adapter} batch {args.batch_size} on {name}, precision {args.precision}, ZO "
           f"{args.zo_precision}, {args.threads} threads, torch {torch.__version__}")
-    forward = forward_seconds(model, cfg, images, labels, tokens, device, max(1, args.steps))
+    configs = [c for c in args.configs.split(",") if c]  # --configs "": the input pipeline alone
+    forward = forward_seconds(model, cfg, images, labels, tokens, device, max(1, args.steps)) if configs else 0.0
     print(f"one full forward (both towers, no grad): {forward:.3f} s")
     print(f"{'config':>10} {'s/step':>8} {'img/s':>8} {'forwards':>8} {'x FO':>6} {'floor':>6} {'own':>6} "
           f"{'GFLOP/step':>11} {'TFLOP/s':>8} {'% peak':>7}  peak RSS")
     base = None
-    for config in args.configs.split(","):
+    for config in configs:
         run_cfg = replace(cfg, **plan_for(config))
         stepper = Stepper(model, run_cfg)
         stats = stepper.step(images, labels, tokens, cfg.lr, seed=0)  # warm-up
@@ -177,8 +182,10 @@ def main() -> None:
               f"{_fmt(flops and flops / 1e9, '11.1f')} {_fmt(achieved, '8.2f')} "
               f"{_fmt(achieved and peak and 100 * achieved / peak, '6.1f')}%  {rss:,.0f} MiB".replace("–%", "– "))
     for bench_name in filter(None, args.pipeline.split(",")):
-        rate = pipeline_rate(bench_name, args.data_root, args.model, args.batch_size, args.workers, batches=8)
-        print(f"input pipeline {bench_name} (cpu, {args.workers} workers, {args.model} image size): {rate:,.0f} images/s")
+        for pipeline in ("cpu", "device") if bench_name in DEVICE_BENCHMARKS else ("cpu",):
+            rate = pipeline_rate(bench_name, pipeline, args, device)
+            print(f"input pipeline {bench_name} {pipeline:>6} ({args.workers} workers, {model.image_size} px, "
+                  f"batch {args.batch_size}): {rate:,.0f} images/s")
 
 
 def _fmt(value, spec: str) -> str:

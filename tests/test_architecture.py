@@ -19,13 +19,13 @@ LAYERS = {
     # 0: configuration and pure helpers
     "__init__": 0, "config": 0, "metrics": 0, "rng": 0, "plan": 0, "world": 0, "paper": 0,
     # 1: math, no I/O
-    "adapters": 1, "zo": 1, "benchmarks": 1,
+    "adapters": 1, "zo": 1, "benchmarks": 1, "precision": 1,
     # 2: the model and the disk
     "backbone": 2, "attach": 2, "data": 2, "dirswap": 2, "loader": 2, "checkpoint": 2, "rundir": 2, "objective": 2,
     "preflight": 2, "hub": 2, "userdata": 2, "sweep": 2,
     # 3: the jobs
     "step": 3, "session": 3, "evaluate": 3, "train": 3, "probe": 3, "memory": 3, "compare": 3, "plots": 3,
-    "pretrain": 3, "tracking": 3, "launch": 3, "stats": 3,
+    "pretrain": 3, "tracking": 3, "launch": 3, "stats": 3, "fidelity": 3,
     # 4: the command line (render builds the Rich tables cli.py prints)
     "cli": 4, "__main__": 4, "render": 4,
 }

@@ -1,5 +1,6 @@
 """zocli.data: prepare -> load round trips from every kind of source, offline and fast."""
 
+import io
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before datasets is imported: the hub must never be contacted
@@ -335,3 +336,20 @@ def test_a_live_prepares_temporary_directory_is_left_alone(tmp_path):
     (live / "work").mkdir(parents=True)
     data.prepare(bench, tmp_path)
     assert live.is_dir() and len(data.load(bench, tmp_path)["test"]) == 360
+
+
+def test_large_photos_are_stored_pre_resized_for_imgr():
+    """imgr's prepared copy holds each photo with its shorter side at PRESIZE (a small JPEG a worker
+    decodes fast); smaller images, and other benchmarks, are kept as they came."""
+    def encoded(size, mode="RGB", fmt="PNG") -> dict:
+        buffer = io.BytesIO()
+        PIL.Image.new(mode, size, 90).save(buffer, format=fmt)
+        return {"bytes": buffer.getvalue(), "path": None}
+
+    big, small = encoded((900, 600)), encoded((200, 150))
+    shrunk = data._rgb(big, data.PRESIZE)
+    with PIL.Image.open(io.BytesIO(shrunk["bytes"])) as im:
+        assert (im.format, im.size, im.mode) == ("JPEG", (384, 256), "RGB")
+    assert data._rgb(small, data.PRESIZE) is small and data._rgb(big) is big  # nothing to shrink; not imgr
+    with PIL.Image.open(io.BytesIO(data._rgb(encoded((200, 150), "L"), data.PRESIZE)["bytes"])) as im:
+        assert (im.format, im.mode) == ("PNG", "RGB")  # small grayscale: converted losslessly, not shrunk

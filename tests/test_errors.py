@@ -123,6 +123,8 @@ CASES = [
     ("prepare-digits-source", ["prepare", "--benchmark", "digits", "--source", "{tmp}",
                                "--data-root", "{tmp}/prep"], 1, ["--source does not apply"]),
     ("presets-show-unknown", ["presets", "show", "nope"], 2, ["unknown preset 'nope'"]),
+    ("probe-precision-unknown", ["probe-variance", "--preset", "digits-demo", "--precision", "fp32,fp16"], 2,
+     ["--precision takes a comma list of fp32, tf32, bf16"]),
     ("memory-unknown-config", ["memory", "--preset", "digits-demo", "--configs", "fo,bogus"], 2,
      ["unknown memory config 'bogus'"]),
 ]

@@ -23,6 +23,7 @@ LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
 TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
+PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.precision)
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
 
 
@@ -81,6 +82,13 @@ class Config:
     workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
     eval_batch_size: int = 256
     eval_future: bool = False  # also evaluate the tasks not trained yet: the matrix's upper triangle
+    # backbone matmuls: of the FO passes and evaluation, and of the ZO forwards (README, "Precision");
+    # auto: the fastest the finite-difference fidelity check passes on the first batch (fp32 on a CPU)
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
+    zo_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
+    # where images are cropped and resized: cpu workers, or on the device in batches (small-image benchmarks);
+    # auto: device on CUDA for cifar100/tinyimg/testbed/digits, else cpu
+    input_pipeline: Literal["auto", "cpu", "device"] = "auto"
     save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
     # tracking: what is watched, never what a run is (comparisons and seed groups ignore it)
     report_to: str = ""  # comma-separated trackers: tensorboard, wandb

@@ -28,6 +28,7 @@ from .benchmarks import GENERATED, Benchmark
 from .preflight import dataset_dir, prepare_command  # noqa: F401  (dataset_dir is part of this module's API)
 
 Progress = Callable[[str], None]
+PRESIZE = 256  # imgr's stored shorter side: train crops keep ≥ 90 % of the area, so they still shrink to 224
 SPLIT_SEED = 1993  # ImageNet-R's fixed per-class 80/20 split (DESIGN §4)
 TESTBED_SEED = 0  # the one world the benchmark is drawn from: every copy of `testbed` is identical
 TESTBED_PER_CLASS = {"train": 60, "test": 20}  # 6,000 + 2,000 images, CIFAR-100-shaped at a CPU's scale
@@ -160,12 +161,13 @@ def normalize(ds: Dataset, bench: Benchmark, image_col: str, label_col: str,
                lookup: Mapping | None, cache: Path) -> Dataset:
     """Keep only image + label, map labels through `lookup` (source value -> class index), force RGB."""
     raw = Features({"image": Image(decode=False), "label": _features(bench)["label"]})
+    shorter = PRESIZE if bench.name == "imgr" else None  # large photos: a small copy, decoded fast by workers
     ds = ds.select_columns([image_col, label_col])
     ds = ds.cast_column(image_col, Image(decode=False))  # cells stay encoded: RGB ones are copied as-is
 
     def convert(batch: dict) -> dict:
         labels = batch[label_col] if lookup is None else [lookup[v] for v in batch[label_col]]
-        return {"image": [_rgb(cell) for cell in batch[image_col]], "label": labels}
+        return {"image": [_rgb(cell, shorter) for cell in batch[image_col]], "label": labels}
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     ds = ds.map(convert, batched=True, remove_columns=ds.column_names, features=raw,
@@ -173,18 +175,26 @@ def normalize(ds: Dataset, bench: Benchmark, image_col: str, label_col: str,
     return ds.cast_column("image", Image())
 
 
-def _rgb(cell: dict) -> dict:
-    """The encoded image unchanged if it is RGB, else re-encoded as an RGB PNG (lossless)."""
+def _rgb(cell: dict, shorter: int | None = None) -> dict:
+    """The encoded image unchanged if it is RGB (and its shorter side ≤ `shorter`), else re-encoded as an
+    RGB PNG (lossless), or, shrunk to `shorter` px on the shorter side, as a quality-95 JPEG."""
     try:
-        # PIL.Image.open reads only the header, so checking the mode costs no decode.
+        # PIL.Image.open reads only the header, so checking the mode and size costs no decode.
         with PIL.Image.open(io.BytesIO(cell["bytes"]) if cell["bytes"] else cell["path"]) as im:
-            if im.mode == "RGB":
+            large = shorter is not None and min(im.size) > shorter
+            if im.mode == "RGB" and not large:
                 return cell
             rgb = im.convert("RGB")
     except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
         raise SourceError(f"cannot read image {cell.get('path') or '<bytes>'}: {exc}") from None
     buffer = io.BytesIO()
-    rgb.save(buffer, format="PNG")
+    if large:
+        scale = shorter / min(rgb.size)
+        rgb = rgb.resize((max(shorter, round(rgb.width * scale)), max(shorter, round(rgb.height * scale))),
+                         PIL.Image.Resampling.BICUBIC, reducing_gap=None)
+        rgb.save(buffer, format="JPEG", quality=95)
+    else:
+        rgb.save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}
 
 

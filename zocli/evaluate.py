@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 from .checkpoint import CheckpointError, load_task, read_manifest
 from .config import Config, ConfigError
-from .loader import eval_loader, select
+from .loader import select
 from .metrics import summarize
 from .objective import deterministic
+from .precision import at_least_fp32, matmuls
 from .rundir import RunDir
-from .session import Session, open_session
+from .session import Session, eval_batches, open_session
 
 # What a checkpoint pins: the model and protocol its adapters were trained for.
 MODEL_KEYS = ("benchmark", "class_order", "inc", "base", "prompt", "model", "pretrained", "adapter", "lora_rank",
@@ -65,12 +66,15 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
     correct = torch.zeros(len(tasks), dtype=torch.long)
     total = torch.zeros(len(tasks), dtype=torch.long)
     loss_sum = 0.0
+    precision = session.cfg.precision
     with deterministic(model):
-        text = model.encode("language", session.tokens[:classes].to(device))  # (classes, E)
-        loader = eval_loader(test, rows, session.cfg.eval_batch_size, session.workers, pin=device.type == "cuda")
+        with matmuls(precision, device):
+            text = at_least_fp32(model.encode("language", session.tokens[:classes].to(device)))  # (classes, E)
+        loader = eval_batches(session, rows, session.cfg.eval_batch_size)
         for images, positions in loader:
-            image = model.encode("vision", images.to(device, non_blocking=True))  # (B, E)
-            logits = model.logits(image, text)  # (B, classes)
+            with matmuls(precision, device):
+                image = at_least_fp32(model.encode("vision", images.to(device, non_blocking=True)))  # (B, E)
+            logits = model.logits(image, text)  # (B, classes), fp32
             loss_sum += float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
             predicted = logits.argmax(dim=-1).cpu()  # (B,)
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) index in `tasks` of each true class

@@ -4,6 +4,8 @@ Loss = cross-entropy over the current task's classes of exp(logit_scale)·cos(im
 features from the current task's prompts. ZO evaluations reuse whatever a perturbation cannot change:
 the other tower's features, and inside a tower the hidden state entering the first perturbed layer.
 They run under no_grad, in eval mode (no dropout, no gating noise), images in micro-batches.
+Backbone forwards run at the FO pass's or the ZO forwards' precision (`precision.matmuls`); the logits
+and the loss are always computed in fp32.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from .attach import AdaptedCLIP
 from .config import BRANCHES
 from .plan import Unit
+from .precision import at_least_fp32, full_precision, matmuls
 from .zo import scalar
 
 
@@ -24,9 +27,11 @@ class ClipObjective:
     """Implements `zo.Objective` for a batch of images (B, 3, H, W), labels (B,) and prompts (C, T)."""
 
     def __init__(self, model: AdaptedCLIP, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
-                 not_fo: frozenset[Unit], chunk: int):
-        """`not_fo`: the units that take no backprop step (ZO and frozen ones)."""
+                 not_fo: frozenset[Unit], chunk: int, precision: str = "fp32", zo_precision: str = "fp32"):
+        """`not_fo`: the units that take no backprop step (ZO and frozen ones); `precision` and
+        `zo_precision`: the backbone's matmuls in the FO pass and in the ZO forwards."""
         self.model, self.labels, self.chunk = model, labels, chunk
+        self.precision, self.zo_precision = precision, zo_precision
         self.inputs = {"vision": images, "language": tokens}
         self.fo_branches = {unit[0] for unit, _ in model.unit_items() if unit not in not_fo}
         self.features: dict[str, torch.Tensor] = {}  # detached (B, E) / (C, E) at the current θ
@@ -38,12 +43,13 @@ class ClipObjective:
             return None
         self.model.train()
         features = {}
-        for branch in BRANCHES:
-            if branch in self.fo_branches:
-                features[branch] = self.model.encode(branch, self.inputs[branch])
-            else:  # a tower with no FO unit needs no graph
-                features[branch] = self._features(branch)
-        loss = F.cross_entropy(self.model.logits(features["vision"], features["language"]), self.labels)
+        with matmuls(self.precision, self.labels.device):
+            for branch in BRANCHES:
+                if branch in self.fo_branches:
+                    features[branch] = self.model.encode(branch, self.inputs[branch])
+                else:  # a tower with no FO unit needs no graph
+                    features[branch] = self._features(branch)
+        loss = F.cross_entropy(self._logits(features["vision"], features["language"]), self.labels)
         loss.backward()
         self.features = {b: f.detach() for b, f in features.items()}
         return scalar(loss)
@@ -52,12 +58,13 @@ class ClipObjective:
 
     def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
         start = {b: min((k for (br, k) in units if br == b), default=None) for b in BRANCHES}
-        with torch.no_grad(), deterministic(self.model):
+        at = self.zo_precision
+        with torch.no_grad(), deterministic(self.model), matmuls(at, self.labels.device):
             fixed = {b: self._features(b) for b in BRANCHES if start[b] is None}
             entry = {b: list(self._prefix(b, k)) for b, k in start.items() if k is not None}
 
         def loss() -> float:
-            with torch.no_grad(), deterministic(self.model):
+            with torch.no_grad(), deterministic(self.model), matmuls(at, self.labels.device):
                 text = fixed.get("language")
                 if text is None:
                     text = self._finish("language", entry["language"][0], start["language"], self.inputs["language"])
@@ -81,7 +88,8 @@ class ClipObjective:
     # -- pieces ----------------------------------------------------------------------------------
 
     def _features(self, branch: str) -> torch.Tensor:
-        """Detached features of a tower at θ, computed deterministically once and then reused."""
+        """Detached features of a tower at θ, computed deterministically once and then reused (at the
+        precision of the pass that first needs them: a ± pair shares them, so d is unaffected)."""
         if branch not in self.features:
             with torch.no_grad(), deterministic(self.model):
                 self.features[branch] = torch.cat([self.model.encode(branch, x) for x in self._pieces(branch)])
@@ -101,8 +109,13 @@ class ClipObjective:
         return self.model.head(branch, self.model.run_blocks(branch, h, layer), inputs)
 
     def _ce_sum(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model.logits(image, text).float()  # the loss stays fp32 (zo.md §8.10)
-        return F.cross_entropy(logits, labels, reduction="sum")
+        with full_precision(labels.device):
+            return F.cross_entropy(self._logits(image, text), labels, reduction="sum")
+
+    def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        # the loss stays fp32 (zo.md §8.10) whatever precision computed the features (fp64 stays fp64)
+        with full_precision(image.device):
+            return self.model.logits(at_least_fp32(image), at_least_fp32(text))  # (B, C)
 
 
 

@@ -169,6 +169,20 @@ def variance(report) -> Group:
     return Group(table, Text(line), Text(""), variance_per_layer(report), Text(""), _step_changes(report))
 
 
+def fidelity(report) -> Group:
+    """Per precision and ZO block: d's relative error and cos(ĝ) against fp32 (and fp64 on a CPU)."""
+    header = ["precision", "block", "ε", "rel. err d vs fp32", "cos ĝ vs fp32", "rel. err d vs fp64", "cos ĝ vs fp64",
+              "verdict"]
+    rows = [[p.precision, b.block, f"{b.eps:g}", "reference" if p.precision == "fp32" else f"{b.rel_error:.2e}",
+             "reference" if p.precision == "fp32" else f"{b.cosine:.5f}", _fmt(b.rel_error_fp64, ".2e"),
+             _fmt(b.cosine_fp64, ".6f"), "pass" if p.passed else "FAIL"] for p in report.precisions for b in p.blocks]
+    title = (f"finite-difference fidelity · {report.model} · {report.benchmark} · {report.device} · {report.batches} "
+             f"batches × {report.directions} directions per block")
+    rule = (f"pass: relative error of d = L(θ+εz) − L(θ−εz) ≤ {report.max_rel_error:g} and cos(ĝ, ĝ_fp32) ≥ "
+            f"{report.min_cosine:g} in every block; train refuses a --zo-precision that fails")
+    return Group(grid(header, rows, left=("precision", "block", "verdict"), title=title), Text(rule))
+
+
 def variance_per_layer(report) -> _Whole:
     """Mean per-coordinate variance of each layer, ZO and FO, for each branch (the study's figure is per layer)."""
     branches = {b.branch: {int(k): v for k, v in b.layers.items()} for b in report.branches}

@@ -12,8 +12,9 @@ import torch
 from . import benchmarks, data, preflight
 from .attach import AdaptedCLIP, build_model
 from .benchmarks import Benchmark, Split
-from .config import Config
-from .loader import EpochBatches, ImageSpec, TaskImages, positions_of, select
+from .config import Config, ConfigError
+from .loader import (DEVICE_BENCHMARKS, DeviceImages, EpochBatches, ImageSpec, TaskImages, device_eval_batches,
+                     device_train_batches, eval_loader, pipeline_for, positions_of, select, train_loader)
 from .plan import zo_units
 from .step import resolve_device
 
@@ -37,12 +38,39 @@ class Session:
     task_sizes: list[int] = field(default_factory=list)
     zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy", "test_loss"} of the untouched model
     peaks: list[dict[str, int]] = field(default_factory=list)  # per task: training and evaluation peak bytes
+    pipeline: str = "cpu"  # cpu: decode, crop and resize in loader workers; device: on the device, in batches
+    held: dict[str, DeviceImages] = field(default_factory=dict)  # the device pipeline's images, per split
+
+
+def train_batches(session: Session, rows, batch_size: int, epochs: int, seed: tuple, start: int = 0,
+                  max_steps: int | None = None, workers: int | None = None):
+    """(images, positions) batches of `rows` with seeded crops, through the session's input pipeline."""
+    if session.pipeline == "device":
+        return device_train_batches(_held(session, "train"), rows, batch_size, epochs, seed, start, max_steps)
+    return train_loader(session.train, rows, batch_size, epochs, seed, session.workers if workers is None else workers,
+                        start=start, max_steps=max_steps, pin=session.device.type == "cuda")
+
+
+def eval_batches(session: Session, rows, batch_size: int):
+    """(images, positions) batches of test `rows`, resized and center-cropped, through the input pipeline."""
+    if session.pipeline == "device":
+        return device_eval_batches(_held(session, "test"), rows, batch_size)
+    return eval_loader(session.test, rows, batch_size, session.workers, pin=session.device.type == "cuda")
+
+
+def _held(session: Session, split: str) -> DeviceImages:
+    if split not in session.held:  # decoded once, on first use
+        session.held[split] = DeviceImages(session.train if split == "train" else session.test, session.device)
+    return session.held[split]
 
 
 def open_session(cfg: Config) -> Session:
     """Check the protocol and the data before building anything expensive."""
     bench = preflight.benchmark(cfg)
     split = benchmarks.split(bench, cfg.inc, cfg.base)
+    if cfg.input_pipeline == "device" and bench.name not in DEVICE_BENCHMARKS:
+        raise ConfigError(f"--input-pipeline device holds small images on the device; {bench.name}'s are large "
+                          f"and of many sizes (use cpu: its prepared copy is pre-resized)")
     dataset = _load_data(bench, Path(cfg.data_root).expanduser())
     _check_every_task_has_images(bench, split, dataset)
     device = resolve_device(cfg.device)
@@ -53,7 +81,8 @@ def open_session(cfg: Config) -> Session:
     workers = cfg.workers if cfg.workers is not None else (min(8, _cpus()) if device.type == "cuda" else 0)
     return Session(cfg, bench, split, device, model, TaskImages(dataset["train"], position, spec),
                    TaskImages(dataset["test"], position, spec), list(dataset["train"]["label"]),
-                   list(dataset["test"]["label"]), tokens, workers)
+                   list(dataset["test"]["label"]), tokens, workers,
+                   pipeline=pipeline_for(cfg.input_pipeline, bench.name, device))
 
 
 def overview(session: Session) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from .attach import AdaptedCLIP
 from .config import BRANCHES, Config
 from .objective import ClipObjective
 from .plan import Unit, frozen_units, zo_units
-from .zo import Block, StepStats, ZOAdam, ZOSettings, hybrid_step
+from .zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybrid_step
 
 DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
 
@@ -30,6 +30,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise DeviceUnavailable(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+def zo_precision(cfg: Config) -> str:
+    """The ZO forwards' precision: `auto` is resolved by train's fidelity check on its first batch (and
+    recorded in config.json); anywhere it is still unresolved (memory, probes, benchmarks) it is fp32."""
+    return "fp32" if cfg.zo_precision == "auto" else cfg.zo_precision
 
 
 def settings(cfg: Config) -> ZOSettings:
@@ -94,14 +100,15 @@ class Stepper:
                 fo_params.extend(module.parameters())
         # AdamW over FO units only: ZO and frozen parameters never get .grad and never enter this optimizer.
         self.optimizer = torch.optim.AdamW(fo_params, lr=cfg.lr, weight_decay=cfg.weight_decay) if fo_params else None
-        self.blocks = make_blocks(model, self.units, cfg)
+        # each block's parameters become views into one buffer: a ZO move is one kernel, not one per tensor
+        self.blocks = [flatten_(block) for block in make_blocks(model, self.units, cfg)]
         self.settings = settings(cfg)
-        zo_params = [p for block in self.blocks for p in block.params]
-        self.adam = ZOAdam(zo_params) if cfg.zo_rule == "adam" and zo_params else None
+        self.adam = ZOAdam.for_blocks(self.blocks) if cfg.zo_rule == "adam" and self.blocks else None
         self.chunk = cfg.zo_chunk or DEFAULT_ZO_CHUNK
 
     def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
-        return ClipObjective(self.model, images, labels, tokens, self.not_fo, self.chunk)
+        return ClipObjective(self.model, images, labels, tokens, self.not_fo, self.chunk, self.cfg.precision,
+                             zo_precision(self.cfg))
 
     def step(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor, lr: float, seed: int,
              probe: bool = False) -> StepStats:

@@ -20,12 +20,14 @@ import torch
 from . import __version__, checkpoint
 from .config import Config, ConfigError, Resolved
 from .evaluate import evaluate_row, evaluate_seen, restore
-from .loader import select, train_loader
+from .fidelity import choose_zo_precision
+from .fidelity import notes as fidelity_notes
+from .loader import select
 from .metrics import Summary, seen_accuracy, summarize
 from .plan import describe, zo_units
 from .rng import derive_seed
 from .rundir import Interrupted, RunDir, RunDirError, read_json
-from .session import Session, open_session, overview
+from .session import Session, open_session, overview, train_batches
 from .step import Stepper, make_blocks, zo_notes
 from .tracking import Tracking, tee
 
@@ -60,11 +62,15 @@ def run(resolved: Resolved, out: Path, overwrite: bool = False, on_event: Callab
     RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
     session = open_session(cfg)
     # Everything config.json holds is computed before the directory is touched: a bad value found
-    # here (a --layers-n too large for the model, say) must not leave a half-created run behind.
-    notes = _zo_notes(session)
+    # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
+    # the first batch) must not leave a half-created run behind.
+    resolved, fidelity = choose_zo_precision(session, resolved)
+    cfg = session.cfg = resolved.config
+    notes = fidelity_notes(fidelity, cfg.zo_precision) + _zo_notes(session)
     identity = {**resolved.as_dict(), "zocli_version": __version__, "environment": _environment(),
                 "zo_plan": _plan(session), "zo_rule": cfg.zo_rule_name, "zo_notes": notes,
-                "benchmark": _benchmark_record(session)}
+                "benchmark": _benchmark_record(session),
+                "zo_fidelity": fidelity.as_dict() if fidelity is not None else None}
     with RunDir.create(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})
@@ -102,7 +108,8 @@ def resume(run_root: Path, overrides: dict[str, Any] | None = None,
 
 def _saved_config(run_dir: RunDir) -> Config:
     try:
-        return Config(**run_dir.saved()["config"])
+        # runs from before --input-pipeline decoded and cropped on the CPU: a resume keeps that
+        return Config(**{"input_pipeline": "cpu", **run_dir.saved()["config"]})
     except (TypeError, ConfigError) as exc:  # unknown or missing keys, bad values: the file was edited
         raise RunDirError(f"{run_dir.config}: the saved config is not valid ({exc})") from None
 
@@ -195,8 +202,7 @@ def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.T
     stepper, tokens = Stepper(model, cfg), session.tokens[first:last]
     start, history = _restore_state(session, run_dir, stepper, state)
     rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_loader(session.train, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), session.workers,
-                          start=start, max_steps=cfg.max_steps, pin=session.device.type == "cuda")
+    loader = train_batches(session, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), start, cfg.max_steps)
     total = start + len(loader)
     emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": last - first})
     model.train()
@@ -207,7 +213,7 @@ def train_task(session: Session, run_dir: RunDir, task: int, state: checkpoint.T
         probe = cfg.probe_every > 0 and (step + 1) % cfg.probe_every == 0
         lr = lr_at(step, total, cfg.warmup_steps, cfg.lr)
         stats = stepper.step(images, labels, tokens, lr, derive_seed(cfg.seed, "zo", task, step), probe)
-        _check_finite(stats.loss, model, task, step)
+        _check_finite(stats, task, step)
         history.append({**asdict(stats), "seconds": time.perf_counter() - began, "images": len(labels)})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
         done = step + 1
@@ -258,12 +264,12 @@ def _set_rng(rng: dict[str, torch.Tensor]) -> None:
             torch.cuda.set_rng_state(rng[f"cuda.{i}"], i)
 
 
-def _check_finite(loss: float, model, task: int, step: int) -> None:
-    # one device sync for all adapter tensors, not one per tensor
-    finite = torch.stack([torch.isfinite(p).all() for p in model.adapter_parameters()]).all()
-    bad = not math.isfinite(loss) or not bool(finite)
+def _check_finite(stats, task: int, step: int) -> None:
+    # No device sync of its own: parameters move only by the FO optimizer (from gradients of norm
+    # fo_grad_norm) and the ZO update (of norm zo_update_norm), so finite norms keep them finite.
+    bad = not all(math.isfinite(v) for v in (stats.loss, stats.fo_grad_norm, stats.zo_update_norm))
     if bad:
-        raise Diverged(f"task {task} step {step}: non-finite {'loss' if not math.isfinite(loss) else 'parameters'}; "
+        raise Diverged(f"task {task} step {step}: non-finite {'loss' if not math.isfinite(stats.loss) else 'update'}; "
                        f"the last committed checkpoint is intact — lower --lr or --zo-lr-scale in a new run")
 
 

@@ -32,6 +32,7 @@ def probe_variance_cmd(
     seed: Annotated[Optional[int], CfgOpt("seed", "Seed of the batches and ZO directions.")] = None,
     data_root: Annotated[Optional[str], CfgOpt("data_root", "Where prepared data lives.")] = None,
     device: Annotated[Optional[str], CfgOpt("device", "auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[str], Opt("--precision", metavar="LIST", help="Instead of the variance: the finite-difference fidelity check at these precisions (comma list of fp32, tf32, bf16), R directions per batch.")] = None,
     plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="Write the variance distributions to this PNG.")] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the report as JSON on stdout.")] = False,
 ) -> None:
@@ -40,6 +41,7 @@ def probe_variance_cmd(
                  "seed": seed, "batch_size": batch_size, "device": device,
                  "data_root": data_root or os.environ.get("ZOCLI_DATA")}
     with errors():
+        precisions = _precisions(precision, plot, queries)
         plots_check(plot)
         if run_dir is not None:
             session, probe_task = _run_session(run_dir, task, measuring)
@@ -47,17 +49,37 @@ def probe_variance_cmd(
             flags = {"benchmark": benchmark, "inc": inc, "model": model, "pretrained": pretrained,
                      "adapter": adapter, **measuring}
             session, probe_task = _fresh_session(preset or [], flags), task or 0
-        from ..probe import probe_variance
+        if precisions:
+            from ..fidelity import probe
 
-        report = probe_variance(session, probe_task, batches, draws, queries)
+            report = probe(session, probe_task, precisions, batches, draws)
+        else:
+            from ..probe import probe_variance
+
+            report = probe_variance(session, probe_task, batches, draws, queries)
         if plot is not None:
             plot_to(lambda plots: plots.variance_histogram(report, plot))
     if as_json:
         print(json.dumps(report.as_dict()))
         return
-    out.print(render.variance(report))
+    out.print(render.fidelity(report) if precisions else render.variance(report))
     if plot is not None:
         out.print(f"plot: {plot}")
+
+
+def _precisions(precision: Optional[str], plot: Optional[Path], queries: int) -> tuple[str, ...]:
+    """The fidelity mode's precisions, checked before anything heavy loads; () in variance mode."""
+    from ..config import PRECISIONS, ConfigError
+
+    if precision is None:
+        return ()
+    names = tuple(p.strip() for p in precision.split(",") if p.strip())
+    bad = [p for p in names if p not in PRECISIONS]
+    if bad or not names:
+        raise ConfigError(f"--precision takes a comma list of {', '.join(PRECISIONS)}; got {precision!r}")
+    if plot is not None or queries != 1:
+        raise ConfigError("--plot and --queries belong to the variance probe, not to --precision")
+    return names
 
 
 def _run_session(run_dir: Path, task: Optional[int], measuring: dict):

@@ -232,7 +232,7 @@ def test_backward_calls_per_step(model, batch, monkeypatch, vision, language, la
 
 
 def test_step_moves_adapters_never_the_backbone(model, batch):
-    stepper = Stepper(model, tiny_config(vision="zo", language="fo", layers="hop-odd", conservative=False))
+    stepper = Stepper(model, tiny_config(vision="zo", language="fo", layers="hop-odd", conservative=False, queries=1))
     before = {u: [p.clone() for p in m.parameters()] for u, m in model.unit_items()}
     backbone = [p.clone() for p in model.clip.parameters()]
     stats = stepper.step(*batch, lr=1e-2, seed=0)

@@ -133,13 +133,13 @@ def _probe(session: Session, task: int, batches: int, draws: int, queries: int) 
     return _report(session, cfg, task, batches, draws, queries, blocks, zo, fo, cosines)
 
 
-# The rules compared per step: the exact FO step, today's plain and MoZO readings at λ = 1, the run's
+# The rules compared per step: the exact FO step, the study's plain and MoZO readings (λ = 1, q = 1), the run's
 # configured rule (the default when probing a fresh model), and the two controls.
 def _step_rules(cfg: Config) -> dict[str, dict]:
     return {
         "fo-adamw": {"mode": "fo"},
-        "zo-plain λ=1": {"zo_rule": "sgd", "normalize": "none", "zo_lr": None, "zo_lr_scale": 1.0},
-        "mozo λ=1": {"zo_rule": "sgd", "normalize": "sign", "zo_lr": None, "zo_lr_scale": 1.0},
+        "zo-plain λ=1": {"zo_rule": "sgd", "normalize": "none", "zo_lr": None, "zo_lr_scale": 1.0, "queries": 1},
+        "mozo λ=1": {"zo_rule": "sgd", "normalize": "sign", "zo_lr": None, "zo_lr_scale": 1.0, "queries": 1},
         f"configured ({cfg.zo_rule_name})": {},
         "noise": {"zo_rule": "noise"},
         "random-search": {"zo_rule": "random-search"},

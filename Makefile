@@ -28,9 +28,10 @@ demo: venv  ## train the embedded default (the test-bed, pretrained tiny CLIP) a
 	$(BIN)/zocli train --preset demo --out runs/demo --overwrite
 
 # One worker per core (pytest-xdist); a module's tests stay on one worker, so its fixtures (a trained
-# run, a reference run) are built once. Under 3 minutes on 2 cores; PYTEST_WORKERS=0 runs serially.
+# run, a reference run) are built once, longest modules first (tests/conftest.py's order, kept by
+# --no-loadscope-reorder). Under 3 minutes on 2 cores; PYTEST_WORKERS=0 runs serially.
 PYTEST_WORKERS ?= auto
-PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test: venv  ## the default (CPU, offline) test suite
 	$(PYTEST)

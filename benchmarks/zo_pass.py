@@ -105,7 +105,7 @@ def main() -> None:
         return lambda i: zo.hybrid_step(ConstantLoss(), blocks, None, 1e-3, rule, derive_seed("pass", i), moments)
 
     def estimates(blocks):  # the finite-difference pass: ±εz moves and ĝ, every block
-        return lambda i: [zo._estimate(b, lambda: 1.0, derive_seed("pass", i), rule) for b in blocks]
+        return lambda i: [zo.estimate_flat(b, lambda: 1.0, derive_seed("pass", i), rule) for b in blocks]
 
     adam = args.rule == "adam"
     moments = zo.ZOAdam([p for b in blocks for p in b.params]) if adam else None

@@ -34,19 +34,23 @@ RULES = {  # the controls, the study's literal reading, and the new default
 }
 
 
+def _flags(plan: str, mode: str) -> list[str]:
+    """The flags that make `plan`'s units `mode` (zo, frozen)."""
+    return [a.replace("{m}", mode) for a in PLANS[plan]]
+
+
 def acceptance() -> dict[str, list[str]]:
     table = {"FO": []}
-    for plan, template in PLANS.items():
+    for plan in PLANS:
         for rule, (mode, *extra) in RULES.items():
-            table[f"{plan} · {rule}"] = [a.replace("{m}", mode) for a in template] + extra
+            table[f"{plan} · {rule}"] = _flags(plan, mode) + extra
     return table
 
 
 def select() -> dict[str, list[str]]:
     table = {}
     for plan in ("dual", "vision"):
-        flags = [a.replace("{m}", "zo") for a in PLANS[plan]]
-        table[f"{plan} · frozen"] = [a.replace("{m}", "frozen") for a in PLANS[plan]]
+        flags, table[f"{plan} · frozen"] = _flags(plan, "zo"), _flags(plan, "frozen")
         for scale in ("0.3", "1", "3", "10", "30"):
             for rule in ("adam", "sgd --normalize sign"):
                 for mode in ("--conservative", "--aggressive"):
@@ -60,8 +64,7 @@ def queries() -> dict[str, list[str]]:
     """ZO-Adam with q directions per step (2q estimate forwards): more information per step, at a cost."""
     table = {}
     for plan in ("dual", "vision"):
-        flags = [a.replace("{m}", "zo") for a in PLANS[plan]]
-        table[f"{plan} · frozen"] = [a.replace("{m}", "frozen") for a in PLANS[plan]]
+        flags, table[f"{plan} · frozen"] = _flags(plan, "zo"), _flags(plan, "frozen")
         for scale in ("3", "5"):
             for q in ("1", "2", "4", "8"):
                 table[f"{plan} · adam λ {scale} q {q}"] = flags + ["--zo-lr-scale", scale, "--queries", q]

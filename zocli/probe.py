@@ -1,7 +1,7 @@
 """`zocli probe-variance`: how noisy ZO gradients are, per branch and per layer (the MoZO motivation).
 
 For N batches of a task and R draws per batch, each draw a ZO estimate averaged over Q directions
-(exactly `zo.estimate`, one finite difference per branch with that branch's ε), we accumulate the
+(exactly `zo.estimate_flat`, one finite difference per branch with that branch's ε), we accumulate the
 per-coordinate variance of the estimates; the FO gradient (autograd, deterministic mode) across the
 same batches is the reference. Variance of a Q-direction average falls as 1/Q.
 """
@@ -20,7 +20,7 @@ from .objective import ClipObjective, exact_gradient
 from .rng import derive_seed
 from .session import Session
 from .step import DEFAULT_ZO_CHUNK, Stepper, make_blocks, settings
-from .zo import estimate
+from .zo import estimate_flat
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 80  # over ~10 decades: 8 bins per decade
@@ -174,8 +174,7 @@ def _mean_change(session: Session, stepper: Stepper, cfg: Config, task: int, bat
 
 
 def _estimate(block, loss, seed: int, cfg: Config):
-    grads, value = estimate(block, loss, seed, settings(cfg))
-    return torch.cat([g.flatten() for g in grads]), value
+    return estimate_flat(block, loss, seed, settings(cfg))  # ĝ (N,): the branch's parameters in order
 
 
 def _batches(session: Session, cfg: Config, task: int, count: int):

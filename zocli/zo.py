@@ -219,12 +219,12 @@ def estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSet
              ) -> tuple[list[torch.Tensor], float]:
     """ĝ for every parameter of `block` (the mean over q seeded directions of (d / ε) · z), and the
     loss at θ: measured (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²))."""
-    grad, value = _estimate(block, loss, seed, settings)
+    grad, value = estimate_flat(block, loss, seed, settings)
     return block.split(grad), value
 
 
-def _estimate(block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
-              ) -> tuple[torch.Tensor, float]:
+def estimate_flat(block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
+                  ) -> tuple[torch.Tensor, float]:
     """`estimate` with ĝ as one (N,) tensor: one draw, three moves and one accumulation per query."""
     base = None if settings.two_sided else loss()
     grad, seen = None, []
@@ -269,7 +269,7 @@ def hybrid_step(objective: Objective, blocks: Sequence[Block], fo_optimizer: tor
     zo_losses, updates = [], []  # updates: one (N,) tensor per block
     for block in blocks:
         if settings.estimates(len(blocks)):
-            grad, zo_loss = _estimate(block, counter.loss_fn(block.units), seed, settings)
+            grad, zo_loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
             zo_losses.append(zo_loss)
             updates.append(grad.sign_() if settings.sign else grad)
         else:  # controls, and estimates that cannot matter: sign(z) of the estimate's own first direction

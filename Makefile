@@ -12,7 +12,7 @@ CPU_INDEX_UP = $(shell $(PY) -c "import urllib.request as u; u.urlopen('$(CPU_IN
 TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(if $(CPU_INDEX_UP),$(CPU_INDEX)))
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test test-all clean
+.PHONY: venv demo test test-all lint format clean
 
 $(BIN)/zocli: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,14 @@ test: venv  ## the default (CPU, offline) test suite
 
 test-all: venv  ## also the slow ViT-B/16-sized checks
 	$(PYTEST) -m 'not gpu'
+
+lint: venv  ## ruff: lint and format check (pyproject.toml's [tool.ruff])
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) runs

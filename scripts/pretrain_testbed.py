@@ -20,8 +20,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from zocli.backbone import SHIPPED, weights_dir
-from zocli.pretrain import MODEL, PretrainConfig, pretrain
+from zocli.method.backbone import SHIPPED, weights_dir
+from zocli.run.pretrain import MODEL, PretrainConfig, pretrain
 
 HALF = ("token_embedding.weight",)
 
@@ -36,8 +36,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = PretrainConfig(seed=args.seed, steps=args.steps)
     began = time.perf_counter()
-    result = pretrain(cfg, on_step=lambda s, loss: print(f"step {s:5d}  loss {loss:.4f}", flush=True)
-                      if s % 100 == 0 else None)
+    result = pretrain(
+        cfg, on_step=lambda s, loss: print(f"step {s:5d}  loss {loss:.4f}", flush=True) if s % 100 == 0 else None
+    )
     seconds = time.perf_counter() - began
     tensors = {k: (v.half() if k in HALF else v).contiguous() for k, v in result.state_dict.items()}
     blob = safetensors.torch.save(tensors, metadata={"format": "pt", "model": MODEL})
@@ -47,11 +48,17 @@ def main() -> None:
     weights.write_bytes(blob)
     zero_shot = measure_zero_shot(weights)
     record = {
-        "model": MODEL, "tag": "testbed", "sha256": hashlib.sha256(blob).hexdigest(),
+        "model": MODEL,
+        "tag": "testbed",
+        "sha256": hashlib.sha256(blob).hexdigest(),
         "command": "python " + " ".join(["scripts/pretrain_testbed.py", *sys.argv[1:]]),
-        "pretrain": cfg.__dict__, "threads": args.threads, "torch": torch.__version__,
-        "loss_first": round(result.loss_first, 4), "loss_last": round(result.loss_last, 4),
-        "seconds": round(seconds, 1), "zero_shot": zero_shot,
+        "pretrain": cfg.__dict__,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "loss_first": round(result.loss_first, 4),
+        "loss_last": round(result.loss_last, 4),
+        "seconds": round(seconds, 1),
+        "zero_shot": zero_shot,
     }
     (args.out / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
@@ -60,16 +67,19 @@ def main() -> None:
 def measure_zero_shot(weights: Path) -> dict:
     """Zero-shot accuracy of `weights` on every testbed task (softmax over all 100 classes)."""
     from zocli.config import resolve
-    from zocli.evaluate import evaluate_seen
-    from zocli.metrics import seen_accuracy
-    from zocli.session import open_session
+    from zocli.run.evaluate import evaluate_seen
+    from zocli.run.metrics import seen_accuracy
+    from zocli.run.session import open_session
 
     with tempfile.TemporaryDirectory() as root:
         cfg = resolve(["demo"], {"data_root": root, "pretrained": str(weights)}).config
         session = open_session(cfg)
         accuracy = evaluate_seen(session, session.split.n_tasks - 1)
-    return {"prompt": cfg.prompt, "row": list(accuracy.row),
-            "seen": round(seen_accuracy(accuracy.row, accuracy.sizes), 2)}
+    return {
+        "prompt": cfg.prompt,
+        "row": list(accuracy.row),
+        "seen": round(seen_accuracy(accuracy.row, accuracy.sizes), 2),
+    }
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may wait on a network
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from zocli.config import Config, resolve  # noqa: E402
+from zocli.config import Config, resolve
 
 torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on 2 cores
 
@@ -20,27 +20,27 @@ def tiny_config(**overrides) -> Config:
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory):
     """A data root with digits prepared once for the whole session."""
-    from zocli import benchmarks, data
+    from zocli.data import catalogue, store
 
     root = tmp_path_factory.mktemp("data")
-    data.prepare(benchmarks.get("digits"), root)
+    store.prepare(catalogue.get("digits"), root)
     return root
 
 
 @pytest.fixture(scope="session")
 def testbed_root(tmp_path_factory):
     """A data root with the generated test-bed prepared once for the whole session."""
-    from zocli import benchmarks, data
+    from zocli.data import catalogue, store
 
     root = tmp_path_factory.mktemp("testbed")
-    data.prepare(benchmarks.get("testbed"), root)
+    store.prepare(catalogue.get("testbed"), root)
     return root
 
 
 @pytest.fixture
 def tiny_model():
     """An AdaptedCLIP on zocli-tiny with MoE adapters, seeded init."""
-    from zocli.attach import build_model
+    from zocli.method.attach import build_model
 
     return build_model(tiny_config(), "cpu")
 
@@ -50,8 +50,18 @@ def tiny_model():
 # The Makefile passes --no-loadscope-reorder (xdist would order modules by their number of tests and
 # leave the one-test, 47-second pipeline module for the end); this list is in falling order of measured
 # time (`pytest --durations=0`, summed per module). `make test`: 2 min 59 s before, 2 min 38 s after.
-LONGEST_MODULES = ("test_train_zo.py", "test_pipeline.py", "test_resume.py", "test_sweep.py", "test_errors.py",
-                   "test_cli.py", "test_rundir.py", "test_probe.py", "test_data.py", "test_pretrain.py")
+LONGEST_MODULES = (
+    "test_train_zo.py",
+    "test_pipeline.py",
+    "test_resume.py",
+    "test_sweep.py",
+    "test_errors.py",
+    "test_cli.py",
+    "test_rundir.py",
+    "test_probe.py",
+    "test_data.py",
+    "test_pretrain.py",
+)
 
 
 def pytest_collection_modifyitems(items):

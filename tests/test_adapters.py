@@ -1,11 +1,11 @@
-"""zocli.adapters: the MoE adapter of DESIGN §3 against an independent reference, and LoRA."""
+"""zocli.method.adapters: the MoE adapter of DESIGN §3 against an independent reference, and LoRA."""
 
 import math
 
 import pytest
 import torch
 
-from zocli.adapters import Expert, LoRA, LoRAUnit, MoEAdapter
+from zocli.method.adapters import Expert, LoRA, LoRAUnit, MoEAdapter
 
 
 def _randomize_(module: torch.nn.Module, seed: int, scale: float = 0.3) -> None:
@@ -22,8 +22,15 @@ def _reference_moe(x: torch.Tensor, moe: MoEAdapter, top_k: int) -> torch.Tensor
     gate vector for every token of the sample; expert = (ReLU(x·Wd^T + bd)·Wu^T + bu) · 0.1."""
     x = x.double()
     w_g = moe.router.detach().double()
-    experts = [(e.down.weight.detach().double(), e.down.bias.detach().double(),
-                e.up.weight.detach().double(), e.up.bias.detach().double()) for e in moe.experts]
+    experts = [
+        (
+            e.down.weight.detach().double(),
+            e.down.bias.detach().double(),
+            e.up.weight.detach().double(),
+            e.up.bias.detach().double(),
+        )
+        for e in moe.experts
+    ]
     out = torch.zeros_like(x)
     for b in range(x.shape[0]):
         logits = [float(x[b, 0] @ w_g[:, e]) for e in range(len(experts))]
@@ -62,7 +69,7 @@ def test_expert_init_follows_design():
     assert torch.count_nonzero(moe.router) == 0 and torch.count_nonzero(moe.noise) == 0
 
 
-@pytest.mark.parametrize("n_experts, top_k", [(2, 2), (2, 1), (4, 2), (3, 1)])
+@pytest.mark.parametrize(("n_experts", "top_k"), [(2, 2), (2, 1), (4, 2), (3, 1)])
 def test_moe_matches_reference_in_eval_mode(n_experts, top_k):
     torch.manual_seed(1)
     moe = MoEAdapter(32, n_experts=n_experts, top_k=top_k, bottleneck=64).eval()
@@ -120,12 +127,12 @@ def test_gating_noise_has_the_design_std(noise_logits):
         gates = moe.gates(x0).double()
     spread = torch.log(gates[:, 0] / gates[:, 1])
     std = torch.nn.functional.softplus(torch.tensor(noise_logits, dtype=torch.float64)) + 0.01
-    expected = float((std ** 2).sum())
-    assert abs(float(spread.mean())) < 0.05 * expected ** 0.5
+    expected = float((std**2).sum())
+    assert abs(float(spread.mean())) < 0.05 * expected**0.5
     assert float(spread.var()) == pytest.approx(expected, rel=0.05)
 
 
-@pytest.mark.parametrize("n_experts, top_k", [(4, 1), (4, 2), (3, 2)])
+@pytest.mark.parametrize(("n_experts", "top_k"), [(4, 1), (4, 2), (3, 2)])
 def test_top_k_zeroes_the_other_experts(n_experts, top_k):
     moe = MoEAdapter(16, n_experts=n_experts, top_k=top_k).eval()
     _randomize_(moe, seed=5)
@@ -142,7 +149,7 @@ def test_top_one_output_is_the_chosen_expert():
     _randomize_(moe, seed=6)
     x = torch.randn(4, 5, 16)
     chosen = (x[:, 0] @ moe.router).argmax(dim=-1)
-    expected = torch.stack([moe.experts[int(e)](x[b:b + 1])[0] for b, e in enumerate(chosen)])
+    expected = torch.stack([moe.experts[int(e)](x[b : b + 1])[0] for b, e in enumerate(chosen)])
     assert torch.allclose(moe(x), expected, atol=1e-6)
 
 

@@ -1,85 +1,73 @@
-"""DESIGN §2 layering, checked statically: every zocli module is parsed with `ast`, nothing is imported.
+"""DESIGN §2 layering, checked statically on the folders: every zocli module is parsed, nothing imported.
 
-- only the CLI package imports Typer (or Click), calls print() or exits; nothing but `__main__` imports it;
-- Rich (tables, progress) stays in layer 4: the cli package and its renderable builders in render.py;
-- a module imports only from a lower layer, or from its own layer (within-layer imports are allowed);
-- no module grows past MAX_LINES, except the known offenders recorded below.
+- a module imports only from its own layer folder or a lower one, never from a higher one;
+- only the CLI layer imports Typer (or Click) or Rich, calls print() or exits; nothing else imports it;
+- imports are absolute (`from zocli.run.train import run`), so the layer of every edge is its first word;
+- docs/design.md §2 draws the same layers as `ls zocli/`;
+- no module grows past MAX_LINES.
 """
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zocli"
-MAX_LINES = 400
-KNOWN_LONG: set[str] = set()  # modules allowed over MAX_LINES; keep it empty
+DESIGN = PACKAGE.parent / "docs" / "design.md"
+MAX_LINES = 500  # ruff-formatted lines
 
+# The first word of a module's dotted name (its folder, or a top-level module) and its layer.
 LAYERS = {
-    # 0: configuration and pure helpers
-    "__init__": 0, "config": 0, "metrics": 0, "rng": 0, "plan": 0, "world": 0, "paper": 0,
-    # 1: math, no I/O
-    "adapters": 1, "zo": 1, "benchmarks": 1, "precision": 1,
-    # 2: the model and the disk
-    "backbone": 2, "attach": 2, "data": 2, "dirswap": 2, "loader": 2, "checkpoint": 2, "rundir": 2, "objective": 2,
-    "preflight": 2, "hub": 2, "userdata": 2, "sweep": 2,
-    # 3: the jobs
-    "step": 3, "session": 3, "evaluate": 3, "train": 3, "probe": 3, "memory": 3, "compare": 3, "plots": 3,
-    "pretrain": 3, "tracking": 3, "launch": 3, "stats": 3, "fidelity": 3,
-    # 4: the command line (render builds the Rich tables cli.py prints)
-    "cli": 4, "__main__": 4, "render": 4,
+    "__init__": 0,
+    "config": 0,
+    "errors": 0,
+    "rng": 0,
+    "data": 1,
+    "method": 2,
+    "run": 3,
+    "study": 4,
+    "sweep": 5,
+    "cli": 6,
+    "__main__": 6,
 }
-CLI_ONLY_LIBRARIES = {"typer", "click"}
-PRESENTATION_LIBRARIES = {"rich"}  # layer 4 only
-CLI_MODULES = {"cli", "__main__"}  # __main__ is the `python -m zocli` shim around the CLI
+CLI_LAYER = 6
+CLI_ONLY_LIBRARIES = {"typer", "click", "rich"}
 
 
 def modules() -> dict[str, ast.Module]:
-    """One tree per top-level module; the files of the `cli` package merged into one tree named "cli"
-    (their imports of each other dropped, their `..x` imports read as zocli's `.x`)."""
-    trees = {path.stem: ast.parse(path.read_text(), filename=str(path)) for path in sorted(PACKAGE.glob("*.py"))}
-    body = []
-    for path in sorted((PACKAGE / "cli").glob("*.py")):
-        for node in ast.walk(tree := ast.parse(path.read_text(), filename=str(path))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                node.module, node.names = "cli", [ast.alias("cli")]  # within the package
-            elif isinstance(node, ast.ImportFrom) and node.level == 2:
-                node.level = 1
-        body.extend(tree.body)
-    trees["cli"] = ast.Module(body=body, type_ignores=[])
+    """Every module of the package by dotted name below zocli (`run.train`, `config`)."""
+    trees = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        trees[name] = ast.parse(path.read_text(), filename=str(path))
     return trees
 
 
-def imports(tree: ast.Module, package_modules: set[str]) -> tuple[set[str], set[str]]:
-    """(intra-package modules, top-level external packages) imported anywhere in the tree, lazily or not."""
-    internal, external = set(), set()
+def layer_word(name: str) -> str:
+    return name.split(".")[0]
 
-    def add_internal(parts: list[str], names: list[str]) -> None:
-        if parts:  # from .x import y / from zocli.x import y / import zocli.x
-            internal.add(parts[0])
-        else:  # from . import x, y: a submodule, or an attribute of the package __init__
-            internal.update(n if n in package_modules else "__init__" for n in names)
 
+def imports(tree: ast.Module) -> tuple[set[str], set[str], list[int]]:
+    """(zocli modules imported, by dotted name below zocli; top-level external packages; lines of relative imports)."""
+    internal, external, relative = set(), set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                top, *rest = alias.name.split(".")
-                if top == "zocli":
-                    add_internal(rest, [])
-                    if not rest:
-                        internal.add("__init__")
-                else:
-                    external.add(top)
+                top, _, rest = alias.name.partition(".")
+                (internal.add(rest or "__init__") if top == "zocli" else external.add(top))
         elif isinstance(node, ast.ImportFrom):
-            names = [a.name for a in node.names]
-            parts = node.module.split(".") if node.module else []
-            if node.level > 0:
-                add_internal(parts, names)
-            elif parts[0] == "zocli":
-                add_internal(parts[1:], names)
-            else:
-                external.add(parts[0])
-    return internal, external
+            if node.level:
+                relative.append(node.lineno)
+                continue
+            top, _, rest = node.module.partition(".")
+            if top != "zocli":
+                external.add(top)
+            elif rest:
+                internal.add(rest)
+            else:  # from zocli import x: a layer folder, a top-level module or a name of zocli/__init__
+                internal.update(a.name if a.name in LAYERS else "__init__" for a in node.names)
+    return internal, external, relative
 
 
 @pytest.fixture(scope="module")
@@ -87,40 +75,38 @@ def trees() -> dict[str, ast.Module]:
     return modules()
 
 
-def test_every_module_has_a_layer(trees):
-    unassigned = sorted(set(trees) - set(LAYERS))
-    assert not unassigned, f"assign a DESIGN §2 layer in LAYERS to: {unassigned}"
+def test_every_module_sits_in_a_layer(trees):
+    unassigned = sorted(name for name in trees if layer_word(name) not in LAYERS)
+    assert not unassigned, f"put these in a layer folder, or add their folder to LAYERS and DESIGN §2: {unassigned}"
 
 
-def test_imports_only_go_down_or_sideways(trees):
+def test_imports_are_absolute(trees):
+    offending = [f"{name}:{line}" for name, tree in trees.items() for line in imports(tree)[2]]
+    assert not offending, f"relative imports hide the layer an edge goes to: {offending}"
+
+
+def test_imports_only_go_down_or_within_a_folder(trees):
     offending = []
     for name, tree in trees.items():
-        internal, _ = imports(tree, set(trees))
-        for target in sorted(internal - {name}):
-            if target not in LAYERS or name not in LAYERS:
-                continue  # reported by test_every_module_has_a_layer
-            if LAYERS[target] > LAYERS[name]:
-                offending.append(f"{name} (L{LAYERS[name]}) -> {target} (L{LAYERS[target]})")
+        here = LAYERS.get(layer_word(name))
+        for target in sorted(imports(tree)[0]):
+            there = LAYERS.get(layer_word(target))
+            if here is not None and there is not None and there > here:
+                offending.append(f"{name} (L{here}) -> {target} (L{there})")
     assert not offending, "imports from a higher layer:\n  " + "\n  ".join(offending)
 
 
-def test_nothing_imports_the_cli(trees):
-    offending = [name for name, tree in trees.items()
-                 if name not in CLI_MODULES and "cli" in imports(tree, set(trees))[0]]
-    assert not offending, f"modules importing zocli.cli: {offending}"
-
-
-def test_only_the_cli_imports_typer(trees):
-    offending = {name: sorted(found) for name, tree in trees.items() if name not in CLI_MODULES
-                 and (found := imports(tree, set(trees))[1] & CLI_ONLY_LIBRARIES)}
-    assert not offending, f"UI libraries imported outside the cli package: {offending}"
-    assert "typer" in imports(trees["cli"], set(trees))[1]
-
-
-def test_rich_stays_in_the_presentation_layer(trees):
-    offending = {name: sorted(found) for name, tree in trees.items() if LAYERS.get(name) != 4
-                 and (found := imports(tree, set(trees))[1] & PRESENTATION_LIBRARIES)}
-    assert not offending, f"Rich imported below layer 4 (core functions return dataclasses): {offending}"
+def test_nothing_below_the_cli_imports_it_or_its_libraries(trees):
+    offending = {}
+    for name, tree in trees.items():
+        if LAYERS.get(layer_word(name)) == CLI_LAYER:
+            continue
+        internal, external, _ = imports(tree)
+        found = (external & CLI_ONLY_LIBRARIES) | {t for t in internal if layer_word(t) in ("cli", "__main__")}
+        if found:
+            offending[name] = sorted(found)
+    assert not offending, f"only the CLI layer imports Typer, Rich or the CLI: {offending}"
+    assert "typer" in imports(trees["cli._shared"])[1]
 
 
 def _calls(tree: ast.Module):
@@ -133,45 +119,71 @@ def _calls(tree: ast.Module):
                 yield f"{func.value.id}.{func.attr}", node.lineno
 
 
+def _below_the_cli(trees):
+    return {name: tree for name, tree in trees.items() if LAYERS.get(layer_word(name)) != CLI_LAYER}
+
+
 def test_only_the_cli_prints(trees):
-    offending = [f"{name}.py:{line}" for name, tree in trees.items() if name != "cli"
-                 for call, line in _calls(tree) if call == "print"]
-    assert not offending, f"print() outside the cli package: {offending}"
+    offending = [
+        f"{name}:{line}"
+        for name, tree in _below_the_cli(trees).items()
+        for call, line in _calls(tree)
+        if call == "print"
+    ]
+    assert not offending, f"print() outside the CLI: {offending}"
 
 
 def test_only_the_cli_exits(trees):
     exits = {"exit", "quit", "sys.exit", "os._exit"}
-    offending = [f"{name}.py:{line} {call}" for name, tree in trees.items() if name not in CLI_MODULES
-                 for call, line in _calls(tree) if call in exits]
-    offending += [f"{name}.py:{node.lineno} raise SystemExit" for name, tree in trees.items()
-                  if name not in CLI_MODULES for node in ast.walk(tree)
-                  if isinstance(node, ast.Raise) and node.exc is not None
-                  and "SystemExit" in ast.unparse(node.exc)]
+    below = _below_the_cli(trees)
+    offending = [
+        f"{name}:{line} {call}" for name, tree in below.items() for call, line in _calls(tree) if call in exits
+    ]
+    offending += [
+        f"{name}:{node.lineno} raise SystemExit"
+        for name, tree in below.items()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Raise) and node.exc is not None and "SystemExit" in ast.unparse(node.exc)
+    ]
     assert not offending, f"exits outside the CLI: {offending}"
 
 
 def test_modules_stay_short():
-    lengths = {str(path.relative_to(PACKAGE).with_suffix("")): len(path.read_text().splitlines())
-               for path in PACKAGE.rglob("*.py")}
-    too_long = {name: n for name, n in lengths.items() if n > MAX_LINES and name not in KNOWN_LONG}
+    lengths = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    too_long = {name: n for name, n in lengths.items() if n > MAX_LINES}
     assert not too_long, f"modules over {MAX_LINES} lines (split them by concept): {too_long}"
+
+
+def test_the_design_draws_the_tree():
+    """DESIGN §2's table lists exactly the layer folders and top-level modules that `ls zocli/` shows."""
+    section = DESIGN.read_text().split("## 2. Architecture", 1)[1].split("\n## ", 1)[0]
+    cells = [row.split("|")[2] for row in section.splitlines() if re.match(r"\| \d+ \|", row)]
+    drawn = {name for cell in cells for name in re.findall(r"`(\w+)(?:/|\.py)`", cell)} - {"presets"}
+    on_disk = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    on_disk |= {p.stem for p in PACKAGE.glob("*.py")}
+    assert on_disk <= drawn | {"__init__", "__main__"}, f"DESIGN §2 leaves out: {sorted(on_disk - drawn)}"
+    assert drawn <= on_disk, f"DESIGN §2 names what is not there: {sorted(drawn - on_disk)}"
+    assert {word for word in LAYERS if word not in ("__init__", "__main__")} == on_disk - {"__init__", "__main__"}
 
 
 def test_import_parser_sees_the_known_edges(trees):
     # guards the checker itself: a few edges that exist today, in each import form the package uses
-    known = set(trees)
-    assert {"attach", "config", "step"} <= imports(trees["memory"], known)[0]  # from .x import y
-    assert {"benchmarks", "data"} <= imports(trees["session"], known)[0]  # from . import x
-    assert "__init__" in imports(trees["checkpoint"], known)[0]  # from . import __version__
-    assert "zo" in imports(trees["probe"], known)[0]  # lazy import inside a function
-    assert "cli" in imports(trees["__main__"], known)[0]
+    assert {"method.attach", "config", "method.step"} <= imports(trees["study.memory"])[0]
+    assert "data" in imports(trees["run.session"])[0] or any(
+        t.startswith("data.") for t in imports(trees["run.session"])[0]
+    )
+    assert "__init__" in imports(trees["run.checkpoint"])[0]  # from zocli import __version__
+    assert "method.zo" in imports(trees["study.probe"])[0]  # lazy import inside a function
+    assert "cli" in imports(trees["__main__"])[0]
 
 
-def test_import_parser_handles_absolute_forms():
-    known = {"cli", "train", "probe", "config"}
-    tree = ast.parse("import zocli.train\nfrom zocli import probe, __version__\nfrom zocli.config import X\n"
-                     "import zocli\nimport torch.nn\nfrom typer import Typer\n"
-                     "def f():\n    from .cli import app\n")
-    internal, external = imports(tree, known)
-    assert internal == {"train", "probe", "__init__", "config", "cli"}
+def test_import_parser_handles_every_form():
+    tree = ast.parse(
+        "import zocli.run.train\nfrom zocli import run, __version__\nfrom zocli.config import X\n"
+        "import zocli\nimport torch.nn\nfrom typer import Typer\n"
+        "def f():\n    from .cli import app\n"
+    )
+    internal, external, relative = imports(tree)
+    assert internal == {"run.train", "run", "__init__", "config"}
     assert external == {"torch", "typer"}
+    assert relative == [8]

@@ -1,12 +1,12 @@
-"""zocli.attach: adapters at init are zero-shot CLIP, only adapters train, restartable towers, seeded init."""
+"""zocli.method.attach: adapters at init are zero-shot CLIP, only adapters train, restartable towers, seeded init."""
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from zocli.adapters import AdapterUnit, LoRAUnit, MoEAdapter
-from zocli.attach import AdaptedCLIP, build_model
-from zocli.backbone import build
+
+from zocli.method.adapters import AdapterUnit, LoRAUnit, MoEAdapter
+from zocli.method.attach import AdaptedCLIP, build_model
+from zocli.method.backbone import build
 
 PROMPTS = [f"a bad photo of a {name}." for name in ("zero", "one", "two", "three", "four")]
 
@@ -56,8 +56,9 @@ def test_init_logits_equal_plain_clip(models, adapter, training):
     assert torch.allclose(ours, theirs, atol=1e-6, rtol=0), (ours - theirs).abs().max()
 
 
-@pytest.mark.parametrize("adapter, branch", [("moe", "vision"), ("moe", "language"),
-                                             ("lora", "vision"), ("lora", "language")])
+@pytest.mark.parametrize(
+    ("adapter", "branch"), [("moe", "vision"), ("moe", "language"), ("lora", "vision"), ("lora", "language")]
+)
 def test_a_nonzero_adapter_changes_the_logits(adapter, branch):
     model = build_model(tiny_config(adapter=adapter), "cpu").eval()
     images, tokens = _inputs(model)
@@ -106,8 +107,9 @@ def test_backward_reaches_only_adapters():
 def test_unit_addresses_are_branch_and_one_based_layer(tiny_model):
     depth = tiny_model.depth()
     addresses = [address for address, _ in tiny_model.unit_items()]
-    assert addresses == [("vision", k) for k in range(1, depth["vision"] + 1)] + \
-                        [("language", k) for k in range(1, depth["language"] + 1)]
+    assert addresses == [("vision", k) for k in range(1, depth["vision"] + 1)] + [
+        ("language", k) for k in range(1, depth["language"] + 1)
+    ]
     for address, unit in tiny_model.unit_items():
         assert tiny_model.unit(address) is unit
 

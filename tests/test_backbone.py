@@ -1,4 +1,4 @@
-"""zocli.backbone: weights never come from the network, model names and the QuickGELU alias."""
+"""zocli.method.backbone: weights never come from the network, model names and the QuickGELU alias."""
 
 import hashlib
 import json
@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from zocli.backbone import UnknownModel, WeightsUnavailable, build, open_clip_name
+from zocli.method.backbone import UnknownModel, WeightsUnavailable, build, open_clip_name
 
 
 @pytest.fixture
@@ -91,8 +91,9 @@ def _local_dir(tmp_path, model) -> str:
     """An open_clip model directory (`local-dir:` schema): open_clip_config.json + weights."""
     config = json.loads((resources.files("zocli") / "model_configs" / "zocli-tiny.json").read_text())
     (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": config}))
-    save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()},
-              str(tmp_path / "open_clip_model.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.clip.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors")
+    )
     return f"local-dir:{tmp_path}"
 
 
@@ -113,7 +114,7 @@ def test_a_missing_local_dir_is_weights_unavailable(tmp_path):
 def test_shipped_testbed_weights_load_offline_and_match_their_record(empty_hf_cache):
     from safetensors.torch import load_file
 
-    from zocli.backbone import shipped_record, shipped_weights
+    from zocli.method.backbone import shipped_record, shipped_weights
 
     path = shipped_weights("zocli-tiny", "testbed")
     record = shipped_record("zocli-tiny", "testbed")
@@ -127,7 +128,7 @@ def test_shipped_testbed_weights_load_offline_and_match_their_record(empty_hf_ca
 
 
 def test_tampered_shipped_weights_are_refused(tmp_path, monkeypatch):
-    from zocli import backbone
+    from zocli.method import backbone
 
     for f in backbone.weights_dir().iterdir():
         (tmp_path / f.name).write_bytes(f.read_bytes())
@@ -145,8 +146,15 @@ def test_the_testbed_tag_belongs_to_the_tiny_model_only():
         build("ViT-B-32", "testbed", device="meta")
 
 
-@pytest.mark.parametrize("model, tower", [("RN50", "ResNet"), ("convnext_base", "timm"),
-                                          ("xlm-roberta-base-ViT-B-32", "Hugging Face"), ("coca_ViT-B-32", "custom")])
+@pytest.mark.parametrize(
+    ("model", "tower"),
+    [
+        ("RN50", "ResNet"),
+        ("convnext_base", "timm"),
+        ("xlm-roberta-base-ViT-B-32", "Hugging Face"),
+        ("coca_ViT-B-32", "custom"),
+    ],
+)
 def test_models_without_open_clip_transformer_blocks_are_a_usage_error(model, tower):
     # Found: --model RN50 ended in "AttributeError: 'ModifiedResNet' object has no attribute 'transformer'".
     with pytest.raises(UnknownModel, match=f"{tower}.*choose a ViT model"):
@@ -188,21 +196,25 @@ def moe_count(towers: list[tuple[int, int]]) -> int:
 
 
 def adapter_count(model: str, adapter: str = "moe") -> tuple[int, object]:
-    from zocli.attach import AdaptedCLIP
+    from zocli.method.attach import AdaptedCLIP
 
     backbone = build(model, "none", "meta")
     adapted = AdaptedCLIP(backbone, adapter)
     assert all(p.is_meta for p in backbone.clip.parameters())
-    assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == \
-        sum(p.numel() for p in adapted.adapter_parameters())
+    assert sum(p.numel() for p in adapted.parameters() if p.requires_grad) == sum(
+        p.numel() for p in adapted.adapter_parameters()
+    )
     return sum(p.numel() for p in adapted.adapter_parameters()), backbone
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, towers, expected", [
-    ("ViT-B-32", [(12, 768), (12, 512)], 4_027_392),  # the same widths as ViT-B-16
-    ("ViT-L-14", [(24, 1024), (12, 768)], 8_858_112),
-])
+@pytest.mark.parametrize(
+    ("model", "towers", "expected"),
+    [
+        ("ViT-B-32", [(12, 768), (12, 512)], 4_027_392),  # the same widths as ViT-B-16
+        ("ViT-L-14", [(24, 1024), (12, 768)], 8_858_112),
+    ],
+)
 def test_vit_b32_and_l14_build_on_meta_with_their_trainable_counts(model, towers, expected):
     assert moe_count(towers) == expected
     assert moe_count([(12, 768), (12, 512)]) == 4_027_392  # ViT-B-16's published count (tests/test_attach.py)

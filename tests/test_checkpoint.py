@@ -1,16 +1,16 @@
-"""zocli.checkpoint + rundir: save → load gives identical logits; every kind of damage is a CheckpointError."""
+"""zocli.run.checkpoint + rundir: save → load gives identical logits; every kind of damage is a CheckpointError."""
 
 import hashlib
 import json
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from zocli.attach import build_model
-from zocli.checkpoint import CheckpointError, load_task, read_manifest, save_task
+
 from zocli.config import Config
-from zocli.rundir import RunDir, RunDirError
+from zocli.method.attach import build_model
+from zocli.run.checkpoint import CheckpointError, load_task, read_manifest, save_task
+from zocli.run.rundir import RunDir, RunDirError
 
 IDENTITY = {"zocli_version": "test", "config": {}}  # what makes a directory a zocli run
 
@@ -43,7 +43,7 @@ def saved(tmp_path):
 
 
 def _expected(model):
-    return {k: v for k, v in model.units.state_dict().items()}
+    return dict(model.units.state_dict().items())
 
 
 def _recommit(run, path, data: bytes) -> None:
@@ -58,13 +58,13 @@ def _recommit(run, path, data: bytes) -> None:
 
 
 def test_save_then_load_into_a_fresh_model_gives_identical_logits(saved):
-    run, path, model, cfg = saved
+    run, _path, model, _cfg = saved
     # A fresh model with another seed has other adapter inits. A checkpoint holds adapters only (DESIGN §8),
     # so the frozen backbone must be the same one: copy it, as loading the same pretrained weights would.
     fresh = build_model(tiny_config(seed=1), "cpu")
     fresh.clip.load_state_dict(model.clip.state_dict())
     assert not torch.allclose(_logits(fresh), _logits(model))
-    tensors, meta = load_task(run, 0, expected=_expected(fresh))
+    tensors, _meta = load_task(run, 0, expected=_expected(fresh))
     fresh.units.load_state_dict(tensors)
     assert torch.equal(_logits(fresh), _logits(model))
     state = model.units.state_dict()
@@ -73,13 +73,13 @@ def test_save_then_load_into_a_fresh_model_gives_identical_logits(saved):
 
 
 def test_only_adapter_tensors_are_saved(saved):
-    run, path, model, _ = saved
+    run, _path, model, _ = saved
     tensors, _ = load_task(run, 0)
     assert sum(t.numel() for t in tensors.values()) == sum(p.numel() for p in model.adapter_parameters())
 
 
 def test_metadata_carries_config_and_task(saved):
-    run, path, model, cfg = saved
+    run, _path, _model, cfg = saved
     _, meta = load_task(run, 0)
     assert Config(**meta["config"]) == cfg
     assert meta["task"] == 0
@@ -91,16 +91,21 @@ def test_manifest_lists_the_file_with_its_sha256(saved):
     run, path, model, cfg = saved
     manifest = read_manifest(run)
     assert manifest["tasks_done"] == 1
-    assert manifest["files"]["0"] == {"file": "task_00.safetensors",
-                                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert manifest["files"]["0"] == {
+        "file": "task_00.safetensors",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
     assert path == run.task_file(0) and path.parent == run.checkpoints
     # atomic writes leave no temporary files behind
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["manifest.json", "task_00.safetensors"]
     save_task(run, 1, model.units.state_dict(), {"config": cfg.as_dict()})
     manifest = read_manifest(run)
     assert manifest["tasks_done"] == 2 and set(manifest["files"]) == {"0", "1"}
-    assert sorted(p.name for p in run.checkpoints.iterdir()) == \
-        ["manifest.json", "task_00.safetensors", "task_01.safetensors"]
+    assert sorted(p.name for p in run.checkpoints.iterdir()) == [
+        "manifest.json",
+        "task_00.safetensors",
+        "task_01.safetensors",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- damage
@@ -146,7 +151,7 @@ def test_truncated_file(saved, keep):
 
 
 def test_hash_mismatch_in_the_manifest(saved):
-    run, path, model, _ = saved
+    run, path, _model, _ = saved
     manifest = json.loads(run.manifest.read_text())
     manifest["files"]["0"]["sha256"] = "0" * 64
     run.manifest.write_text(json.dumps(manifest))
@@ -189,7 +194,7 @@ def test_wrong_shape(saved):
 
 
 def test_missing_file_and_uncommitted_task(saved):
-    run, path, model, _ = saved
+    run, path, _model, _ = saved
     with pytest.raises(CheckpointError):
         load_task(run, 3)  # never committed
     path.unlink()
@@ -199,7 +204,7 @@ def test_missing_file_and_uncommitted_task(saved):
 
 
 def test_unparseable_manifest_names_the_manifest(saved):
-    run, path, model, _ = saved
+    run, _path, _model, _ = saved
     run.manifest.write_text("{not json")
     # RunDirError is also a one-line, exit-1 runtime error in the CLI; either type is acceptable here
     with pytest.raises((CheckpointError, RunDirError)) as info:
@@ -208,7 +213,7 @@ def test_unparseable_manifest_names_the_manifest(saved):
 
 
 def test_malformed_manifest_entry_is_a_checkpoint_error(saved):
-    run, path, model, _ = saved
+    run, _path, _model, _ = saved
     run.manifest.write_text(json.dumps({"tasks_done": 1, "files": {"0": {"file": "task_00.safetensors"}}}))
     with pytest.raises(CheckpointError) as info:
         load_task(run, 0)
@@ -263,7 +268,7 @@ def test_rundir_log_appends_json_lines(tmp_path):
 
 @pytest.mark.parametrize("name", ["/dev/zero", "../../../etc/passwd", "../config.json", "task_00.safetensors/.."])
 def test_a_manifest_entry_outside_the_checkpoints_is_refused(saved, name):
-    run, path, model, _ = saved
+    run, _path, _model, _ = saved
     manifest = json.loads(run.manifest.read_text())
     manifest["files"]["0"]["file"] = name
     run.manifest.write_text(json.dumps(manifest))
@@ -275,7 +280,7 @@ def test_a_fifo_or_symlink_in_place_of_a_checkpoint_is_refused_without_blocking(
     import os
     import signal
 
-    run, path, model, _ = saved
+    run, path, _model, _ = saved
     path.unlink()
     os.mkfifo(path)
     signal.alarm(10)  # a FIFO opened for reading blocks until a writer comes: fail, do not hang
@@ -294,9 +299,9 @@ def test_a_fifo_or_symlink_in_place_of_a_checkpoint_is_refused_without_blocking(
 def test_an_oversized_checkpoint_is_refused_before_it_is_read(saved):
     import os
 
-    from zocli.checkpoint import MAX_CHECKPOINT_BYTES
+    from zocli.run.checkpoint import MAX_CHECKPOINT_BYTES
 
-    run, path, model, _ = saved
+    run, path, _model, _ = saved
     os.truncate(path, MAX_CHECKPOINT_BYTES + 1)  # sparse: no disk used, and never read
     with pytest.raises(CheckpointError, match="more than a checkpoint can be"):
         load_task(run, 0)
@@ -304,7 +309,7 @@ def test_an_oversized_checkpoint_is_refused_before_it_is_read(saved):
 
 def test_the_tensors_come_from_the_bytes_that_were_hashed(saved, monkeypatch):
     # A file swapped between the hash check and the load must not be what gets loaded.
-    from zocli import checkpoint
+    from zocli.run import checkpoint
 
     run, path, model, _ = saved
     original = path.read_bytes()

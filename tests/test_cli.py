@@ -40,7 +40,9 @@ def _says(text: str, expected: str) -> bool:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, digits_root):
     out = tmp_path_factory.mktemp("cli") / "run"
-    result = invoke(["train", "--preset", "digits-demo", "--data-root", digits_root, "--out", out, *DEMO_STEPS, "--json"])
+    result = invoke(
+        ["train", "--preset", "digits-demo", "--data-root", digits_root, "--out", out, *DEMO_STEPS, "--json"]
+    )
     assert result.exit_code == 0, result.output
     return out, result
 
@@ -64,8 +66,9 @@ def _options(*path: str):
     return [p for p in command.params if p.param_type_name == "option" and p.name != "help"]
 
 
-@pytest.mark.parametrize("path", [("train",), ("eval",), ("prepare",), ("probe-variance",), ("memory",),
-                                  ("presets", "show")], ids=" ".join)
+@pytest.mark.parametrize(
+    "path", [("train",), ("eval",), ("prepare",), ("probe-variance",), ("memory",), ("presets", "show")], ids=" ".join
+)
 def test_every_option_is_described_with_a_readable_metavar(path):
     # Found: --lora-rank, --batch-size, --seed, --eps-vision, ... had no description; metavars read
     # <list[str]>, <int range> and <str> for what are choices.
@@ -137,7 +140,7 @@ def test_run_files_respect_the_umask(trained):
 def test_atomic_write_follows_a_group_umask(tmp_path):
     import os
 
-    from zocli.rundir import atomic_write
+    from zocli.run.rundir import atomic_write
 
     previous = os.umask(0o007)  # a shared cluster's group-writable setting
     try:
@@ -226,8 +229,20 @@ def test_train_on_a_terminal_shows_the_task_counter_and_an_eta(tmp_path, digits_
 
     terminal = Console(file=io.StringIO(), force_terminal=True, width=300, color_system=None)
     monkeypatch.setattr(train_cli, "err", terminal)
-    result = invoke(["train", "--preset", "digits-demo", *SHORT, "--vision", "zo", "--data-root", digits_root,
-                     "--out", tmp_path / "run"])
+    result = invoke(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            *SHORT,
+            "--vision",
+            "zo",
+            "--data-root",
+            digits_root,
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert result.exit_code == 0, result.output
     text = terminal.file.getvalue()
     assert f"training into {tmp_path / 'run'}: loading torch" in text  # at once, before the imports
@@ -258,12 +273,15 @@ def test_usage_errors_exit_2_without_traceback(case, tmp_path, digits_root):
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
-@pytest.mark.parametrize("case", [
-    "eps-zero",  # short enough not to wrap
-    "inc-does-not-divide",
-    "unknown-benchmark",
-    "layers-without-zo",
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "eps-zero",  # short enough not to wrap
+        "inc-does-not-divide",
+        "unknown-benchmark",
+        "layers-without-zo",
+    ],
+)
 def test_usage_errors_are_one_line(case, tmp_path, digits_root, monkeypatch):
     monkeypatch.setenv("COLUMNS", "80")  # what a non-terminal stderr gets by default
     args, _ = USAGE_ERRORS[case]
@@ -275,7 +293,7 @@ def test_usage_errors_are_one_line(case, tmp_path, digits_root, monkeypatch):
 def test_usage_errors_come_before_the_heavy_imports(tmp_path, monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "zocli.train", None)  # importing it now raises ImportError
+    monkeypatch.setitem(sys.modules, "zocli.run.train", None)  # importing it now raises ImportError
     result = invoke(["train", "--preset", "digits-demo", "--eps", "0", "--out", tmp_path / "run"])
     assert result.exit_code == 2, result.exception
 
@@ -301,13 +319,13 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch):
 
 
 def test_prepare_digits_json(tmp_path):
-    from zocli import benchmarks, data
+    from zocli.data import catalogue, store
 
     result = invoke(["prepare", "--benchmark", "digits", "--data-root", tmp_path, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report == {"data": str(tmp_path / "digits")}
-    dd = data.load(benchmarks.get("digits"), tmp_path)
+    dd = store.load(catalogue.get("digits"), tmp_path)
     assert len(dd["train"]) + len(dd["test"]) == 1797
 
 
@@ -316,18 +334,27 @@ def _partial_cifar(root):
     import numpy as np
     import PIL.Image
 
-    from zocli import benchmarks
+    from zocli.data import catalogue
 
     for split in ("train", "test"):
-        for name in benchmarks.get("cifar100").classes[:10]:
+        for name in catalogue.get("cifar100").classes[:10]:
             (root / split / name).mkdir(parents=True)
             PIL.Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / split / name / "0.png")
     return root
 
 
 def test_prepare_refuses_a_partial_source_in_one_line(tmp_path):
-    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
-                     "--data-root", tmp_path / "root"])
+    result = invoke(
+        [
+            "prepare",
+            "--benchmark",
+            "cifar100",
+            "--source",
+            _partial_cifar(tmp_path / "src"),
+            "--data-root",
+            tmp_path / "root",
+        ]
+    )
     assert result.exit_code == 1, result.output
     _no_traceback(result)
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -336,12 +363,35 @@ def test_prepare_refuses_a_partial_source_in_one_line(tmp_path):
 
 def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path):
     # Found: the partial copy trained tasks 0-2, then died with "ValueError: task_sizes must give...".
-    result = invoke(["prepare", "--benchmark", "cifar100", "--source", _partial_cifar(tmp_path / "src"),
-                     "--data-root", tmp_path / "root", "--allow-partial"])
+    result = invoke(
+        [
+            "prepare",
+            "--benchmark",
+            "cifar100",
+            "--source",
+            _partial_cifar(tmp_path / "src"),
+            "--data-root",
+            tmp_path / "root",
+            "--allow-partial",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert _says(result.stderr, "warning:")
-    result = invoke(["train", "--preset", "digits-demo", "--benchmark", "cifar100", "--inc", "10", "--data-root",
-                     tmp_path / "root", "--out", tmp_path / "run"])
+    result = invoke(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--benchmark",
+            "cifar100",
+            "--inc",
+            "10",
+            "--data-root",
+            tmp_path / "root",
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert result.exit_code == 1, result.output
     _no_traceback(result)
     assert _says(result.stderr, "no train images for task(s)") and _says(result.stderr, "--overwrite")
@@ -349,8 +399,9 @@ def test_train_on_a_partial_copy_names_the_empty_tasks_before_training(tmp_path)
 
 
 def test_a_resnet_model_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "digits-demo", "--model", "RN50", "--data-root", digits_root,
-                     "--out", tmp_path / "run"])
+    result = invoke(
+        ["train", "--preset", "digits-demo", "--model", "RN50", "--data-root", digits_root, "--out", tmp_path / "run"]
+    )
     assert result.exit_code == 2, result.output
     _no_traceback(result)
     assert _says(result.stderr, "choose a ViT model")
@@ -376,8 +427,19 @@ def test_prepare_with_nothing_to_do_is_a_usage_error():
 
 
 def test_unknown_model_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "digits-demo", "--model", "zocli-tiyn", "--data-root", digits_root,
-                     "--out", tmp_path / "run"])
+    result = invoke(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--model",
+            "zocli-tiyn",
+            "--data-root",
+            digits_root,
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert result.exit_code == 2, result.output
     _no_traceback(result)
     assert _says(result.stderr, "did you mean 'zocli-tiny'")
@@ -387,8 +449,21 @@ def test_missing_weights_is_a_runtime_error_naming_the_fix(tmp_path, digits_root
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-hf-cache"))
-    result = invoke(["train", "--benchmark", "digits", "--inc", "2", "--pretrained", "openai",
-                     "--data-root", digits_root, "--out", tmp_path / "run"])
+    result = invoke(
+        [
+            "train",
+            "--benchmark",
+            "digits",
+            "--inc",
+            "2",
+            "--pretrained",
+            "openai",
+            "--data-root",
+            digits_root,
+            "--out",
+            tmp_path / "run",
+        ]
+    )
     assert result.exit_code == 1, result.output
     _no_traceback(result)
     assert _says(result.stderr, "zocli prepare --weights")
@@ -409,8 +484,9 @@ def test_corrupt_checkpoint_in_eval_is_a_runtime_error(trained, digits_root, tmp
 
 
 def test_bad_device_name_is_a_usage_error(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "digits-demo", "--device", "gpu", "--data-root", digits_root,
-                     "--out", tmp_path / "run"])
+    result = invoke(
+        ["train", "--preset", "digits-demo", "--device", "gpu", "--data-root", digits_root, "--out", tmp_path / "run"]
+    )
     _no_traceback(result)
     assert result.exit_code == 2
 
@@ -423,8 +499,9 @@ def _has_cuda() -> bool:
 
 @pytest.mark.skipif(_has_cuda(), reason="needs a machine without CUDA")
 def test_cuda_without_cuda_is_one_line(tmp_path, digits_root):
-    result = invoke(["train", "--preset", "digits-demo", "--device", "cuda", "--data-root", digits_root,
-                     "--out", tmp_path / "run"])
+    result = invoke(
+        ["train", "--preset", "digits-demo", "--device", "cuda", "--data-root", digits_root, "--out", tmp_path / "run"]
+    )
     _no_traceback(result)
     assert result.exit_code in (1, 2)
     assert _says(result.stderr, "CUDA")

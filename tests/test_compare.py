@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.compare import compare
+from zocli.study.compare import compare
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RUNNER = CliRunner(env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
@@ -27,7 +27,7 @@ def invoke(*args):
 def runs(tmp_path_factory, digits_root):
     """Two finished demo runs (5 tasks, 4 steps each) that differ only in the vision branch: FO vs ZO."""
     from zocli.config import resolve
-    from zocli.train import run
+    from zocli.run.train import run
 
     parent = tmp_path_factory.mktemp("compare") / "runs"
     flags = {"data_root": str(digits_root), "max_steps": 4}  # = tiny_config(**flags), with its sources
@@ -47,8 +47,12 @@ def test_rows_come_from_each_summary(runs):
         summary = json.loads((root / "summary.json").read_text())
         assert row.run == str(root)
         assert (row.tasks_done, row.tasks_total) == (5, 5)
-        assert (row.last, row.avg, row.forgetting, row.bwt) == \
-            (summary["last"], summary["avg"], summary["forgetting"], summary["bwt"])
+        assert (row.last, row.avg, row.forgetting, row.bwt) == (
+            summary["last"],
+            summary["avg"],
+            summary["forgetting"],
+            summary["bwt"],
+        )
         assert row.seen_accuracy == summary["seen_accuracy"]
         assert row.peak_memory_bytes == summary["peak_memory"]["bytes"] > 0
         assert row.wall_seconds == summary["wall_seconds"] > 0
@@ -60,8 +64,12 @@ def test_an_unfinished_run_is_compared_from_its_manifest(runs, tmp_path):
     (partial / "summary.json").unlink()
     row = compare([runs[0], partial]).rows[1]
     full = compare([runs[0]]).rows[0]
-    assert (row.tasks_done, row.last, row.avg, row.seen_accuracy) == \
-        (full.tasks_done, full.last, full.avg, full.seen_accuracy)
+    assert (row.tasks_done, row.last, row.avg, row.seen_accuracy) == (
+        full.tasks_done,
+        full.last,
+        full.avg,
+        full.seen_accuracy,
+    )
     assert row.peak_memory_bytes is None  # only a finished run knows its peak
 
 

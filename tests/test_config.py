@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from zocli import benchmarks
-from zocli.config import MOZO_EPS_VISION, Config, ConfigError, from_json, list_presets, resolve
-
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+from zocli.config import MOZO_EPS_VISION, PRESETS_DIR, Config, ConfigError, from_json, list_presets, resolve
+from zocli.data import catalogue
 
 
 def _preset(tmp_path: Path, name: str, text: str) -> str:
@@ -118,14 +116,28 @@ def test_no_mozo_leaves_eps_alone():
 # ---------------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("overrides", [
-    {"eps": 0.0}, {"eps": -1e-3}, {"eps_vision": 0.0, "vision": "zo"}, {"eps_language": -1.0},
-    {"batch_size": 0}, {"batch_size": -4}, {"epochs": 0}, {"inc": 0}, {"lr": 0.0},
-    {"layers": "hop-odd"}, {"layers": "prefix"},
-    {"mozo": True},  # MoZO changes a ZO update; with no ZO branch it is a mistake
-    {"adapter": "prefix-tuning"}, {"vision": "so"}, {"batch_size": "128"}, {"prompt": "no placeholder"},
-    {"layers_n": 3, "vision": "zo"},  # --layers-n without prefix/suffix
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"eps": 0.0},
+        {"eps": -1e-3},
+        {"eps_vision": 0.0, "vision": "zo"},
+        {"eps_language": -1.0},
+        {"batch_size": 0},
+        {"batch_size": -4},
+        {"epochs": 0},
+        {"inc": 0},
+        {"lr": 0.0},
+        {"layers": "hop-odd"},
+        {"layers": "prefix"},
+        {"mozo": True},  # MoZO changes a ZO update; with no ZO branch it is a mistake
+        {"adapter": "prefix-tuning"},
+        {"vision": "so"},
+        {"batch_size": "128"},
+        {"prompt": "no placeholder"},
+        {"layers_n": 3, "vision": "zo"},  # --layers-n without prefix/suffix
+    ],
+)
 def test_invalid_values_raise_config_error(overrides):
     with pytest.raises(ConfigError):
         Config(**overrides)
@@ -146,8 +158,9 @@ def test_unknown_preset_key_suggests_the_close_one(tmp_path):
     assert "did you mean 'batch_size'" in str(info.value)
 
 
-@pytest.mark.parametrize("key, meant", [("learning_rate", "lr"), ("wd", "weight_decay"), ("bs", "batch_size"),
-                                       ("num_epochs", "epochs")])
+@pytest.mark.parametrize(
+    ("key", "meant"), [("learning_rate", "lr"), ("wd", "weight_decay"), ("bs", "batch_size"), ("num_epochs", "epochs")]
+)
 def test_common_spellings_of_a_key_suggest_ours(tmp_path, key, meant):
     # Found: `learning_rate` got "did you mean 'language'?".
     path = _preset(tmp_path, "alias", f"{key} = 1\n")
@@ -204,6 +217,6 @@ def test_every_preset_loads_and_validates(name):
     resolved = resolve([name])
     cfg = resolved.config
     assert any(source == f"preset:{name}" for source in resolved.sources.values())
-    benchmarks.split(benchmarks.get(cfg.benchmark), cfg.inc, cfg.base)  # its protocol is possible
+    catalogue.split(catalogue.get(cfg.benchmark), cfg.inc, cfg.base)  # its protocol is possible
     # and it composes with the demo preset, the way method presets are meant to be stacked
     resolve(["digits-demo", name])

@@ -1,4 +1,4 @@
-"""zocli.data: prepare -> load round trips from every kind of source, offline and fast."""
+"""zocli.data.store: prepare -> load round trips from every kind of source, offline and fast."""
 
 import io
 import os
@@ -6,8 +6,8 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"  # before datasets is imported: the hub must never be contacted
 
 import shutil
-from collections import Counter
 import time
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -15,7 +15,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from zocli import benchmarks, data, world
+from zocli.data import catalogue, store, testbed
 
 
 def _png(path: Path, seed: int, mode: str = "RGB", size: int = 8) -> None:
@@ -32,10 +32,10 @@ def _labels(dd: datasets.DatasetDict, split: str) -> list[int]:
 
 
 def test_digits_round_trip(tmp_path):
-    bench = benchmarks.get("digits")
-    target = data.prepare(bench, tmp_path)
-    assert target == data.dataset_dir(tmp_path, "digits") == tmp_path / "digits"
-    dd = data.load(bench, tmp_path)
+    bench = catalogue.get("digits")
+    target = store.prepare(bench, tmp_path)
+    assert target == store.dataset_dir(tmp_path, "digits") == tmp_path / "digits"
+    dd = store.load(bench, tmp_path)
     assert len(dd["train"]) + len(dd["test"]) == 1797
     assert len(dd["test"]) == 360  # 20 %
     for split in ("train", "test"):
@@ -46,14 +46,14 @@ def test_digits_round_trip(tmp_path):
     assert max(np.asarray(dd["train"][i]["image"]).max() for i in range(20)) > 200  # scaled to 0..255
 
     mtime = (target / "dataset_dict.json").stat().st_mtime_ns
-    assert data.prepare(bench, tmp_path) == target  # idempotent: returned unchanged
+    assert store.prepare(bench, tmp_path) == target  # idempotent: returned unchanged
     assert (target / "dataset_dict.json").stat().st_mtime_ns == mtime
 
 
 def test_digits_split_is_fixed(tmp_path):
-    bench = benchmarks.get("digits")
-    a = data.load(bench, data.prepare(bench, tmp_path / "a").parent)
-    b = data.load(bench, data.prepare(bench, tmp_path / "b").parent)
+    bench = catalogue.get("digits")
+    a = store.load(bench, store.prepare(bench, tmp_path / "a").parent)
+    b = store.load(bench, store.prepare(bench, tmp_path / "b").parent)
     assert _labels(a, "test") == _labels(b, "test")
     assert np.array_equal(np.asarray(a["test"][5]["image"]), np.asarray(b["test"][5]["image"]))
 
@@ -69,13 +69,13 @@ def _cifar_folder(root: Path, classes: list[str]) -> None:
 
 
 def test_cifar_imagefolder(tmp_path):
-    bench = benchmarks.get("cifar100")
+    bench = catalogue.get("cifar100")
     chosen = [bench.classes[i] for i in (3, 26, 99)]  # 26 is crab
     _cifar_folder(tmp_path / "src", chosen)
     lines = []
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
+    store.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
     shutil.rmtree(tmp_path / "src")  # the copy embeds the image bytes: it must not need the source
-    dd = data.load(bench, tmp_path / "root")
+    dd = store.load(bench, tmp_path / "root")
     for split in ("train", "test"):
         assert sorted(_labels(dd, split)) == [3, 3, 26, 26, 99, 99]
         assert dd[split][0]["image"].mode == "RGB"
@@ -84,45 +84,51 @@ def test_cifar_imagefolder(tmp_path):
 
 def test_a_partial_source_is_refused_at_prepare(tmp_path):
     # Found: 10 of 100 class folders prepared fine (exit 0), then train died at task 3 with a ValueError.
-    bench = benchmarks.get("cifar100")
+    bench = catalogue.get("cifar100")
     _cifar_folder(tmp_path / "src", list(bench.classes[:10]))
-    with pytest.raises(data.SourceError, match="no train images for 90 of 100 cifar100 classes") as info:
-        data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    with pytest.raises(store.SourceError, match="no train images for 90 of 100 cifar100 classes") as info:
+        store.prepare(bench, tmp_path / "root", source=tmp_path / "src")
     assert "--allow-partial" in str(info.value) and "\n" not in str(info.value)
-    assert not data.dataset_dir(tmp_path / "root", "cifar100").exists()
+    assert not store.dataset_dir(tmp_path / "root", "cifar100").exists()
 
 
 def test_allow_partial_warns_naming_the_missing_classes(tmp_path):
-    bench = benchmarks.get("cifar100")
+    bench = catalogue.get("cifar100")
     _cifar_folder(tmp_path / "src", list(bench.classes[:10]))
     lines = []
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
+    store.prepare(bench, tmp_path / "root", source=tmp_path / "src", on_progress=lines.append, allow_partial=True)
     warning = next(line for line in lines if line.startswith("warning:"))
     assert "90 of 100" in warning and bench.classes[10] in warning
-    assert len(data.load(bench, tmp_path / "root")["test"]) == 20
+    assert len(store.load(bench, tmp_path / "root")["test"]) == 20
 
 
 def test_cifar_unknown_folder(tmp_path):
-    bench = benchmarks.get("cifar100")
+    bench = catalogue.get("cifar100")
     _cifar_folder(tmp_path / "src", ["apple", "not_a_class"])
-    with pytest.raises(data.SourceError, match="not_a_class"):
-        data.prepare(bench, tmp_path / "root", source=tmp_path / "src")
-    assert not data.dataset_dir(tmp_path / "root", "cifar100").exists()
+    with pytest.raises(store.SourceError, match="not_a_class"):
+        store.prepare(bench, tmp_path / "root", source=tmp_path / "src")
+    assert not store.dataset_dir(tmp_path / "root", "cifar100").exists()
     assert list((tmp_path / "root").iterdir()) == []  # the temporary sibling is cleaned up
 
 
 def test_cifar_saved_hub_copy(tmp_path):
     # A save_to_disk copy with the hub's own columns and its "cra" typo, and a label order that differs.
-    bench = benchmarks.get("cifar100")
+    bench = catalogue.get("cifar100")
     hub_names = ["cra", "apple", "aquarium_fish"]
-    feats = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=hub_names),
-                               "coarse_label": datasets.Value("int64")})
+    feats = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "fine_label": datasets.ClassLabel(names=hub_names),
+            "coarse_label": datasets.Value("int64"),
+        }
+    )
     pixels = [np.zeros((4, 4, 3), np.uint8)] * 3
-    split = datasets.Dataset.from_dict({"img": pixels, "fine_label": [0, 1, 2], "coarse_label": [0, 0, 0]},
-                                       features=feats)
+    split = datasets.Dataset.from_dict(
+        {"img": pixels, "fine_label": [0, 1, 2], "coarse_label": [0, 0, 0]}, features=feats
+    )
     datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "src"))
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
-    dd = data.load(bench, tmp_path / "root")
+    store.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
+    dd = store.load(bench, tmp_path / "root")
     assert _labels(dd, "train") == [bench.classes.index("crab"), 0, 1]
     assert dd["train"].column_names == ["image", "label"]
 
@@ -142,12 +148,12 @@ def _tiny_layout(root: Path, wnids: list[str]) -> None:
 
 
 def test_tinyimg_official_layout(tmp_path):
-    bench = benchmarks.get("tinyimg")
+    bench = catalogue.get("tinyimg")
     wnids = [bench.classes[5], bench.classes[150]]
     _tiny_layout(tmp_path / "src" / "tiny-imagenet-200", wnids)
     # the parent of tiny-imagenet-200/ is accepted too
-    data.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
-    dd = data.load(bench, tmp_path / "root")
+    store.prepare(bench, tmp_path / "root", source=tmp_path / "src", allow_partial=True)
+    dd = store.load(bench, tmp_path / "root")
     assert sorted(_labels(dd, "train")) == [5, 5, 5, 150, 150, 150]
     assert _labels(dd, "test") == [5, 150, 5, 150]
     assert all(dd["test"][i]["image"].mode == "RGB" for i in range(4))  # the grayscale one was converted
@@ -155,15 +161,15 @@ def test_tinyimg_official_layout(tmp_path):
 
 def test_tinyimg_hub_path(tmp_path, monkeypatch):
     # The online path with load_dataset faked: `valid` becomes `test`, wnid labels are remapped by name.
-    bench = benchmarks.get("tinyimg")
+    bench = catalogue.get("tinyimg")
     hub_names = [bench.classes[7], bench.classes[2]]  # not in our order
     feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=hub_names)})
     gray = PIL.Image.fromarray(np.zeros((4, 4), np.uint8))
     split = datasets.Dataset.from_dict({"image": [gray, gray], "label": [0, 1]}, features=feats)
     fake = datasets.DatasetDict({"train": split, "valid": split.select([1])})
-    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: fake)
-    data.prepare(bench, tmp_path, allow_partial=True)
-    dd = data.load(bench, tmp_path)
+    monkeypatch.setattr(store.datasets, "load_dataset", lambda *a, **k: fake)
+    store.prepare(bench, tmp_path, allow_partial=True)
+    dd = store.load(bench, tmp_path)
     assert _labels(dd, "train") == [7, 2] and _labels(dd, "test") == [2]
     assert dd["train"][0]["image"].mode == "RGB"
 
@@ -182,40 +188,41 @@ def _fingerprints(ds: datasets.Dataset) -> list[bytes]:
 
 
 def test_imgr_folder_split(tmp_path):
-    bench = benchmarks.get("imgr")
+    bench = catalogue.get("imgr")
     wnids = [bench.classes[0], bench.classes[42]]
     _imgr_folder(tmp_path / "src" / "imagenet-r", wnids)
     root = tmp_path / "root"
-    data.prepare(bench, root, source=tmp_path / "src", allow_partial=True)
-    first = data.load(bench, root)
+    store.prepare(bench, root, source=tmp_path / "src", allow_partial=True)
+    first = store.load(bench, root)
     assert sorted(_labels(first, "train")) == [0] * 8 + [42] * 8
     assert sorted(_labels(first, "test")) == [0] * 2 + [42] * 2
     train, test = _fingerprints(first["train"]), _fingerprints(first["test"])
     assert not set(train) & set(test)
-    data.prepare(bench, root, source=tmp_path / "src" / "imagenet-r", overwrite=True, allow_partial=True)
-    second = data.load(bench, root)
+    store.prepare(bench, root, source=tmp_path / "src" / "imagenet-r", overwrite=True, allow_partial=True)
+    second = store.load(bench, root)
     assert _fingerprints(second["train"]) == train and _fingerprints(second["test"]) == test
 
 
 def test_imgr_hub_path(tmp_path, monkeypatch):
-    bench = benchmarks.get("imgr")
+    bench = catalogue.get("imgr")
     wnids = [bench.classes[9]] * 5 + [bench.classes[1]] * 5
-    rows = datasets.Dataset.from_dict({"image": [np.zeros((4, 4, 3), np.uint8)] * 10, "wnid": wnids,
-                                       "class_name": ["x"] * 10},
-                                      features=datasets.Features({"image": datasets.Image(),
-                                                                  "wnid": datasets.Value("string"),
-                                                                  "class_name": datasets.Value("string")}))
+    rows = datasets.Dataset.from_dict(
+        {"image": [np.zeros((4, 4, 3), np.uint8)] * 10, "wnid": wnids, "class_name": ["x"] * 10},
+        features=datasets.Features(
+            {"image": datasets.Image(), "wnid": datasets.Value("string"), "class_name": datasets.Value("string")}
+        ),
+    )
     calls = []
-    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
-    data.prepare(bench, tmp_path, allow_partial=True)
-    dd = data.load(bench, tmp_path)
+    monkeypatch.setattr(store.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
+    store.prepare(bench, tmp_path, allow_partial=True)
+    dd = store.load(bench, tmp_path)
     assert calls == [{"split": "test"}]
     assert sorted(_labels(dd, "train")) == [1] * 4 + [9] * 4 and sorted(_labels(dd, "test")) == [1, 9]
 
 
 def test_per_class_split_is_deterministic():
     labels = np.array([0] * 10 + [1] * 5)
-    a, b = data.per_class_split(labels), data.per_class_split(labels)
+    a, b = store.per_class_split(labels), store.per_class_split(labels)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[0]) == 12 and len(a[1]) == 3
     assert not set(a[0]) & set(a[1])
@@ -225,63 +232,63 @@ def test_per_class_split_is_deterministic():
 
 
 def test_load_missing(tmp_path):
-    with pytest.raises(data.DataMissing, match="zocli prepare --benchmark cifar100") as info:
-        data.load(benchmarks.get("cifar100"), tmp_path / "nowhere")
+    with pytest.raises(store.DataMissing, match="zocli prepare --benchmark cifar100") as info:
+        store.load(catalogue.get("cifar100"), tmp_path / "nowhere")
     assert "\n" not in str(info.value)
 
 
 def test_load_stale_classes(tmp_path):
     # A copy prepared for another class list (e.g. an older zocli) must be re-prepared.
-    bench = benchmarks.get("digits")
-    data.prepare(bench, tmp_path)
-    renamed = benchmarks.Benchmark("digits", tuple("abcdefghij"), bench.names, bench.order, None)
-    with pytest.raises(data.DataMissing, match="--overwrite"):
-        data.load(renamed, tmp_path)
+    bench = catalogue.get("digits")
+    store.prepare(bench, tmp_path)
+    renamed = catalogue.Benchmark("digits", tuple("abcdefghij"), bench.names, bench.order, None)
+    with pytest.raises(store.DataMissing, match="--overwrite"):
+        store.load(renamed, tmp_path)
 
 
 def test_online_fails_fast_offline(tmp_path):
     start = time.monotonic()
-    with pytest.raises(data.SourceError, match="--source") as info:
-        data.prepare(benchmarks.get("cifar100"), tmp_path)
+    with pytest.raises(store.SourceError, match="--source") as info:
+        store.prepare(catalogue.get("cifar100"), tmp_path)
     assert time.monotonic() - start < 10
     assert "\n" not in str(info.value)
-    assert not data.dataset_dir(tmp_path, "cifar100").exists()
+    assert not store.dataset_dir(tmp_path, "cifar100").exists()
 
 
 def test_bad_source(tmp_path):
-    with pytest.raises(data.SourceError, match="tiny-imagenet-200"):
-        data.prepare(benchmarks.get("tinyimg"), tmp_path / "root", source=tmp_path)
-    with pytest.raises(data.SourceError, match="not a directory"):
-        data.prepare(benchmarks.get("imgr"), tmp_path / "root", source=tmp_path / "missing")
+    with pytest.raises(store.SourceError, match="tiny-imagenet-200"):
+        store.prepare(catalogue.get("tinyimg"), tmp_path / "root", source=tmp_path)
+    with pytest.raises(store.SourceError, match="not a directory"):
+        store.prepare(catalogue.get("imgr"), tmp_path / "root", source=tmp_path / "missing")
 
 
 def test_interrupted_write_is_ignored(tmp_path):
     # A killed prepare leaves only a hidden temporary sibling, possibly holding a complete-looking copy.
-    bench = benchmarks.get("digits")
-    data.prepare(bench, tmp_path / "done")
+    bench = catalogue.get("digits")
+    store.prepare(bench, tmp_path / "done")
     leftover = tmp_path / "root" / ".digits.tmp-killed" / "out"
     leftover.parent.mkdir(parents=True)
-    os.replace(data.dataset_dir(tmp_path / "done", "digits"), leftover)
-    with pytest.raises(data.DataMissing):
-        data.load(bench, tmp_path / "root")
+    os.replace(store.dataset_dir(tmp_path / "done", "digits"), leftover)
+    with pytest.raises(store.DataMissing):
+        store.load(bench, tmp_path / "root")
     # and the next prepare still writes the real copy
-    data.prepare(bench, tmp_path / "root")
-    assert len(data.load(bench, tmp_path / "root")["test"]) == 360
+    store.prepare(bench, tmp_path / "root")
+    assert len(store.load(bench, tmp_path / "root")["test"]) == 360
 
 
 def test_overwrite_replaces(tmp_path):
-    bench = benchmarks.get("digits")
-    target = data.prepare(bench, tmp_path)
+    bench = catalogue.get("digits")
+    target = store.prepare(bench, tmp_path)
     (target / "marker").write_text("old")
-    assert data.prepare(bench, tmp_path, overwrite=True) == target
+    assert store.prepare(bench, tmp_path, overwrite=True) == target
     assert not (target / "marker").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary left behind
 
 
 def test_testbed_is_generated_offline_complete_and_disjoint(testbed_root):
-    bench = benchmarks.get("testbed")
-    dd = data.load(bench, testbed_root)
-    for split, per_class in data.TESTBED_PER_CLASS.items():
+    bench = catalogue.get("testbed")
+    dd = store.load(bench, testbed_root)
+    for split, per_class in store.TESTBED_PER_CLASS.items():
         assert sorted(Counter(dd[split]["label"]).items()) == [(c, per_class) for c in range(100)]
     pixels = {split: {np.asarray(im).tobytes() for im in dd[split]["image"]} for split in ("train", "test")}
     assert len(pixels["train"]) == 6000 and len(pixels["test"]) == 2000  # no duplicate image anywhere
@@ -289,20 +296,20 @@ def test_testbed_is_generated_offline_complete_and_disjoint(testbed_root):
 
 
 def test_testbed_rows_are_the_worlds_seeded_draws(testbed_root):
-    # Every copy is the same: row (label, index) is world.render(label, seed (0, split, label, index)).
-    dd = data.load(benchmarks.get("testbed"), testbed_root)
+    # Every copy is the same: row (label, index) is testbed.render(label, seed (0, split, label, index)).
+    dd = store.load(catalogue.get("testbed"), testbed_root)
     for split, split_id in (("train", 0), ("test", 1)):
-        per_class = data.TESTBED_PER_CLASS[split]
+        per_class = store.TESTBED_PER_CLASS[split]
         for row in (0, per_class + 3, len(dd[split]) - 1):
             label, index = divmod(row, per_class)
-            expected = world.render(label, "benchmark", (data.TESTBED_SEED, split_id, label, index))
+            expected = testbed.render(label, "benchmark", (store.TESTBED_SEED, split_id, label, index))
             assert dd[split][row]["label"] == label
             assert np.array_equal(np.asarray(dd[split][row]["image"]), expected)
 
 
 def test_testbed_takes_no_source(tmp_path):
-    with pytest.raises(data.SourceError, match="made on this machine"):
-        data.prepare(benchmarks.get("testbed"), tmp_path, source=tmp_path)
+    with pytest.raises(store.SourceError, match="made on this machine"):
+        store.prepare(catalogue.get("testbed"), tmp_path, source=tmp_path)
 
 
 DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no process has it
@@ -310,46 +317,47 @@ DEAD_PID = 2**22 + 12345  # above Linux's default pid_max: no process has it
 
 def _dead_prepare_left(tmp_path, kept: str) -> Path:
     """A digits root whose prepare died mid-swap, its one copy at TMP/`kept` ("ready" or "old")."""
-    data.prepare(benchmarks.get("digits"), tmp_path / "done")
+    store.prepare(catalogue.get("digits"), tmp_path / "done")
     tmp = tmp_path / "root" / f".digits.tmp-{DEAD_PID}-abcd"
     tmp.mkdir(parents=True)
-    os.replace(data.dataset_dir(tmp_path / "done", "digits"), tmp / kept)
-    assert not data.dataset_dir(tmp_path / "root", "digits").exists()  # the benchmark is missing
+    os.replace(store.dataset_dir(tmp_path / "done", "digits"), tmp / kept)
+    assert not store.dataset_dir(tmp_path / "root", "digits").exists()  # the benchmark is missing
     return tmp
 
 
 def test_a_prepare_killed_between_its_renames_is_finished_by_the_next_load(tmp_path):
     tmp = _dead_prepare_left(tmp_path, "ready")  # killed after the old copy moved aside, before the new moved in
-    assert len(data.load(benchmarks.get("digits"), tmp_path / "root")["test"]) == 360  # the swap was finished
+    assert len(store.load(catalogue.get("digits"), tmp_path / "root")["test"]) == 360  # the swap was finished
     assert not tmp.exists()
 
 
 def test_a_dead_prepare_with_only_the_old_copy_is_rolled_back(tmp_path):
     tmp = _dead_prepare_left(tmp_path, "old")
-    data.prepare(benchmarks.get("digits"), tmp_path / "root")  # finds the old copy back instead of rebuilding
-    assert len(data.load(benchmarks.get("digits"), tmp_path / "root")["train"]) == 1437 and not tmp.exists()
+    store.prepare(catalogue.get("digits"), tmp_path / "root")  # finds the old copy back instead of rebuilding
+    assert len(store.load(catalogue.get("digits"), tmp_path / "root")["train"]) == 1437 and not tmp.exists()
 
 
 def test_a_live_prepares_temporary_directory_is_left_alone(tmp_path):
-    bench = benchmarks.get("digits")
+    bench = catalogue.get("digits")
     live = tmp_path / f".digits.tmp-{os.getpid()}-abcd"
     (live / "work").mkdir(parents=True)
-    data.prepare(bench, tmp_path)
-    assert live.is_dir() and len(data.load(bench, tmp_path)["test"]) == 360
+    store.prepare(bench, tmp_path)
+    assert live.is_dir() and len(store.load(bench, tmp_path)["test"]) == 360
 
 
 def test_large_photos_are_stored_pre_resized_for_imgr():
     """imgr's prepared copy holds each photo with its shorter side at PRESIZE (a small JPEG a worker
     decodes fast); smaller images, and other benchmarks, are kept as they came."""
+
     def encoded(size, mode="RGB", fmt="PNG") -> dict:
         buffer = io.BytesIO()
         PIL.Image.new(mode, size, 90).save(buffer, format=fmt)
         return {"bytes": buffer.getvalue(), "path": None}
 
     big, small = encoded((900, 600)), encoded((200, 150))
-    shrunk = data._rgb(big, data.PRESIZE)
+    shrunk = store._rgb(big, store.PRESIZE)
     with PIL.Image.open(io.BytesIO(shrunk["bytes"])) as im:
         assert (im.format, im.size, im.mode) == ("JPEG", (384, 256), "RGB")
-    assert data._rgb(small, data.PRESIZE) is small and data._rgb(big) is big  # nothing to shrink; not imgr
-    with PIL.Image.open(io.BytesIO(data._rgb(encoded((200, 150), "L"), data.PRESIZE)["bytes"])) as im:
+    assert store._rgb(small, store.PRESIZE) is small and store._rgb(big) is big  # nothing to shrink; not imgr
+    with PIL.Image.open(io.BytesIO(store._rgb(encoded((200, 150), "L"), store.PRESIZE)["bytes"])) as im:
         assert (im.format, im.mode) == ("PNG", "RGB")  # small grayscale: converted losslessly, not shrunk

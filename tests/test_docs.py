@@ -39,7 +39,7 @@ def test_the_readme_train_flags_table_lists_every_train_option():
     from zocli.cli import app
 
     readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### `train` flags"):readme.index("### Presets")]
+    table = readme[readme.index("### `train` flags") : readme.index("### Presets")]
     listed = set(re.findall(r"`(--[a-z-]+)", table)) | set(re.findall(r"/(--[a-z-]+)`", table))
     train = typer.main.get_command(app).commands["train"]
     options = {opt for p in train.params if p.name != "help" for opt in p.opts if opt.startswith("--")}

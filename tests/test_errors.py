@@ -35,8 +35,9 @@ def invoke(args: list[str]):
 
 def assert_one_line_error(result, code: int | tuple[int, ...], *needles: str) -> str:
     """Exit `code` (or one of them), exactly one non-empty stderr line containing every needle, nothing on stdout."""
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
-        f"unhandled {type(result.exception).__name__}: {result.exception}"  # would be a traceback
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
+        f"unhandled {type(result.exception).__name__}: {result.exception}"
+    )  # would be a traceback
     assert result.exit_code in (code if isinstance(code, tuple) else (code,)), result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -54,7 +55,7 @@ def assert_one_line_error(result, code: int | tuple[int, ...], *needles: str) ->
 def runs(tmp_path_factory, digits_root):
     """Two finished two-task runs (2 steps per task) that differ only in the adapter: moe and lora."""
     from zocli.config import resolve
-    from zocli.train import run
+    from zocli.run.train import run
 
     base = tmp_path_factory.mktemp("error-runs")
     flags = {"data_root": str(digits_root), "max_steps": 2, "inc": 5, "eval_batch_size": 512}
@@ -85,11 +86,19 @@ DEMO = ["train", "--preset", "digits-demo", "--data-root", "{data}", "--max-step
 
 # (id, argv with {placeholders}, exit code, substrings of the one stderr line)
 CASES = [
-    ("unknown-benchmark", ["train", "--benchmark", "cifar10", "--inc", "10"], 2,
-     ["unknown benchmark 'cifar10'", "did you mean 'cifar100'"]),
+    (
+        "unknown-benchmark",
+        ["train", "--benchmark", "cifar10", "--inc", "10"],
+        2,
+        ["unknown benchmark 'cifar10'", "did you mean 'cifar100'"],
+    ),
     ("unknown-preset", ["train", "--preset", "dmeo"], 2, ["unknown preset 'dmeo'", "did you mean 'demo'"]),
-    ("unknown-preset-key", ["train", "--preset", "{tmp}/typo.toml"], 2,
-     ["unknown key 'bench'", "typo.toml", "did you mean 'benchmark'"]),
+    (
+        "unknown-preset-key",
+        ["train", "--preset", "{tmp}/typo.toml"],
+        2,
+        ["unknown key 'bench'", "typo.toml", "did you mean 'benchmark'"],
+    ),
     ("missing-preset-file", ["train", "--preset", "{tmp}/nope.toml"], 2, ["nope.toml", "does not exist"]),
     ("inc-does-not-divide", DEMO + ["--inc", "3"], 2, ["--inc 3 does not divide", "fit: 1, 7"]),
     ("base-too-large", DEMO + ["--base", "11"], 2, ["--base 11", "10 classes"]),
@@ -102,35 +111,74 @@ CASES = [
     ("mozo-without-zo", DEMO + ["--mozo"], 2, ["--mozo", "add --vision zo"]),
     ("unknown-model", DEMO + ["--model", "ViT-B-61"], 2, ["unknown model 'ViT-B-61'", "did you mean 'ViT-B-16'"]),
     ("unwritable-out", DEMO[:-1] + ["{tmp}/a-file/sub"], 1, ["a-file/sub"]),
-    ("data-not-prepared", ["train", "--preset", "digits-demo", "--benchmark", "cifar100", "--inc", "10",
-                           "--data-root", "{tmp}/empty-root", "--out", "{tmp}/out"], 1,
-     ["benchmark cifar100 is not prepared", "zocli prepare --benchmark cifar100"]),
-    ("weights-offline", DEMO + ["--model", "ViT-B-16", "--pretrained", "openai"], 1,
-     ["not in the local Hugging Face cache", "zocli prepare --weights"]),
+    (
+        "data-not-prepared",
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--benchmark",
+            "cifar100",
+            "--inc",
+            "10",
+            "--data-root",
+            "{tmp}/empty-root",
+            "--out",
+            "{tmp}/out",
+        ],
+        1,
+        ["benchmark cifar100 is not prepared", "zocli prepare --benchmark cifar100"],
+    ),
+    (
+        "weights-offline",
+        DEMO + ["--model", "ViT-B-16", "--pretrained", "openai"],
+        1,
+        ["not in the local Hugging Face cache", "zocli prepare --weights"],
+    ),
     ("weights-file-missing", DEMO + ["--pretrained", "{tmp}/nope.safetensors"], 1, ["nope.safetensors does not exist"]),
     ("eval-not-a-run", ["eval", "{tmp}/not-a-run"], 1, ["not-a-run is not a zocli run directory"]),
     ("eval-missing-path", ["eval", "{tmp}/missing"], 1, ["missing"]),
     ("eval-glob-matches-nothing", ["eval", "{tmp}/nomatch-*"], 2, ["no run directory matches"]),
     ("eval-task-out-of-range", ["eval", "{run}", "--task", "7"], 2, ["--task 7 is out of range", "0..1"]),
-    ("overwrite-something-else", DEMO + ["--out", "{tmp}/not-a-run", "--overwrite"], 1,
-     ["--overwrite only replaces a zocli run directory"]),
-    ("out-not-empty", ["train", "--preset", "digits-demo", "--data-root", "{data}", "--out", "{run}"], 1,
-     ["is not empty", "--resume", "--overwrite"]),
+    (
+        "overwrite-something-else",
+        DEMO + ["--out", "{tmp}/not-a-run", "--overwrite"],
+        1,
+        ["--overwrite only replaces a zocli run directory"],
+    ),
+    (
+        "out-not-empty",
+        ["train", "--preset", "digits-demo", "--data-root", "{data}", "--out", "{run}"],
+        1,
+        ["is not empty", "--resume", "--overwrite"],
+    ),
     ("resume-changes-a-flag", ["train", "--resume", "{run}", "--lr", "0.5"], 2, ["--lr cannot change"]),
     ("resume-changes-out", ["train", "--resume", "{run}", "--out", "{tmp}/x"], 2, ["cannot change"]),
     ("resume-not-a-run", ["train", "--resume", "{tmp}/not-a-run"], 1, ["not a zocli run directory"]),
     ("prepare-nothing", ["prepare"], 2, ["--benchmark", "--weights"]),
-    ("prepare-digits-source", ["prepare", "--benchmark", "digits", "--source", "{tmp}",
-                               "--data-root", "{tmp}/prep"], 1, ["--source does not apply"]),
+    (
+        "prepare-digits-source",
+        ["prepare", "--benchmark", "digits", "--source", "{tmp}", "--data-root", "{tmp}/prep"],
+        1,
+        ["--source does not apply"],
+    ),
     ("presets-show-unknown", ["presets", "show", "nope"], 2, ["unknown preset 'nope'"]),
-    ("probe-precision-unknown", ["probe-variance", "--preset", "digits-demo", "--precision", "fp32,fp16"], 2,
-     ["--precision takes a comma list of fp32, tf32, bf16"]),
-    ("memory-unknown-config", ["memory", "--preset", "digits-demo", "--configs", "fo,bogus"], 2,
-     ["unknown memory config 'bogus'"]),
+    (
+        "probe-precision-unknown",
+        ["probe-variance", "--preset", "digits-demo", "--precision", "fp32,fp16"],
+        2,
+        ["--precision takes a comma list of fp32, tf32, bf16"],
+    ),
+    (
+        "memory-unknown-config",
+        ["memory", "--preset", "digits-demo", "--configs", "fo,bogus"],
+        2,
+        ["unknown memory config 'bogus'"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, code, needles", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("argv", "code", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_an_exit_code(argv, code, needles, paths):
     args = [a.format(**paths) for a in argv]
     began = time.perf_counter()
@@ -145,12 +193,22 @@ def test_bad_input_is_one_line_and_an_exit_code(argv, code, needles, paths):
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
-@pytest.mark.parametrize("argv, code, needle", [
-    pytest.param(DEMO + ["--device", "cuda"], 1, "CUDA is not available", id="train-cuda-without-cuda", marks=NO_CUDA),
-    pytest.param(["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available",
-                 id="memory-cuda-without-cuda", marks=NO_CUDA),
-    pytest.param(DEMO + ["--device", "tpu"], 2, "--device must be", id="device-unknown"),
-])
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        pytest.param(
+            DEMO + ["--device", "cuda"], 1, "CUDA is not available", id="train-cuda-without-cuda", marks=NO_CUDA
+        ),
+        pytest.param(
+            ["memory", "--preset", "digits-demo", "--device", "cuda"],
+            1,
+            "CUDA is not available",
+            id="memory-cuda-without-cuda",
+            marks=NO_CUDA,
+        ),
+        pytest.param(DEMO + ["--device", "tpu"], 2, "--device must be", id="device-unknown"),
+    ],
+)
 def test_bad_device_is_one_line(argv, code, needle, paths):
     # Found as tracebacks (a bare RuntimeError from resolve_device / torch.device); fixed in the working tree.
     assert_one_line_error(invoke([a.format(**paths) for a in argv]), code, needle)
@@ -172,46 +230,90 @@ def test_click_level_bad_value_exits_2_without_traceback(paths):
 
 def _zocli(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     """A real `python -m zocli` process, stderr captured through a pipe (not a terminal)."""
-    return subprocess.run([sys.executable, "-m", "zocli", *args], cwd=cwd, env={**env, "HF_HUB_OFFLINE": "1"},
-                          check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "zocli", *args],
+        cwd=cwd,
+        env={**env, "HF_HUB_OFFLINE": "1"},
+        check=False,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
 
 
 HEAVY = ("torch", "open_clip", "datasets")
 # Runs the CLI, then reports which heavy libraries the process imported on the way to its error.
-IMPORT_PROBE = ("import sys\nfrom zocli.cli import app\ntry:\n    app(sys.argv[1:], prog_name='zocli')\n"
-                "finally:\n    print('imported:', *[m for m in %r if m in sys.modules], file=sys.stderr)" % (HEAVY,))
-NO_GPU_DRIVER = pytest.mark.skipif(any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd", "/proc/driver/nvidia")),
-                                   reason="a GPU driver is present: torch decides")
+IMPORT_PROBE = (
+    "import sys\nfrom zocli.cli import app\ntry:\n    app(sys.argv[1:], prog_name='zocli')\n"
+    f"finally:\n    print('imported:', *[m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)"
+)
+NO_GPU_DRIVER = pytest.mark.skipif(
+    any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd", "/proc/driver/nvidia")),
+    reason="a GPU driver is present: torch decides",
+)
 
 
 def _fake_run(root: Path) -> Path:
     """A run directory with two committed tasks, as far as files without tensors go."""
     (root / "checkpoints").mkdir(parents=True)
-    (root / "config.json").write_text(json.dumps({"zocli_version": "0.1.0", "config": {"benchmark": "digits", "data_root": str(root),
-                                                             "device": "cpu", "model": "zocli-tiny"}}))
+    (root / "config.json").write_text(
+        json.dumps(
+            {
+                "zocli_version": "0.1.0",
+                "config": {"benchmark": "digits", "data_root": str(root), "device": "cpu", "model": "zocli-tiny"},
+            }
+        )
+    )
     (root / "checkpoints" / "manifest.json").write_text(json.dumps({"tasks_done": 2, "files": {}}))
     return root
 
 
-@pytest.mark.parametrize("argv, code, needle", [
-    (["train", "--preset", "digits-demo", "--out", "{run}"], 1, "is not empty"),
-    pytest.param(["train", "--preset", "digits-demo", "--device", "cuda", "--out", "{tmp}/new"], 1, "CUDA is not available",
-                 marks=NO_GPU_DRIVER),
-    pytest.param(["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER),
-    (["train", "--resume", "{tmp}/missing"], 1, "does not exist"),
-    (["eval", "{tmp}/missing"], 1, "does not exist"),
-    (["eval", "{run}", "{tmp}/missing"], 1, "does not exist"),
-    (["probe-variance", "--run", "{tmp}/missing"], 1, "does not exist"),
-    (["eval", "{run}", "--task", "5"], 2, "--task 5 is out of range"),
-    (["train", "--benchmark", "cifar100", "--data-root", "{tmp}", "--out", "{tmp}/new"], 1, "not prepared"),
-], ids=["out-in-use", "train-cuda", "memory-cuda", "resume-missing", "eval-missing", "compare-missing", "probe-missing",
-        "task-out-of-range", "data-not-prepared"])
+@pytest.mark.parametrize(
+    ("argv", "code", "needle"),
+    [
+        (["train", "--preset", "digits-demo", "--out", "{run}"], 1, "is not empty"),
+        pytest.param(
+            ["train", "--preset", "digits-demo", "--device", "cuda", "--out", "{tmp}/new"],
+            1,
+            "CUDA is not available",
+            marks=NO_GPU_DRIVER,
+        ),
+        pytest.param(
+            ["memory", "--preset", "digits-demo", "--device", "cuda"], 1, "CUDA is not available", marks=NO_GPU_DRIVER
+        ),
+        (["train", "--resume", "{tmp}/missing"], 1, "does not exist"),
+        (["eval", "{tmp}/missing"], 1, "does not exist"),
+        (["eval", "{run}", "{tmp}/missing"], 1, "does not exist"),
+        (["probe-variance", "--run", "{tmp}/missing"], 1, "does not exist"),
+        (["eval", "{run}", "--task", "5"], 2, "--task 5 is out of range"),
+        (["train", "--benchmark", "cifar100", "--data-root", "{tmp}", "--out", "{tmp}/new"], 1, "not prepared"),
+    ],
+    ids=[
+        "out-in-use",
+        "train-cuda",
+        "memory-cuda",
+        "resume-missing",
+        "eval-missing",
+        "compare-missing",
+        "probe-missing",
+        "task-out-of-range",
+        "data-not-prepared",
+    ],
+)
 def test_common_runtime_errors_come_before_the_heavy_imports(argv, code, needle, tmp_path):
     # Found: these took 10-15 s (torch and open_clip imported first) while usage errors took < 1 s.
     places = {"tmp": str(tmp_path), "run": str(_fake_run(tmp_path / "run"))}
-    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *[a.format(**places) for a in argv]], cwd=tmp_path,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORT_PROBE, *[a.format(**places) for a in argv]],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == code, proc.stderr
     assert len(lines) == 2 and needle in lines[0], proc.stderr
@@ -351,8 +453,12 @@ def _png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -374,7 +480,7 @@ def hostile(paths, runs, tmp_path, digits_root):
     shutil.copytree(digits_root, bad_data)
     arrow = sorted((bad_data / "digits" / "test").glob("*.arrow"))[0]
     data = bytearray(arrow.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 2000] = bytes(2000)  # zeros over encoded images
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)  # zeros over encoded images
     arrow.write_bytes(bytes(data))
     return {**paths, "damaged": str(run), "bad_data": str(bad_data)}
 
@@ -394,19 +500,24 @@ def _edit_metadata(path: Path, **meta) -> None:
 
 DAMAGE = {  # how to damage the copied run before the command runs
     "config-not-zocli": lambda run: (run / "config.json").write_text('{"architectures": ["BertModel"]}'),
-    "config-unknown-key": lambda run: ((run / "summary.json").unlink(),
-                                       _edit_json(run / "config.json",
-                                                  lambda c: {**c, "config": {**c["config"], "lrr": 1}})),
+    "config-unknown-key": lambda run: (
+        (run / "summary.json").unlink(),
+        _edit_json(run / "config.json", lambda c: {**c, "config": {**c["config"], "lrr": 1}}),
+    ),
     "summary-damaged": lambda run: _edit_json(run / "summary.json", lambda s: {"acc_matrix": "x"}),
-    "commit-record-damaged": lambda run: ((run / "summary.json").unlink(),
-                                          _edit_json(run / "checkpoints" / "manifest.json",
-                                                     lambda m: {**m, "rng": "not base64"})),
-    "state-damaged": lambda run: ((run / "summary.json").unlink(),
-                                  shutil.copyfile(run / "checkpoints" / "task_01.safetensors",
-                                                  run / "checkpoints" / "resume.safetensors"),
-                                  _edit_metadata(run / "checkpoints" / "resume.safetensors", task='"two"')),
-    "metadata-config-damaged": lambda run: (_edit_metadata(run / "checkpoints" / "task_00.safetensors", config="[]"),
-                                            _rehash(run, 0)),
+    "commit-record-damaged": lambda run: (
+        (run / "summary.json").unlink(),
+        _edit_json(run / "checkpoints" / "manifest.json", lambda m: {**m, "rng": "not base64"}),
+    ),
+    "state-damaged": lambda run: (
+        (run / "summary.json").unlink(),
+        shutil.copyfile(run / "checkpoints" / "task_01.safetensors", run / "checkpoints" / "resume.safetensors"),
+        _edit_metadata(run / "checkpoints" / "resume.safetensors", task='"two"'),
+    ),
+    "metadata-config-damaged": lambda run: (
+        _edit_metadata(run / "checkpoints" / "task_00.safetensors", config="[]"),
+        _rehash(run, 0),
+    ),
 }
 
 # (id, argv, exit code, substrings of the one stderr line, damage to the copied run)
@@ -419,29 +530,53 @@ HOSTILE = [
     ("workers-negative", DEMO + ["--workers", "-1"], 2, ["--workers must be >= 0"], None),
     ("preset-not-utf8", ["train", "--preset", "{tmp}/latin1.toml"], 2, ["latin1.toml is not valid TOML"], None),
     ("memory-device-banana", ["memory", "--preset", "demo", "--device", "banana"], 2, ["--device must be meta"], None),
-    ("probe-task-99", ["probe-variance", "--preset", "demo", "--data-root", "{data}", "--task", "99"], 2,
-     ["--task 99 is out of range"], None),
+    (
+        "probe-task-99",
+        ["probe-variance", "--preset", "demo", "--data-root", "{data}", "--task", "99"],
+        2,
+        ["--task 99 is out of range"],
+        None,
+    ),
     ("eval-plot-xyz", ["eval", "{run}", "--plot", "{tmp}/heat.xyz"], 2, ["unknown image format '.xyz'"], None),
     ("pretrained-passwd", DEMO + ["--pretrained", "/etc/passwd"], 1, ["--pretrained /etc/passwd: not loadable"], None),
     ("pretrained-garbage", DEMO + ["--pretrained", "{tmp}/garbage.safetensors"], 1, ["not loadable weights"], None),
     ("data-root-is-a-file", DEMO[:4] + ["{tmp}/a-file"] + DEMO[5:], 1, ["--data-root", "is not a directory"], None),
-    ("prepare-decompression-bomb", ["prepare", "--benchmark", "cifar100", "--source", "{tmp}/bomb", "--data-root",
-                                    "{tmp}/prep", "--json"], 1, ["a.png", "exceeds limit"], None),
-    ("prepare-one-column-annotations", ["prepare", "--benchmark", "tinyimg", "--source", "{tmp}/tiny", "--data-root",
-                                        "{tmp}/prep", "--json"], 1, ["val_annotations.txt: line 1"], None),
-    ("corrupt-prepared-images", ["eval", "{damaged}", "--data-root", "{bad_data}"], 1,
-     ["prepared data is damaged", "--overwrite"], None),
-    *[(f"run-{name}", [cmd, "{damaged}"] if cmd == "eval" else ["train", "--resume", "{damaged}"], 1, [needle], name)
-      for name, cmd, needle in (("config-not-zocli", "eval", "not written by zocli"),
-                                ("config-unknown-key", "resume", "saved config is not valid"),
-                                ("summary-damaged", "resume", "summary.json: damaged"),
-                                ("commit-record-damaged", "resume", "damaged commit record"),
-                                ("state-damaged", "resume", "not a zocli training state"),
-                                ("metadata-config-damaged", "eval", "holds no valid config"))],
+    (
+        "prepare-decompression-bomb",
+        ["prepare", "--benchmark", "cifar100", "--source", "{tmp}/bomb", "--data-root", "{tmp}/prep", "--json"],
+        1,
+        ["a.png", "exceeds limit"],
+        None,
+    ),
+    (
+        "prepare-one-column-annotations",
+        ["prepare", "--benchmark", "tinyimg", "--source", "{tmp}/tiny", "--data-root", "{tmp}/prep", "--json"],
+        1,
+        ["val_annotations.txt: line 1"],
+        None,
+    ),
+    (
+        "corrupt-prepared-images",
+        ["eval", "{damaged}", "--data-root", "{bad_data}"],
+        1,
+        ["prepared data is damaged", "--overwrite"],
+        None,
+    ),
+    *[
+        (f"run-{name}", [cmd, "{damaged}"] if cmd == "eval" else ["train", "--resume", "{damaged}"], 1, [needle], name)
+        for name, cmd, needle in (
+            ("config-not-zocli", "eval", "not written by zocli"),
+            ("config-unknown-key", "resume", "saved config is not valid"),
+            ("summary-damaged", "resume", "summary.json: damaged"),
+            ("commit-record-damaged", "resume", "damaged commit record"),
+            ("state-damaged", "resume", "not a zocli training state"),
+            ("metadata-config-damaged", "eval", "holds no valid config"),
+        )
+    ],
 ]
 
 
-@pytest.mark.parametrize("argv, code, needles, damage", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+@pytest.mark.parametrize(("argv", "code", "needles", "damage"), [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
 def test_hostile_input_is_one_line_and_an_exit_code(argv, code, needles, damage, hostile):
     if damage:
         DAMAGE[damage](Path(hostile["damaged"]))
@@ -450,9 +585,9 @@ def test_hostile_input_is_one_line_and_an_exit_code(argv, code, needles, damage,
     assert "internal error" not in line
 
 
-@pytest.mark.parametrize("code, when", [(errno.ENOSPC, "task"), (errno.EIO, "task"), (errno.EROFS, "config")])
+@pytest.mark.parametrize(("code", "when"), [(errno.ENOSPC, "task"), (errno.EIO, "task"), (errno.EROFS, "config")])
 def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
-    from zocli import rundir
+    from zocli.run import rundir
 
     write = rundir.atomic_write
 

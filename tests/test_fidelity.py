@@ -1,4 +1,4 @@
-"""zocli.fidelity: the finite-difference fidelity check, and train's gate on its first batch."""
+"""zocli.run.fidelity: the finite-difference fidelity check, and train's gate on its first batch."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-
 from conftest import tiny_config
-from zocli import fidelity
+
 from zocli.config import resolve
-from zocli.memory import synthetic_batch
-from zocli import benchmarks
-from zocli.session import open_session
+from zocli.data import catalogue
+from zocli.run import fidelity
+from zocli.run.session import open_session
+from zocli.study.memory import synthetic_batch
 
 DUAL = {"vision": "zo", "language": "zo"}
 
@@ -20,7 +20,7 @@ DUAL = {"vision": "zo", "language": "zo"}
 def test_check_on_cpu_fp32_reference_tf32_identical_bf16_rejected(tiny_model):
     cfg = tiny_config(**DUAL)
     torch.manual_seed(0)
-    images, labels, tokens = synthetic_batch(tiny_model, benchmarks.get(cfg.benchmark), 8, 2, "cpu")
+    images, labels, tokens = synthetic_batch(tiny_model, catalogue.get(cfg.benchmark), 8, 2, "cpu")
     images.normal_()  # zeros would make every image the same
     state = {k: v.clone() for k, v in tiny_model.units.state_dict().items()}
     flags = [p.requires_grad for p in tiny_model.adapter_parameters()]
@@ -54,7 +54,7 @@ def test_train_gate_auto_explicit_and_refused(session):
 
 def test_train_refuses_a_failing_zo_precision_before_creating_the_run(digits_root, tmp_path):
     from zocli.cli._shared import classify
-    from zocli.train import run
+    from zocli.run.train import run
 
     resolved = resolve(["digits-demo"], {"data_root": str(digits_root), "vision": "zo", "zo_precision": "bf16"})
     with pytest.raises(fidelity.FidelityFailed, match="bf16 fails the finite-difference fidelity check") as failed:
@@ -66,11 +66,11 @@ def test_train_refuses_a_failing_zo_precision_before_creating_the_run(digits_roo
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_check_on_cuda_measures_tf32_and_bf16_against_fp32():
-    from zocli.attach import build_model
+    from zocli.method.attach import build_model
 
     cfg = tiny_config(device="cuda", **DUAL)
     model = build_model(cfg, "cuda")
-    images, labels, tokens = synthetic_batch(model, benchmarks.get(cfg.benchmark), 8, 2, "cuda")
+    images, labels, tokens = synthetic_batch(model, catalogue.get(cfg.benchmark), 8, 2, "cuda")
     images.normal_()
     report = fidelity.measure(model, cfg, [(images, labels, tokens)], ["tf32", "bf16"], 4, seed=0)
     assert [row.precision for row in report.precisions] == ["fp32", "tf32", "bf16"]

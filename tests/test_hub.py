@@ -1,4 +1,4 @@
-"""zocli.hub and what uses it: without a network, `prepare` answers in seconds, not after a minute of retries."""
+"""zocli.data.hub and what uses it: without a network, `prepare` answers in seconds, not after a minute of retries."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from zocli import hub
+from zocli.data import hub
 
 
 @pytest.fixture
@@ -26,8 +26,15 @@ def _prepare(args: list[str], tmp_path, port: int) -> tuple[subprocess.Completed
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", *hub.PROXY_VARIABLES)}
     env.update(HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"), COLUMNS="300")
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "zocli", "prepare", "--data-root", str(tmp_path / "data"), *args],
-                          env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "zocli", "prepare", "--data-root", str(tmp_path / "data"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+        check=False,
+    )
     return proc, time.perf_counter() - began
 
 

@@ -30,10 +30,10 @@ def test_a_ctrl_c_outside_any_command_exits_130_and_a_later_one_is_ignored(monke
 
 def test_the_second_ctrl_c_aborts_without_raising(tmp_path):
     # Raising KeyboardInterrupt from the handler was swallowed when it landed inside a finalizer.
-    from zocli.cli.train import _graceful_stop
+    from zocli.cli.signals import graceful_stop
 
     aborted = []
-    with _graceful_stop(lambda: aborted.append(True)) as should_stop:
+    with graceful_stop(lambda: aborted.append(True)) as should_stop:
         handler = signal.getsignal(signal.SIGINT)
         handler(signal.SIGINT, None)
         assert should_stop() and not aborted
@@ -44,7 +44,7 @@ def test_the_second_ctrl_c_aborts_without_raising(tmp_path):
 def test_a_signal_pending_while_handlers_are_restored_is_no_traceback(monkeypatch):
     # Found in CI: a second Ctrl-C pending under the just-set SIG_IGN made the next signal.signal() raise
     # "OSError: Signal 2 ignored due to race condition" and print a traceback at exit.
-    from zocli.cli.train import set_handler
+    from zocli.cli.signals import set_handler
 
     calls = []
 

@@ -28,8 +28,22 @@ def one_document(args: list) -> object:
 def runs(tmp_path_factory, digits_root):
     """`zocli train --json` itself (2 tasks x 2 steps), and a copy of its run to compare against."""
     base = tmp_path_factory.mktemp("json")
-    data = one_document(["train", "--preset", "digits-demo", "--data-root", digits_root, "--inc", "5", "--max-steps", "2",
-                         "--out", base / "a", "--json"])
+    data = one_document(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--data-root",
+            digits_root,
+            "--inc",
+            "5",
+            "--max-steps",
+            "2",
+            "--out",
+            base / "a",
+            "--json",
+        ]
+    )
     shutil.copytree(base / "a", base / "b")
     return base / "a", base / "b", data
 
@@ -62,8 +76,20 @@ def test_memory():
 
 
 def test_probe_variance(digits_root):
-    data = one_document(["probe-variance", "--preset", "digits-demo", "--data-root", digits_root, "--batches", "1",
-                         "--draws", "2", "--json"])
+    data = one_document(
+        [
+            "probe-variance",
+            "--preset",
+            "digits-demo",
+            "--data-root",
+            digits_root,
+            "--batches",
+            "1",
+            "--draws",
+            "2",
+            "--json",
+        ]
+    )
     assert "ratio_vision_language" in data
 
 

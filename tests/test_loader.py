@@ -1,21 +1,21 @@
-"""zocli.loader's device pipeline: the same seeded crops and resize as the CPU path, in batches."""
+"""zocli.data.loader's device pipeline: the same seeded crops and resize as the CPU path, in batches."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zocli import benchmarks, data
-from zocli.loader import DeviceImages, ImageSpec, TaskImages, pipeline_for, positions_of
+from zocli.data import catalogue, store
+from zocli.data.loader import DeviceImages, ImageSpec, TaskImages, pipeline_for, positions_of
 
 SPEC = ImageSpec(48, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))  # upsampled, as CLIP's 224 px are from 32 px
 
 
 def test_device_batches_match_the_cpu_path_within_interpolation_tolerance(testbed_root):
-    bench = benchmarks.get("testbed")
-    images = TaskImages(data.load(bench, testbed_root)["test"], positions_of(bench.order), SPEC)
+    bench = catalogue.get("testbed")
+    images = TaskImages(store.load(bench, testbed_root)["test"], positions_of(bench.order), SPEC)
     held = DeviceImages(images, torch.device("cpu"))
-    keys = [(row, 1000 + row) for row in range(0, 48)] + [(row, None) for row in range(48, 64)]  # crops, eval
+    keys = [(row, 1000 + row) for row in range(48)] + [(row, None) for row in range(48, 64)]  # crops, eval
     cpu = torch.stack([images[key][0] for key in keys])
     device, labels = held.batch(keys)
     assert device.shape == cpu.shape == (64, 3, 48, 48) and device.dtype == torch.float32
@@ -37,8 +37,8 @@ def test_auto_pipeline():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_device_batches_equal_the_cpu_device_path(testbed_root):
-    bench = benchmarks.get("testbed")
-    images = TaskImages(data.load(bench, testbed_root)["test"], positions_of(bench.order), SPEC)
+    bench = catalogue.get("testbed")
+    images = TaskImages(store.load(bench, testbed_root)["test"], positions_of(bench.order), SPEC)
     keys = [(row, 7 * row) for row in range(32)] + [(row, None) for row in range(32, 40)]
     on_cpu, labels = DeviceImages(images, torch.device("cpu")).batch(keys)
     on_cuda, cuda_labels = DeviceImages(images, torch.device("cuda")).batch(keys)

@@ -1,4 +1,4 @@
-"""zocli.memory: the live-tensor tracker, per-configuration step memory on the tiny model, plan parsing, CLI.
+"""zocli.study.memory: the live-tensor tracker, per-configuration step memory on the tiny model, plan parsing, CLI.
 
 A row's `peak_bytes` includes the frozen CLIP weights, and zocli-tiny's are dominated by its 49408×32
 token embedding (~7.4 MB of ~7.8 MB frozen + adapters), so whole peaks barely differ between configurations.
@@ -20,16 +20,24 @@ import torch
 from conftest import tiny_config
 from typer.testing import CliRunner
 
-from zocli import memory
 from zocli.cli import app
 from zocli.config import ConfigError, resolve
-from zocli.memory import LiveTensorTracker, MemoryReport, MemoryRow, measure, plan_for
+from zocli.study import memory
+from zocli.study.memory import LiveTensorTracker, MemoryReport, MemoryRow, measure, plan_for
 
 BATCH = 32
 CONFIGS = ("fo", "dual", "vision", "language", "dual-hop-odd", "dual-hop-even", "vision-hop-odd", "language-hop-even")
 REPORT_KEYS = {"model", "adapter", "benchmark", "batch_size", "prompts", "image_size", "device", "upper_bound", "rows"}
-ROW_KEYS = {"config", "peak_bytes", "frozen_weights", "trainable", "gradients", "optimizer_state", "activations",
-            "reduction_vs_fo"}
+ROW_KEYS = {
+    "config",
+    "peak_bytes",
+    "frozen_weights",
+    "trainable",
+    "gradients",
+    "optimizer_state",
+    "activations",
+    "reduction_vs_fo",
+}
 
 
 def step_bytes(row: MemoryRow) -> int:
@@ -98,7 +106,7 @@ def test_tracker_splits_out_gradients():
         weight.grad = None
         assert tracker.gradient_bytes == 0
     hook.remove()
-    assert 400 <= tracker.peak and tracker.gradients_at_peak <= 400
+    assert tracker.peak >= 400 and tracker.gradients_at_peak <= 400
 
 
 def test_measure_is_deterministic(cpu_report):
@@ -156,8 +164,11 @@ def test_hop_schemes_are_reported_and_at_most_fo(cpu_report, name):
 
 def test_meta_is_an_upper_bound_of_cpu_for_fo(cpu_report, meta_report):
     cpu, meta = rows_of(cpu_report)["fo"], rows_of(meta_report)["fo"]
-    assert (meta.frozen_weights, meta.trainable, meta.optimizer_state) == \
-        (cpu.frozen_weights, cpu.trainable, cpu.optimizer_state)
+    assert (meta.frozen_weights, meta.trainable, meta.optimizer_state) == (
+        cpu.frozen_weights,
+        cpu.trainable,
+        cpu.optimizer_state,
+    )
     assert meta.peak_bytes >= cpu.peak_bytes
     assert meta_report.device == "meta"
 
@@ -180,14 +191,26 @@ def test_report_json_schema_is_stable(cpu_report):
 # plan names
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("fo", {"vision": "fo", "language": "fo", "layers": "all", "mozo": False}),
-    ("dual", {"vision": "zo", "language": "zo", "layers": "all", "mozo": False}),
-    ("vision-hop-odd", {"vision": "zo", "language": "fo", "layers": "hop-odd", "mozo": False}),
-    ("language-prefix", {"vision": "fo", "language": "zo", "layers": "prefix", "mozo": False}),
-    ("dual-hop-even+mozo", {"vision": "zo", "language": "zo", "layers": "hop-even", "mozo": True,
-                            "normalize": "sign", "eps_vision": 5e-4}),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("fo", {"vision": "fo", "language": "fo", "layers": "all", "mozo": False}),
+        ("dual", {"vision": "zo", "language": "zo", "layers": "all", "mozo": False}),
+        ("vision-hop-odd", {"vision": "zo", "language": "fo", "layers": "hop-odd", "mozo": False}),
+        ("language-prefix", {"vision": "fo", "language": "zo", "layers": "prefix", "mozo": False}),
+        (
+            "dual-hop-even+mozo",
+            {
+                "vision": "zo",
+                "language": "zo",
+                "layers": "hop-even",
+                "mozo": True,
+                "normalize": "sign",
+                "eps_vision": 5e-4,
+            },
+        ),
+    ],
+)
 def test_plan_for(name, expected):
     assert plan_for(name) == expected
 
@@ -197,7 +220,7 @@ def test_plan_for_rejects_mozo_without_a_zo_branch():
         plan_for("fo+mozo")
 
 
-@pytest.mark.parametrize("name, suggestion", [("fo-hop-odd", "hop-odd"), ("visoin", "'vision'")])
+@pytest.mark.parametrize(("name", "suggestion"), [("fo-hop-odd", "hop-odd"), ("visoin", "'vision'")])
 def test_plan_for_rejects_bad_names_with_a_suggestion(name, suggestion):
     with pytest.raises(ConfigError, match="did you mean") as info:
         plan_for(name)
@@ -228,8 +251,9 @@ def invoke(*args):
 
 
 def test_cli_memory_json_is_one_document():
-    result = invoke("memory", "--preset", "digits-demo", "--batch-size", "8", "--configs", "fo,dual", "--device", "cpu",
-                    "--json")
+    result = invoke(
+        "memory", "--preset", "digits-demo", "--batch-size", "8", "--configs", "fo,dual", "--device", "cpu", "--json"
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # the whole stdout, nothing else
     assert set(data) == REPORT_KEYS
@@ -240,10 +264,14 @@ def test_cli_memory_json_is_one_document():
 
 def test_cli_memory_reports_progress_per_configuration():
     # Found: on meta it ran 35 s - 2 min with no output while its help said "instant".
-    result = invoke("memory", "--preset", "digits-demo", "--batch-size", "4", "--configs", "fo,dual", "--device", "meta")
+    result = invoke(
+        "memory", "--preset", "digits-demo", "--batch-size", "4", "--configs", "fo,dual", "--device", "meta"
+    )
     assert result.exit_code == 0, result.output
-    assert [line for line in result.stderr.splitlines() if line.startswith("measuring")] == \
-        ["measuring fo (1/2) ...", "measuring dual (2/2) ..."]
+    assert [line for line in result.stderr.splitlines() if line.startswith("measuring")] == [
+        "measuring fo (1/2) ...",
+        "measuring dual (2/2) ...",
+    ]
     assert "instant" not in invoke("memory", "--help").stdout
 
 

@@ -1,11 +1,11 @@
-"""zocli.metrics.summarize (DESIGN §7): hand-computed matrices, and the published MoE-Adapters matrices."""
+"""zocli.run.metrics.summarize (DESIGN §7): hand-computed matrices, and the published MoE-Adapters matrices."""
 
 import json
 from pathlib import Path
 
 import pytest
 
-from zocli.metrics import seen_accuracy, summarize
+from zocli.run.metrics import seen_accuracy, summarize
 
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "published_cl_accuracy_matrices.json").read_text())
 
@@ -69,15 +69,18 @@ def test_values_are_rounded_to_two_decimals_and_as_dict_is_json():
     assert json.loads(json.dumps(d)) == d
 
 
-@pytest.mark.parametrize("acc, sizes", [
-    ([], []),  # empty
-    ([[1.0, 2.0]], [1, 1, 1]),  # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
-    ([[1.0], [1.0]], [1, 1]),  # row 1 too short
-    ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1]),  # row 1 too long (not lower-triangular)
-    ([[1.0], [1.0, 2.0]], [1]),  # a task without a size
-    ([[1.0], [1.0, 2.0]], [1, 0]),  # an empty test set
-    ([[1.0], [1.0, 2.0]], [5, -1]),  # a negative size
-])
+@pytest.mark.parametrize(
+    ("acc", "sizes"),
+    [
+        ([], []),  # empty
+        ([[1.0, 2.0]], [1, 1, 1]),  # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
+        ([[1.0], [1.0]], [1, 1]),  # row 1 too short
+        ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1]),  # row 1 too long (not lower-triangular)
+        ([[1.0], [1.0, 2.0]], [1]),  # a task without a size
+        ([[1.0], [1.0, 2.0]], [1, 0]),  # an empty test set
+        ([[1.0], [1.0, 2.0]], [5, -1]),  # a negative size
+    ],
+)
 def test_malformed_input_raises_value_error(acc, sizes):
     with pytest.raises(ValueError):
         summarize(acc, sizes)
@@ -115,9 +118,11 @@ def test_published_matrices_satisfy_metric_identities(name):
 # ---------------------------------------------------------------------------------------------- the upper triangle
 
 
-FULL = [[100.0, 30.0, 20.0],  # after task 0: tasks 1 and 2 are zero-shot (not trained yet)
-        [80.0, 90.0, 10.0],
-        [60.0, 85.0, 70.0]]
+FULL = [
+    [100.0, 30.0, 20.0],  # after task 0: tasks 1 and 2 are zero-shot (not trained yet)
+    [80.0, 90.0, 10.0],
+    [60.0, 85.0, 70.0],
+]
 ZERO_SHOT = [40.0, 50.0, 20.0]  # the untouched model, the same all-class softmax as the upper triangle
 
 
@@ -125,8 +130,13 @@ def test_forward_transfer_and_retention_by_hand():
     s = summarize(FULL, [10, 10, 10], ZERO_SHOT)
     # the lower triangle is what it would be without the upper one
     lower = summarize([row[: t + 1] for t, row in enumerate(FULL)], [10, 10, 10])
-    assert (s.last, s.avg, s.forgetting, s.bwt, s.seen_accuracy) == \
-        (lower.last, lower.avg, lower.forgetting, lower.bwt, lower.seen_accuracy)
+    assert (s.last, s.avg, s.forgetting, s.bwt, s.seen_accuracy) == (
+        lower.last,
+        lower.avg,
+        lower.forgetting,
+        lower.bwt,
+        lower.seen_accuracy,
+    )
     # FWT: task 1 acc[0][1] - zs[1] = 30 - 50 = -20; task 2 acc[1][2] - zs[2] = 10 - 20 = -10 -> -15
     assert s.forward_transfer == -15.0
     # transfer: task 1 mean(acc[0][1]) = 30; task 2 mean(acc[0][2], acc[1][2]) = 15 -> 22.5

@@ -56,10 +56,14 @@ def violations(source: str, filename: str = "<src>") -> list[str]:
         if not isinstance(node, ast.Call):
             continue
         func = node.func
-        is_torch_load = (isinstance(func, ast.Attribute) and func.attr == "load" and (
-            (isinstance(func.value, ast.Name) and func.value.id in torch_names)
-            or ast.unparse(func.value) in {f"{t}.serialization" for t in torch_names})) \
-            or (isinstance(func, ast.Name) and func.id in torch_load_names)
+        is_torch_load = (
+            isinstance(func, ast.Attribute)
+            and func.attr == "load"
+            and (
+                (isinstance(func.value, ast.Name) and func.value.id in torch_names)
+                or ast.unparse(func.value) in {f"{t}.serialization" for t in torch_names}
+            )
+        ) or (isinstance(func, ast.Name) and func.id in torch_load_names)
         keywords = {k.arg: k.value for k in node.keywords if k.arg}
         if is_torch_load:
             value = keywords.get("weights_only")
@@ -72,26 +76,32 @@ def violations(source: str, filename: str = "<src>") -> list[str]:
 
 
 def test_no_unpickling_in_zocli_sources():
-    found = [v for path in sorted(PACKAGE.rglob("*.py"))
-             for v in violations(path.read_text(), str(path.relative_to(PACKAGE.parent)))]
+    found = [
+        v
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for v in violations(path.read_text(), str(path.relative_to(PACKAGE.parent)))
+    ]
     assert not found, "unpickling call sites:\n  " + "\n  ".join(found)
 
 
-@pytest.mark.parametrize("source, hits", [
-    ("import torch\ntorch.load(p)", 1),
-    ("import torch\ntorch.load(p, weights_only=False)", 1),
-    ("import torch as T\nT.load(p, map_location='cpu')", 1),
-    ("from torch import load\nload(p)", 1),
-    ("import torch\ntorch.serialization.load(p)", 1),
-    ("import torch\ntorch.load(p, weights_only=True)", 0),
-    ("import pickle\npickle.loads(b)", 1),
-    ("import pickle as pk\nx = pk.Unpickler(f)", 1),
-    ("from pickle import load", 1),
-    ("import dill", 1),
-    ("import numpy as np\nnp.load(p, allow_pickle=True)", 1),
-    ("import json\njson.load(f)\nimport pickle\npickle.dumps(x)", 0),  # writing is not reading
-    ("from safetensors.torch import load_file\nload_file(p)", 0),
-])
+@pytest.mark.parametrize(
+    ("source", "hits"),
+    [
+        ("import torch\ntorch.load(p)", 1),
+        ("import torch\ntorch.load(p, weights_only=False)", 1),
+        ("import torch as T\nT.load(p, map_location='cpu')", 1),
+        ("from torch import load\nload(p)", 1),
+        ("import torch\ntorch.serialization.load(p)", 1),
+        ("import torch\ntorch.load(p, weights_only=True)", 0),
+        ("import pickle\npickle.loads(b)", 1),
+        ("import pickle as pk\nx = pk.Unpickler(f)", 1),
+        ("from pickle import load", 1),
+        ("import dill", 1),
+        ("import numpy as np\nnp.load(p, allow_pickle=True)", 1),
+        ("import json\njson.load(f)\nimport pickle\npickle.dumps(x)", 0),  # writing is not reading
+        ("from safetensors.torch import load_file\nload_file(p)", 0),
+    ],
+)
 def test_the_scanner_catches_each_form(source, hits):
     assert len(violations(source)) == hits, violations(source)
 
@@ -137,9 +147,9 @@ def test_guards_are_armed(no_unpickling, tmp_path):
 
 
 def test_train_interrupt_resume_evaluate_and_load_never_unpickle(no_unpickling, digits_root, tmp_path):
-    from zocli import checkpoint, evaluate, train
     from zocli.config import resolve
-    from zocli.rundir import RunDir
+    from zocli.run import checkpoint, evaluate, train
+    from zocli.run.rundir import RunDir
 
     resolved = resolve(["digits-demo"], {"data_root": str(digits_root), "max_steps": 3})
     out = tmp_path / "run"

@@ -1,4 +1,4 @@
-"""zocli.objective.ClipObjective on the tiny CLIP: caching, restarts and chunking give the plain loss;
+"""zocli.method.objective.ClipObjective on the tiny CLIP: caching, restarts and chunking give the plain loss;
 FO grads land on FO units only; ZO forwards save nothing for backward; dual ZO never calls backward."""
 
 from __future__ import annotations
@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from conftest import tiny_config
 
-from zocli.objective import deterministic, ClipObjective
-from zocli.step import Stepper
+from zocli.method.objective import ClipObjective, deterministic
+from zocli.method.step import Stepper
 
 TOL = 1e-6
-
-
 
 
 @pytest.fixture
@@ -134,7 +132,7 @@ def test_zo_loss_reuses_the_fo_pass_features_of_the_unperturbed_tower(model, bat
 # ---------------------------------------------------------------------------------------------- partition
 
 
-@pytest.mark.parametrize("vision, language", [("zo", "fo"), ("fo", "zo"), ("fo", "fo")])
+@pytest.mark.parametrize(("vision", "language"), [("zo", "fo"), ("fo", "zo"), ("fo", "fo")])
 def test_fo_backward_grads_only_fo_units(model, batch, vision, language):
     cfg = tiny_config(vision=vision, language=language)
     stepper = Stepper(model, cfg)
@@ -147,8 +145,9 @@ def test_fo_backward_grads_only_fo_units(model, batch, vision, language):
                 assert p.grad is None and not p.requires_grad, unit
             else:
                 assert p.grad is not None, unit
-    assert any(float(p.grad.abs().sum()) > 0 for _, m in model.unit_items() for p in m.parameters()
-               if p.grad is not None)
+    assert any(
+        float(p.grad.abs().sum()) > 0 for _, m in model.unit_items() for p in m.parameters() if p.grad is not None
+    )
     assert all(p.grad is None for p in model.clip.parameters())  # the backbone stays frozen
     assert not any(p.requires_grad for p in model.clip.parameters())
 
@@ -210,13 +209,16 @@ class BackwardSpy:
         monkeypatch.setattr(torch.autograd, "backward", spy)  # Tensor.backward goes through it
 
 
-@pytest.mark.parametrize("vision, language, layers, calls", [
-    ("zo", "zo", "all", 0),
-    ("zo", "fo", "all", 1),
-    ("fo", "zo", "all", 1),
-    ("zo", "zo", "hop-even", 1),
-    ("fo", "fo", "all", 1),
-])
+@pytest.mark.parametrize(
+    ("vision", "language", "layers", "calls"),
+    [
+        ("zo", "zo", "all", 0),
+        ("zo", "fo", "all", 1),
+        ("fo", "zo", "all", 1),
+        ("zo", "zo", "hop-even", 1),
+        ("fo", "fo", "all", 1),
+    ],
+)
 def test_backward_calls_per_step(model, batch, monkeypatch, vision, language, layers, calls):
     stepper = Stepper(model, tiny_config(vision=vision, language=language, layers=layers))
     spy = BackwardSpy(monkeypatch)

@@ -16,16 +16,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_pipeline_script_runs_offline(tmp_path):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "HF_HUB_OFFLINE": "1",
-           # one intra-op thread per process: the script's ten zocli processes run one after another on a
-           # shared 2-core machine, where torch's default thread count made each step ~10x slower
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        # one intra-op thread per process: the script's ten zocli processes run one after another on a
+        # shared 2-core machine, where torch's default thread count made each step ~10x slower
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("ZOCLI_DATA", None)
     began = time.perf_counter()
     script = ROOT / "examples" / "pipeline.sh"
-    proc = subprocess.run(["bash", str(script), str(tmp_path / "work")], env=env, cwd=tmp_path, check=False,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(script), str(tmp_path / "work")],
+        env=env,
+        cwd=tmp_path,
+        check=False,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+    )
     print(f"\n[pipeline] {time.perf_counter() - began:.1f} s")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert f"pipeline ok: {tmp_path / 'work'}" in proc.stdout

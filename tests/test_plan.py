@@ -1,4 +1,4 @@
-"""zocli.plan: which (branch, 1-based layer) units are zeroth-order, table-driven."""
+"""zocli.method.plan: which (branch, 1-based layer) units are zeroth-order, table-driven."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from zocli.config import ConfigError, resolve
-from zocli.plan import describe, zo_layers, zo_units
+from zocli.method.plan import describe, zo_layers, zo_units
 
 SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 
@@ -46,15 +46,22 @@ def _cases():
     for depth, table in EXPECTED.items():
         for (scheme, n), layers in table.items():
             for vision, language in itertools.product(("fo", "zo"), repeat=2):
-                yield pytest.param(depth, scheme, n, vision, language, layers,
-                                   id=f"d{depth}-{scheme}{'' if n is None else n}-v{vision}-l{language}")
+                yield pytest.param(
+                    depth,
+                    scheme,
+                    n,
+                    vision,
+                    language,
+                    layers,
+                    id=f"d{depth}-{scheme}{'' if n is None else n}-v{vision}-l{language}",
+                )
 
 
 def _config(**flags):
     return resolve([], flags).config
 
 
-@pytest.mark.parametrize("depth, scheme, n, vision, language, layers", list(_cases()))
+@pytest.mark.parametrize(("depth", "scheme", "n", "vision", "language", "layers"), list(_cases()))
 def test_zo_units_table(depth, scheme, n, vision, language, layers):
     flags = {"vision": vision, "language": language, "layers": scheme, "layers_n": n}
     zo_branches = [b for b, mode in (("vision", vision), ("language", language)) if mode == "zo"]
@@ -68,7 +75,8 @@ def test_zo_units_table(depth, scheme, n, vision, language, layers):
     assert units == frozenset(expected)
     # the FO branch keeps every layer FO; the plan as checkpoints record it
     assert describe(units, {"vision": depth, "language": depth}) == {
-        b: (sorted(layers) if b in zo_branches else []) for b in ("vision", "language")}
+        b: (sorted(layers) if b in zo_branches else []) for b in ("vision", "language")
+    }
 
 
 def test_layer_numbers_are_one_based():
@@ -95,11 +103,12 @@ def test_unequal_tower_depths():
     assert units == {("vision", 11), ("vision", 12), ("language", 3), ("language", 4)}
     cfg = _config(vision="zo", language="zo", layers="prefix")  # default n = half of *each* tower
     assert zo_units(cfg, {"vision": 12, "language": 4}) == (
-        {("vision", k) for k in range(1, 7)} | {("language", 1), ("language", 2)})
+        {("vision", k) for k in range(1, 7)} | {("language", 1), ("language", 2)}
+    )
 
 
 @pytest.mark.parametrize("scheme", ["prefix", "suffix"])
-@pytest.mark.parametrize("depth, n", [(12, 13), (4, 5), (4, 100)])
+@pytest.mark.parametrize(("depth", "n"), [(12, 13), (4, 5), (4, 100)])
 def test_layers_n_larger_than_the_tower_raises(scheme, depth, n):
     cfg = _config(vision="zo", layers=scheme, layers_n=n)  # the config cannot know the depth yet
     with pytest.raises(ConfigError, match="layers-n"):
@@ -123,9 +132,9 @@ def test_no_zo_branch_all_layers_is_plain_fo():
 
 
 def test_tiny_model_plan_matches_its_depth(tiny_model):
-    from zocli.step import Stepper
-
     from conftest import tiny_config
+
+    from zocli.method.step import Stepper
 
     assert tiny_model.depth() == {"vision": 4, "language": 4}
     cfg = tiny_config(vision="zo", language="fo", layers="hop-odd")

@@ -1,11 +1,11 @@
-"""zocli.precision: what each --precision does to a matmul, and that the loss stays fp32 under bf16."""
+"""zocli.method.precision: what each --precision does to a matmul, and that the loss stays fp32 under bf16."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from zocli.precision import at_least_fp32, full_precision, matmuls, peak_tflops, zo_default
+from zocli.method.precision import at_least_fp32, full_precision, matmuls, peak_tflops, zo_default
 
 
 def _matmul_dtype(precision: str, device: str) -> torch.dtype:

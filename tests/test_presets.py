@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
 
 from zocli.cli import app
+from zocli.config import PRESETS_DIR as PRESETS
 from zocli.config import list_presets, resolve
 
-PRESETS = Path(__file__).resolve().parent.parent / "presets"
 FILES = sorted(PRESETS.glob("*.toml"))
 RUNNER = CliRunner(env={"COLUMNS": "300"})
 
@@ -57,8 +56,14 @@ def test_every_listed_description_is_a_whole_sentence():
 def test_composition_takes_each_value_from_where_it_was_set():
     resolved = resolve(["cifar100-inc10", "vision-hop-even"], {"lr": 0.01})
     cfg, sources = resolved.config, resolved.sources
-    assert (cfg.benchmark, cfg.inc, cfg.vision, cfg.language, cfg.layers, cfg.lr) == \
-        ("cifar100", 10, "zo", "fo", "hop-even", 0.01)
+    assert (cfg.benchmark, cfg.inc, cfg.vision, cfg.language, cfg.layers, cfg.lr) == (
+        "cifar100",
+        10,
+        "zo",
+        "fo",
+        "hop-even",
+        0.01,
+    )
     assert sources["benchmark"] == sources["inc"] == sources["batch_size"] == "preset:cifar100-inc10"
     assert sources["vision"] == sources["layers"] == "preset:vision-hop-even"
     assert sources["lr"] == "flag"
@@ -66,8 +71,10 @@ def test_composition_takes_each_value_from_where_it_was_set():
     assert resolved.presets == ("cifar100-inc10", "vision-hop-even")
 
 
-@pytest.mark.parametrize("order, layers", [(("vision-hop-even", "vision-hop-odd"), "hop-odd"),
-                                           (("vision-hop-odd", "vision-hop-even"), "hop-even")])
+@pytest.mark.parametrize(
+    ("order", "layers"),
+    [(("vision-hop-even", "vision-hop-odd"), "hop-odd"), (("vision-hop-odd", "vision-hop-even"), "hop-even")],
+)
 def test_later_presets_override_earlier_ones(order, layers):
     resolved = resolve(list(order))
     assert resolved.config.layers == layers

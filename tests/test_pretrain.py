@@ -1,8 +1,8 @@
-"""zocli.pretrain: the contrastive pretraining that made the shipped test-bed weights."""
+"""zocli.run.pretrain: the contrastive pretraining that made the shipped test-bed weights."""
 
 import torch
 
-from zocli.pretrain import PretrainConfig, pretrain
+from zocli.run.pretrain import PretrainConfig, pretrain
 
 SHORT = PretrainConfig(steps=25, batch_size=48, warmup=5, pool=4)
 

@@ -1,4 +1,4 @@
-"""zocli.probe: ZO/FO gradient variance per branch and per layer on the tiny model; JSON, plot, CLI.
+"""zocli.study.probe: ZO/FO gradient variance per branch and per layer on the tiny model; JSON, plot, CLI.
 
 A Q-direction ZO estimate averages Q independent (z·g)z terms, so its per-coordinate variance falls as
 1/Q. The estimate of that variance is itself noisy: with 2 batches × 8 draws (16 estimates) the mean ZO
@@ -10,6 +10,7 @@ so the pooled ratio is checked against [0.125, 0.45] (excludes 1/√Q = 0.5 and 
 branch must at least clearly shrink (< 0.7).
 """
 
+import itertools
 import json
 import math
 
@@ -18,13 +19,25 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.probe import HIST_BINS, VarianceReport, probe_variance
-from zocli.session import open_session
+from zocli.run.session import open_session
+from zocli.study.probe import HIST_BINS, VarianceReport, probe_variance
 
 BATCHES, DRAWS = 2, 8
 PNG = b"\x89PNG\r\n\x1a\n"
-REPORT_KEYS = {"model", "adapter", "benchmark", "task", "batches", "draws", "queries", "estimator", "seed",
-               "hist_edges_log10", "branches", "ratio_vision_language"}
+REPORT_KEYS = {
+    "model",
+    "adapter",
+    "benchmark",
+    "task",
+    "batches",
+    "draws",
+    "queries",
+    "estimator",
+    "seed",
+    "hist_edges_log10",
+    "branches",
+    "ratio_vision_language",
+}
 BRANCH_KEYS = {"branch", "coordinates", "eps", "zo", "fo", "cosine_zo_fo", "layers", "step_change"}
 DIST_KEYS = {"mean", "median", "quantiles", "hist_counts", "zero"}
 QUANTILE_KEYS = {"q05", "q25", "q50", "q75", "q95"}
@@ -116,7 +129,7 @@ def test_probe_leaves_the_model_unchanged(digits_root):
 
 def test_plot_is_written(reports, tmp_path):
     pytest.importorskip("matplotlib")
-    from zocli.plots import variance_histogram
+    from zocli.study.plots import variance_histogram
 
     path = variance_histogram(reports[1], tmp_path / "sub" / "v.png")
     assert path.read_bytes().startswith(PNG)
@@ -125,7 +138,7 @@ def test_plot_is_written(reports, tmp_path):
 def test_plot_has_a_log_count_histogram_and_a_per_layer_panel(reports, tmp_path, monkeypatch):
     # Found: linear counts, 40 bins, an x range stretched by empty bins, and no per-layer view.
     pytest.importorskip("matplotlib")
-    from zocli import plots
+    from zocli.study import plots
 
     figures = []
     save = plots._save
@@ -135,8 +148,13 @@ def test_plot_has_a_log_count_histogram_and_a_per_layer_panel(reports, tmp_path,
     assert hist.get_yscale() == "log" and per_layer.get_yscale() == "log"
     assert HIST_BINS >= 80
     edges = reports[1].hist_edges_log10
-    occupied = [(a + b) / 2 for b_ in reports[1].branches for counts in (b_.zo.hist_counts, b_.fo.hist_counts)
-                for (a, b), n in zip(zip(edges[:-1], edges[1:]), counts) if n]
+    occupied = [
+        (a + b) / 2
+        for b_ in reports[1].branches
+        for counts in (b_.zo.hist_counts, b_.fo.hist_counts)
+        for (a, b), n in zip(itertools.pairwise(edges), counts)
+        if n
+    ]
     low, high = hist.get_xlim()
     assert low >= min(occupied) - 2 * (edges[1] - edges[0]) and high <= max(occupied) + 2 * (edges[1] - edges[0])
     assert len(per_layer.get_lines()) == 4  # ZO and FO of each branch
@@ -148,7 +166,7 @@ def test_the_report_prints_a_per_layer_table(reports):
 
     from rich.console import Console
 
-    from zocli import render
+    from zocli.cli import render
 
     console = Console(file=io.StringIO(), width=200, color_system=None)
     console.print(render.variance(reports[1]))
@@ -163,8 +181,20 @@ def test_the_report_prints_a_per_layer_table(reports):
 def test_cli_probe_variance_json_and_plot(digits_root, tmp_path):
     pytest.importorskip("matplotlib")
     plot = tmp_path / "file.png"
-    args = ["probe-variance", "--preset", "digits-demo", "--data-root", digits_root, "--batches", "2", "--draws", "3",
-            "--json", "--plot", plot]
+    args = [
+        "probe-variance",
+        "--preset",
+        "digits-demo",
+        "--data-root",
+        digits_root,
+        "--batches",
+        "2",
+        "--draws",
+        "3",
+        "--json",
+        "--plot",
+        plot,
+    ]
     result = CliRunner().invoke(app, [str(a) for a in args], prog_name="zocli")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)  # exactly one JSON document on stdout, nothing else
@@ -177,7 +207,6 @@ def test_cli_probe_variance_json_and_plot(digits_root, tmp_path):
 def test_step_changes_compare_every_rule_with_the_exact_fo_step(reports):
     for branch in reports[1].branches:
         changes = branch.step_change
-        assert set(changes) == {"fo-adamw", "zo-plain λ=1", "mozo λ=1", "configured (adam)", "noise",
-                                "random-search"}
+        assert set(changes) == {"fo-adamw", "zo-plain λ=1", "mozo λ=1", "configured (adam)", "noise", "random-search"}
         assert changes["fo-adamw"] < 0 and changes["fo-adamw"] < changes["zo-plain λ=1"]  # FO: the most progress
         assert changes["random-search"] <= 0  # conservative: never worse on its own batch

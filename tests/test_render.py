@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 from types import SimpleNamespace
+
 import pytest
 from rich.console import Console
 
-from zocli import render
+from zocli.cli import render
 
 
 def rendered(renderable, width: int) -> str:
@@ -19,11 +20,23 @@ def rendered(renderable, width: int) -> str:
 
 def comparison() -> SimpleNamespace:
     """A stand-in for compare.Comparison with three runs (only the fields the table reads)."""
-    rows = tuple(SimpleNamespace(run=f"/runs/demo-vision-zo-hop-even-seed{i}", tasks_done=5, tasks_total=5,
-                                 config={"vision": "zo", "prompt": f"a bad photo of a {{}} {i}."},
-                                 last=13.456 + i, avg=45.678, forgetting=3.25, bwt=-1.5, seen_accuracy=[1.0],
-                                 peak_memory_bytes=1_234_567_890, wall_seconds=1234.5,
-                                 peak_memory_kind="process_max_rss") for i in range(3))
+    rows = tuple(
+        SimpleNamespace(
+            run=f"/runs/demo-vision-zo-hop-even-seed{i}",
+            tasks_done=5,
+            tasks_total=5,
+            config={"vision": "zo", "prompt": f"a bad photo of a {{}} {i}."},
+            last=13.456 + i,
+            avg=45.678,
+            forgetting=3.25,
+            bwt=-1.5,
+            seen_accuracy=[1.0],
+            peak_memory_bytes=1_234_567_890,
+            wall_seconds=1234.5,
+            peak_memory_kind="process_max_rss",
+        )
+        for i in range(3)
+    )
     return SimpleNamespace(differing=("vision", "prompt"), rows=rows)
 
 
@@ -32,10 +45,10 @@ def test_comparison_keeps_run_names_and_metrics_whole(width):
     # Found: below ~160 columns Last read "13.…" and run names "dem…"; piped (80) every cell was "1…".
     text = rendered(render.comparison(comparison()), width)
     assert "…" not in text
-    header, rows = render.comparison_cells(comparison())
+    _header, rows = render.comparison_cells(comparison())
     for row in rows:
         line = next(line for line in text.splitlines() if row[0] in line)  # the run name, on one line
-        for cell in row[1 + len(comparison().differing):]:  # tasks and every metric, whole on that line
+        for cell in row[1 + len(comparison().differing) :]:  # tasks and every metric, whole on that line
             assert f" {cell} " in line, (cell, line)
 
 
@@ -53,7 +66,13 @@ def test_config_columns_may_wrap_but_lose_nothing():
 
 def test_a_long_accuracy_matrix_keeps_every_cell():
     matrix = [[round(10 + t + j / 10, 1) for j in range(t + 1)] for t in range(20)]
-    summary = {"seen_accuracy": [50.0 + t for t in range(20)], "last": 69.0, "avg": 59.5, "forgetting": 1.0, "bwt": -1.0}
+    summary = {
+        "seen_accuracy": [50.0 + t for t in range(20)],
+        "last": 69.0,
+        "avg": 59.5,
+        "forgetting": 1.0,
+        "bwt": -1.0,
+    }
     text = rendered(render.accuracy_matrix(matrix, summary, "run: x"), 80)
     assert "…" not in text
     last_row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("19 "))
@@ -61,8 +80,10 @@ def test_a_long_accuracy_matrix_keeps_every_cell():
 
 
 def test_preset_list_wraps_descriptions_at_words():
-    described = {"cifar100-inc10": "CIFAR-100, 10 tasks of 10 classes, batch 128. Paper FO baseline: Last 80.47, Avg 86.97.",
-                 "demo": "the embedded default."}
+    described = {
+        "cifar100-inc10": "CIFAR-100, 10 tasks of 10 classes, batch 128. Paper FO baseline: Last 80.47, Avg 86.97.",
+        "demo": "the embedded default.",
+    }
     text = rendered(render.preset_list(described), 50)
     words = text.split()
     for word in described["cifar100-inc10"].split():
@@ -72,19 +93,36 @@ def test_preset_list_wraps_descriptions_at_words():
 
 def memory_report(**setting) -> SimpleNamespace:
     """A stand-in for memory.MemoryReport with one `fo` row (only the fields the table reads)."""
-    row = SimpleNamespace(config="fo", peak_bytes=10_290_000_000, frozen_weights=600_000_000, trainable=16_000_000,
-                          gradients=16_000_000, optimizer_state=32_000_000, activations=9_600_000_000,
-                          reduction_vs_fo=None)
-    shape = {"model": "ViT-B-16", "adapter": "moe", "benchmark": "cifar100", "batch_size": 128, "prompts": 10, **setting}
+    row = SimpleNamespace(
+        config="fo",
+        peak_bytes=10_290_000_000,
+        frozen_weights=600_000_000,
+        trainable=16_000_000,
+        gradients=16_000_000,
+        optimizer_state=32_000_000,
+        activations=9_600_000_000,
+        reduction_vs_fo=None,
+    )
+    shape = {
+        "model": "ViT-B-16",
+        "adapter": "moe",
+        "benchmark": "cifar100",
+        "batch_size": 128,
+        "prompts": 10,
+        **setting,
+    }
     return SimpleNamespace(**shape, image_size=224, device="meta", upper_bound=True, rows=(row,))
 
 
-@pytest.mark.parametrize("setting, shown", [
-    ({}, True),
-    ({"benchmark": "imgr", "batch_size": 64, "prompts": 20}, False),  # found: "10.29 vs paper 19.96"
-    ({"batch_size": 64}, False),
-    ({"model": "zocli-tiny"}, False),
-])
+@pytest.mark.parametrize(
+    ("setting", "shown"),
+    [
+        ({}, True),
+        ({"benchmark": "imgr", "batch_size": 64, "prompts": 20}, False),  # found: "10.29 vs paper 19.96"
+        ({"batch_size": 64}, False),
+        ({"model": "zocli-tiny"}, False),
+    ],
+)
 def test_paper_memory_column_only_beside_the_setting_the_paper_measured(setting, shown):
     text = rendered(render.memory(memory_report(**setting)), 200)
     assert ("paper" in text) is shown and ("19.96" in text) is shown

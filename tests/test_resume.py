@@ -43,8 +43,9 @@ VOLATILE_SUMMARY = ("run_dir", "wall_seconds", "peak_memory")
 
 def _train(args: list[str], tmp: Path, name: str) -> subprocess.Popen:
     with open(tmp / f"{name}.stdout", "w") as out, open(tmp / f"{name}.stderr", "w") as err:
-        return subprocess.Popen([sys.executable, "-m", "zocli", "train", *args], env=ENV, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)  # the child keeps its own copies of the two files
+        return subprocess.Popen(
+            [sys.executable, "-m", "zocli", "train", *args], env=ENV, stdout=out, stderr=err, stdin=subprocess.DEVNULL
+        )  # the child keeps its own copies of the two files
 
 
 def _finish(proc: subprocess.Popen, tmp: Path, name: str, timeout: float = 240) -> tuple[int, str, str]:
@@ -66,7 +67,7 @@ def _state_point(run: Path) -> tuple[int, int] | None:
         with safe_open(str(path), "pt") as handle:
             meta = handle.metadata()
         return int(meta["task"]), int(meta["step"])
-    except Exception:  # noqa: BLE001 - absent (or, never in practice, replaced while opening)
+    except Exception:
         return None
 
 
@@ -161,15 +162,17 @@ def assert_same_run(ref: Path, run: Path, printed: dict) -> None:
     # metrics_bytes differs because "train" events carry measured step times of varying text length.
     volatile = ("files", "wall_seconds", "metrics_bytes", "peaks")  # peaks: measured memory, per process
     assert _without(manifest, volatile) == _without(ref_manifest, volatile)
-    assert {t: e["file"] for t, e in manifest["files"].items()} == \
-        {t: e["file"] for t, e in ref_manifest["files"].items()}
+    assert {t: e["file"] for t, e in manifest["files"].items()} == {
+        t: e["file"] for t, e in ref_manifest["files"].items()
+    }
 
     events, ref_events = _events(run), _events(ref)
     # the same events in the same order: nothing duplicated by the redo, nothing lost
     assert [(e["event"], e.get("task")) for e in events] == [(e["event"], e.get("task")) for e in ref_events]
     measured = ("step_seconds", "train_bytes", "eval_bytes")  # time and memory: never equal across processes
-    assert [_without(e, measured) for e in events if e["event"] == "eval"] == \
-        [_without(e, measured) for e in ref_events if e["event"] == "eval"]
+    assert [_without(e, measured) for e in events if e["event"] == "eval"] == [
+        _without(e, measured) for e in ref_events if e["event"] == "eval"
+    ]
     assert [_without(e, measured) for e in events] == [_without(e, measured) for e in ref_events]  # all else equal
     assert manifest["metrics_bytes"] == (run / "metrics.jsonl").stat().st_size
 
@@ -183,8 +186,9 @@ def spawn(tmp_path, digits_root):
     started: list[subprocess.Popen] = []
 
     def start(name: str) -> subprocess.Popen:
-        started.append(_train([*TRAIN, "--data-root", str(digits_root), "--out", str(tmp_path / "run"), "--json"],
-                              tmp_path, name))
+        started.append(
+            _train([*TRAIN, "--data-root", str(digits_root), "--out", str(tmp_path / "run"), "--json"], tmp_path, name)
+        )
         return started[-1]
 
     yield start
@@ -235,8 +239,10 @@ def test_sigkill_then_resume_is_identical(point, reference, spawn, tmp_path):
 
     printed, resume_seconds = _resume(run, tmp_path)
     ref, ref_seconds = reference.get()
-    print(f"\n[resume] SIGKILL {point}: reference {ref_seconds:.1f} s; killed after {killed_at:.1f} s at "
-          f"{where}; resume took {resume_seconds:.1f} s")
+    print(
+        f"\n[resume] SIGKILL {point}: reference {ref_seconds:.1f} s; killed after {killed_at:.1f} s at "
+        f"{where}; resume took {resume_seconds:.1f} s"
+    )
     assert_same_run(ref, run, printed)
 
 
@@ -260,8 +266,10 @@ def test_ctrl_c_commits_exits_130_and_resumes_identically(reference, spawn, tmp_
 
     printed, resume_seconds = _resume(run, tmp_path)
     ref, ref_seconds = reference.get()
-    print(f"\n[resume] SIGINT mid-task: reference {ref_seconds:.1f} s; signalled at {where}, stopped after "
-          f"{stopped_at:.1f} s at task {state[0]} step {state[1]}; resume took {resume_seconds:.1f} s")
+    print(
+        f"\n[resume] SIGINT mid-task: reference {ref_seconds:.1f} s; signalled at {where}, stopped after "
+        f"{stopped_at:.1f} s at task {state[0]} step {state[1]}; resume took {resume_seconds:.1f} s"
+    )
     assert_same_run(ref, run, printed)
 
 
@@ -293,9 +301,9 @@ def test_second_ctrl_c_aborts_at_once_and_still_says_how_to_resume(spawn, tmp_pa
 
 def test_a_stop_asked_during_evaluation_stops_at_that_task_commit(digits_root, tmp_path, monkeypatch):
     # Found: a first Ctrl-C during evaluation was honoured only one step into the next task.
-    from zocli import train
     from zocli.config import resolve
-    from zocli.rundir import Interrupted
+    from zocli.run import train
+    from zocli.run.rundir import Interrupted
 
     asked = {"stop": False}
     evaluate_row = train.evaluate_row  # a task's evaluation (the zero-shot one calls evaluate_seen)

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from zocli import rundir
-from zocli.checkpoint import save_task
 from zocli.cli import app
-from zocli.rundir import LOCK_NAME, RunDir, RunDirError
+from zocli.run import rundir
+from zocli.run.checkpoint import save_task
+from zocli.run.rundir import LOCK_NAME, RunDir, RunDirError
 
 IDENTITY = {"zocli_version": "test", "config": {}}
 RUNNER = CliRunner(env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
@@ -28,8 +28,9 @@ RUNNER = CliRunner(env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
 
 def zocli(*args) -> tuple[int, str]:
     result = RUNNER.invoke(app, [str(a) for a in args], prog_name="zocli")
-    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), \
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit), (
         f"unhandled {type(result.exception).__name__}: {result.exception}"
+    )
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 0 or len(lines) == 1, result.stderr
     return result.exit_code, result.stderr
@@ -147,9 +148,14 @@ def test_a_run_killed_before_its_config_is_reusable(tmp_path, leftover):
 def holder(tmp_path):
     """Another process holding the lock of a run at tmp_path/run."""
     run = a_run(tmp_path / "run")
-    code = f"from zocli.rundir import RunDir; r = RunDir.open({str(run.root)!r}).locked(); print('held', flush=True); input()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    code = f"from zocli.run.rundir import RunDir; r = RunDir.open({str(run.root)!r}).locked(); print('held', flush=True); input()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
     assert proc.stdout.readline().strip() == "held"
     yield run, proc.pid
     proc.kill()
@@ -158,8 +164,10 @@ def holder(tmp_path):
 
 def test_a_second_writer_is_refused_with_the_holders_pid(holder, digits_root):
     run, pid = holder
-    for args in (["train", "--resume", run.root], ["train", "--preset", "demo", "--data-root", digits_root,
-                                                    "--out", run.root, "--overwrite"]):
+    for args in (
+        ["train", "--resume", run.root],
+        ["train", "--preset", "demo", "--data-root", digits_root, "--out", run.root, "--overwrite"],
+    ):
         code, err = zocli(*args)
         assert code == 1 and f"in use by another zocli process (pid {pid})" in err
     with pytest.raises(RunDirError, match=str(pid)):
@@ -180,8 +188,9 @@ def test_the_lock_goes_with_its_holder(holder):
 @pytest.mark.parametrize("how", ["deleted", "moved"])
 def test_a_run_whose_directory_vanishes_stops(tmp_path, digits_root, how):
     from conftest import tiny_config
+
     from zocli.config import resolve
-    from zocli.train import run
+    from zocli.run.train import run
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
 

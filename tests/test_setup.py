@@ -22,8 +22,14 @@ def _make_dry_run(tmp_path: Path, gpu_listing: str, *overrides: str) -> str:
     fake.write_text(f"#!/bin/sh\nprintf '{gpu_listing}'\n")
     fake.chmod(0o755)
     venv = tmp_path / "venv"
-    proc = subprocess.run(["make", "-n", "-B", f"{venv}/bin/zocli", f"VENV={venv}", *overrides], cwd=ROOT,
-                          env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["make", "-n", "-B", f"{venv}/bin/zocli", f"VENV={venv}", *overrides],
+        cwd=ROOT,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout
 
 
@@ -54,11 +60,29 @@ def test_the_package_builds_without_setuptools_warnings_and_ships_its_data(tmp_p
     shutil.copytree(ROOT / "zocli", source / "zocli", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Warning" not in proc.stderr and "would be ignored" not in proc.stderr, proc.stderr
     names = zipfile.ZipFile(next((tmp_path / "dist").glob("*.whl"))).namelist()
-    shipped = {p.relative_to(ROOT).as_posix() for folder in ("resources", "model_configs", "weights")
-               for p in (ROOT / "zocli" / folder).iterdir()}
+    shipped = {
+        p.relative_to(ROOT).as_posix()
+        for folder in ("resources", "model_configs", "weights")
+        for p in (ROOT / "zocli" / folder).iterdir()
+    }
     assert shipped <= set(names)

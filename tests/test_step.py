@@ -1,16 +1,14 @@
-"""zocli.step: the FO / ZO / frozen partition, the ZO rules' state, and the default rule's progress."""
+"""zocli.method.step: the FO / ZO / frozen partition, the ZO rules' state, and the default rule's progress."""
 
 from dataclasses import replace
 
-import pytest
 import torch
+from conftest import tiny_config
 
 from zocli.config import resolve
-from zocli.loader import select, train_loader
-from zocli.session import open_session
-from zocli.step import Stepper, zo_notes
-
-from conftest import tiny_config
+from zocli.data.loader import select, train_loader
+from zocli.method.step import Stepper, zo_notes
+from zocli.run.session import open_session
 
 
 def test_frozen_units_neither_train_nor_enter_any_optimizer(tiny_model):

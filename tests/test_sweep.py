@@ -1,5 +1,5 @@
-"""zocli.sweep and zocli.launch: grids, a real 2 × 2 sweep killed with SIGKILL and resumed, failures, SLURM
-through submitit's local executor; and seed groups (zocli.stats) checked against the summaries by hand."""
+"""zocli.sweep.grid and zocli.sweep.launch: grids, a real 2 × 2 sweep killed with SIGKILL and resumed, failures, SLURM
+through submitit's local executor; and seed groups (zocli.study.stats) checked against the summaries by hand."""
 
 import json
 import os
@@ -13,14 +13,26 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from zocli import launch, stats, sweep
 from zocli.cli import app
-from zocli.compare import Comparison, RunRow
 from zocli.config import ConfigError, resolve
+from zocli.study import stats
+from zocli.study.compare import Comparison, RunRow
+from zocli.sweep import grid as sweeps
+from zocli.sweep import launch
 
 # The smallest real runs: digits on random-init zocli-tiny, 2 tasks of 5 classes, 8 steps each.
-TINY = ["--preset", "digits-demo", "--grid", "inc=5", "--grid", "epochs=1", "--grid", "max_steps=8",
-        "--grid", "warmup_steps=2"]
+TINY = [
+    "--preset",
+    "digits-demo",
+    "--grid",
+    "inc=5",
+    "--grid",
+    "epochs=1",
+    "--grid",
+    "max_steps=8",
+    "--grid",
+    "warmup_steps=2",
+]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
@@ -29,8 +41,23 @@ def cli(*args):
 
 
 def sweep_command(root, data_root):
-    return [sys.executable, "-m", "zocli", "sweep", *TINY, "--grid", "lr=0.01,0.003", "--seeds", "0-1",
-            "--jobs", "2", "--out", str(root), "--data-root", str(data_root)]
+    return [
+        sys.executable,
+        "-m",
+        "zocli",
+        "sweep",
+        *TINY,
+        "--grid",
+        "lr=0.01,0.003",
+        "--seeds",
+        "0-1",
+        "--jobs",
+        "2",
+        "--out",
+        str(root),
+        "--data-root",
+        str(data_root),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +65,9 @@ def killed_and_resumed(tmp_path_factory, digits_root):
     """2 configurations × 2 seeds, 2 workers: SIGKILL the sweep once the second pair has started, then run
     the same command again. What the first attempt left, and the sweep after the second."""
     root = tmp_path_factory.mktemp("sweep") / "s"
-    first = subprocess.Popen(sweep_command(root, digits_root), env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        sweep_command(root, digits_root), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     second_pair = [root / "lr-0.003_s0", root / "lr-0.003_s1"]
     deadline = time.monotonic() + 120
     while not all((run / "config.json").is_file() for run in second_pair):  # the first pair is then done
@@ -47,12 +75,12 @@ def killed_and_resumed(tmp_path_factory, digits_root):
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    opened = sweep.open_sweep(root)
+    opened = sweeps.open_sweep(root)
     for name in (r.name for r in opened.runs):  # the orphaned runs commit and exit on their own (SIGTERM)
-        for attempt in sweep.attempts(opened, name):
+        for attempt in sweeps.attempts(opened, name):
             while _alive(attempt["pid"]):
                 time.sleep(0.05)
-    before = {r.name: (sweep.state(opened, r.name), _mtime(root / r.name / "summary.json")) for r in opened.runs}
+    before = {r.name: (sweeps.state(opened, r.name), _mtime(root / r.name / "summary.json")) for r in opened.runs}
     again = subprocess.run(sweep_command(root, digits_root), env=ENV, capture_output=True, text=True)
     return root, before, again
 
@@ -72,12 +100,12 @@ def _mtime(path: Path):
 def test_rerun_does_only_the_missing_work(killed_and_resumed):
     root, before, again = killed_and_resumed
     assert again.returncode == 0, again.stderr
-    opened = sweep.open_sweep(root)
-    assert {s.state for s in sweep.states(opened)} == {"finished"}
+    opened = sweeps.open_sweep(root)
+    assert {s.state for s in sweeps.states(opened)} == {"finished"}
     was = {name: state.state for name, (state, _) in before.items()}
     assert was["lr-0.01_s0"] == was["lr-0.01_s1"] == "finished" and "partial" in was.values()  # killed mid-way
     for name, (_, summary_mtime) in before.items():
-        tries = sweep.attempts(opened, name)
+        tries = sweeps.attempts(opened, name)
         if was[name] == "finished":  # untouched: no new attempt, the same summary file
             assert len(tries) == 1 and _mtime(root / name / "summary.json") == summary_mtime
         else:  # started by the killed sweep: continued through `train --resume`, not redone
@@ -128,19 +156,21 @@ def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
     result = cli("sweep", "--grid", "benchmark=cifar100,tinyimg", "--out", root, "--data-root", tmp_path, "--json")
     assert result.exit_code == 1
     runs = json.loads(result.stdout)["runs"]
-    assert [(r["name"], r["state"], r["attempts"]) for r in runs] == [("benchmark-cifar100_s0", "failed", 1),
-                                                                      ("benchmark-tinyimg_s0", "failed", 1)]
+    assert [(r["name"], r["state"], r["attempts"]) for r in runs] == [
+        ("benchmark-cifar100_s0", "failed", 1),
+        ("benchmark-tinyimg_s0", "failed", 1),
+    ]
     assert all("is not prepared" in r["error"] and "zocli prepare" in r["error"] for r in runs)
 
 
 def test_submitit_local_executor_runs_the_same_attempts(tmp_path, digits_root):
     pytest.importorskip("submitit")
-    grid = sweep.Grid(("digits-demo",), {"inc": [10], "epochs": [1], "max_steps": [1]}, (0, 1))
-    opened = sweep.create(tmp_path / "s", sweep.expand(grid), str(digits_root))
+    grid = sweeps.Grid(("digits-demo",), {"inc": [10], "epochs": [1], "max_steps": [1]}, (0, 1))
+    opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
     jobs = launch.submit(opened, launch.SlurmOptions(gpus=0, cpus=1, time_min=5), cluster="local")
     assert [job.result()["state"] for _, job in jobs] == ["finished", "finished"]
     for name in ("s0", "s1"):
-        (attempt,) = sweep.attempts(opened, name)
+        (attempt,) = sweeps.attempts(opened, name)
         assert attempt["action"] == "start" and attempt["where"].startswith("slurm") and attempt["returncode"] == 0
     assert launch.submit(opened, launch.SlurmOptions(gpus=0), cluster="local") == []  # nothing left to do
 
@@ -149,32 +179,41 @@ def test_submitit_local_executor_runs_the_same_attempts(tmp_path, digits_root):
 
 
 def test_grid_expands_axes_times_seeds_with_names_of_what_varies():
-    runs = sweep.expand(sweep.Grid(("digits-demo",), {"preset": ["fo", "vision-zo+lora"], "lr": [0.01],
-                                                      "mozo": [False]}, (0, 1)))
+    runs = sweeps.expand(
+        sweeps.Grid(("digits-demo",), {"preset": ["fo", "vision-zo+lora"], "lr": [0.01], "mozo": [False]}, (0, 1))
+    )
     assert [r.name for r in runs] == ["fo_s0", "fo_s1", "vision-zo+lora_s0", "vision-zo+lora_s1"]
-    assert runs[2].presets == ("digits-demo", "vision-zo", "lora") and runs[2].flags == {"lr": 0.01, "mozo": False,
-                                                                                          "seed": 0}
+    assert runs[2].presets == ("digits-demo", "vision-zo", "lora") and runs[2].flags == {
+        "lr": 0.01,
+        "mozo": False,
+        "seed": 0,
+    }
     assert runs[2].train_args()[-5:] == ["--lr", "0.01", "--no-mozo", "--seed", "0"]
 
 
 def test_grid_values_take_their_flags_types_and_bad_ones_are_usage_errors(tmp_path):
-    assert sweep.parse_axes(["lr=1e-3,3e-3", "conservative=false", "layers-n=none,4"]) == \
-        {"lr": [1e-3, 3e-3], "conservative": [False], "layers_n": [None, 4]}
-    assert sweep.parse_seeds("0-2,7") == (0, 1, 2, 7)
+    assert sweeps.parse_axes(["lr=1e-3,3e-3", "conservative=false", "layers-n=none,4"]) == {
+        "lr": [1e-3, 3e-3],
+        "conservative": [False],
+        "layers_n": [None, 4],
+    }
+    assert sweeps.parse_seeds("0-2,7") == (0, 1, 2, 7)
     for bad in (["learning_rate=1"], ["lr"], ["inc=ten"], ["seed=1,2"]):
         with pytest.raises(ConfigError):
-            sweep.parse_axes(bad)
+            sweeps.parse_axes(bad)
     with pytest.raises(ConfigError, match="vision"):
-        sweep.expand(sweep.Grid(("digits-demo",), {"vision": ["sideways"]}))
+        sweeps.expand(sweeps.Grid(("digits-demo",), {"vision": ["sideways"]}))
     (tmp_path / "g.toml").write_text('presets = ["digits-demo"]\nseeds = "0-2"\nepochs = 1\n[grid]\nlr = [0.1, 0.2]\n')
-    grid = sweep.load_grid(tmp_path / "g.toml")
-    assert grid.presets == ("digits-demo",) and grid.seeds == (0, 1, 2) and grid.axes == {"epochs": [1],
-                                                                                           "lr": [0.1, 0.2]}
+    grid = sweeps.load_grid(tmp_path / "g.toml")
+    assert (
+        grid.presets == ("digits-demo",) and grid.seeds == (0, 1, 2) and grid.axes == {"epochs": [1], "lr": [0.1, 0.2]}
+    )
 
 
 def test_dry_run_lists_commands_and_writes_nothing(tmp_path):
-    result = cli("sweep", *TINY, "--grid", "lr=0.1,0.2", "--seeds", "0-1", "--out", tmp_path / "s", "--dry-run",
-                 "--json")
+    result = cli(
+        "sweep", *TINY, "--grid", "lr=0.1,0.2", "--seeds", "0-1", "--out", tmp_path / "s", "--dry-run", "--json"
+    )
     plan = json.loads(result.stdout)["runs"]
     assert [p["name"] for p in plan] == ["lr-0.1_s0", "lr-0.1_s1", "lr-0.2_s0", "lr-0.2_s1"]
     assert plan[3]["command"][2:4] == ["zocli", "train"] and "--seed" in plan[3]["command"]
@@ -182,12 +221,12 @@ def test_dry_run_lists_commands_and_writes_nothing(tmp_path):
 
 
 def test_a_sweep_directory_refuses_another_config_under_a_known_name(tmp_path):
-    runs = sweep.expand(sweep.Grid(("digits-demo",), {"lr": [0.1]}))
-    sweep.create(tmp_path / "s", runs)
-    sweep.create(tmp_path / "s", runs + sweep.expand(sweep.Grid(("digits-demo",), {"lr": [0.1]}, (1,))))  # extends
-    assert [r.name for r in sweep.open_sweep(tmp_path / "s").runs] == ["s0", "s1"]
-    with pytest.raises(sweep.SweepError, match="another config"):
-        sweep.create(tmp_path / "s", sweep.expand(sweep.Grid(("digits-demo",), {"lr": [0.2]})))
+    runs = sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.1]}))
+    sweeps.create(tmp_path / "s", runs)
+    sweeps.create(tmp_path / "s", runs + sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.1]}, (1,))))  # extends
+    assert [r.name for r in sweeps.open_sweep(tmp_path / "s").runs] == ["s0", "s1"]
+    with pytest.raises(sweeps.SweepError, match="another config"):
+        sweeps.create(tmp_path / "s", sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.2]})))
 
 
 # ---------------------------------------------------------------------------------------------- groups
@@ -199,8 +238,12 @@ def _row(run, seed, last, **config):
 
 
 def test_runs_differing_only_by_seed_form_one_group():
-    rows = (_row("a", 0, 10.0), _row("b", 1, 20.0), _row("c", 0, 50.0, lr=0.1), _row("d", 1, 30.0, device="cpu",
-                                                                                    workers=0))
+    rows = (
+        _row("a", 0, 10.0),
+        _row("b", 1, 20.0),
+        _row("c", 0, 50.0, lr=0.1),
+        _row("d", 1, 30.0, device="cpu", workers=0),
+    )
     grouped = stats.group(Comparison(("lr", "seed"), rows))
     assert [g.runs for g in grouped.groups] == [("a", "b", "d"), ("c",)]
     first = grouped.groups[0]

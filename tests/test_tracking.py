@@ -1,14 +1,14 @@
-"""zocli.tracking: a tiny run reports to TensorBoard and W&B (offline); both hold the scalars metrics.jsonl holds."""
+"""zocli.run.tracking: a tiny run reports to TensorBoard and W&B (offline); both hold the scalars metrics.jsonl holds."""
 
 import glob
 import json
 import struct
 
 import pytest
-
 from conftest import tiny_config
+
 from zocli.config import ConfigError, Resolved
-from zocli.tracking import TrackingUnavailable, check_available, scalars
+from zocli.run.tracking import TrackingUnavailable, check_available, scalars
 
 STEPS = 4  # per task, a record every 2 steps
 
@@ -16,11 +16,12 @@ STEPS = 4  # per task, a record every 2 steps
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, digits_root):
     pytest.importorskip("tensorboard")
-    from zocli.train import run
+    from zocli.run.train import run
 
     trackers = "tensorboard,wandb" if _installed("wandb") else "tensorboard"
-    cfg = tiny_config(inc=5, epochs=1, max_steps=STEPS, warmup_steps=1, data_root=str(digits_root),
-                      report_to=trackers, log_every=2)
+    cfg = tiny_config(
+        inc=5, epochs=1, max_steps=STEPS, warmup_steps=1, data_root=str(digits_root), report_to=trackers, log_every=2
+    )
     root = tmp_path_factory.mktemp("tracked") / "run"
     run(Resolved(cfg), root)
     return root
@@ -38,8 +39,13 @@ def expected(root):
     """What the trackers must hold, from metrics.jsonl: {(name, global step): value}."""
     events = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines()]
     offsets = [0, STEPS, 2 * STEPS]
-    return {(name, step): value for event in events if (found := scalars(event, offsets))
-            for step, values in [found] for name, value in values.items()}
+    return {
+        (name, step): value
+        for event in events
+        if (found := scalars(event, offsets))
+        for step, values in [found]
+        for name, value in values.items()
+    }
 
 
 def test_metrics_jsonl_gains_the_per_step_records(tracked_run):
@@ -90,10 +96,10 @@ def _records(data: bytes):
         if block - pos % block < 7:
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             yield pending
@@ -107,6 +113,6 @@ def test_unknown_tracker_is_a_usage_error():
 
 
 def test_tracker_output_belongs_to_the_run(tracked_run):
-    from zocli.rundir import foreign_files
+    from zocli.run.rundir import foreign_files
 
     assert (tracked_run / "tensorboard").is_dir() and foreign_files(tracked_run) == []  # --overwrite may replace it

@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from zocli import evaluate, train
-from zocli.backbone import shipped_record
-from zocli.checkpoint import load_task, read_manifest
 from zocli.config import resolve
-from zocli.rundir import RunDir
+from zocli.method.backbone import shipped_record
+from zocli.run import evaluate, train
+from zocli.run.checkpoint import load_task, read_manifest
+from zocli.run.rundir import RunDir
 
 N_TASKS = 5
 DEPTH = 4  # zocli-tiny: 4 vision and 4 language blocks
@@ -26,22 +26,29 @@ CASES = {
     "dual-zo": ({"vision": "zo", "language": "zo"}, {"vision": ALL, "language": ALL}),
     "vision-zo": ({"vision": "zo"}, {"vision": ALL, "language": []}),
     "language-zo": ({"language": "zo"}, {"vision": [], "language": ALL}),
-    "mozo-dual-hop-even": ({"vision": "zo", "language": "zo", "layers": "hop-even", "mozo": True},
-                           {"vision": [2, 4], "language": [2, 4]}),
-    "joint-dual-prefix": ({"vision": "zo", "language": "zo", "layers": "prefix", "granularity": "joint"},
-                          {"vision": [1, 2], "language": [1, 2]}),
-    "layer-dual-suffix3": ({"vision": "zo", "language": "zo", "layers": "suffix", "layers_n": 3,
-                            "granularity": "layer"}, {"vision": [2, 3, 4], "language": [2, 3, 4]}),
-    "one-sided-vision-hop-odd": ({"vision": "zo", "layers": "hop-odd", "estimator": "one-sided"},
-                                 {"vision": [1, 3], "language": []}),
-    "queries2-language-hop-even": ({"language": "zo", "layers": "hop-even", "queries": 2},
-                                   {"vision": [], "language": [2, 4]}),
-    "aggressive-dual-zo": ({"vision": "zo", "language": "zo", "conservative": False},
-                           {"vision": ALL, "language": ALL}),
+    "mozo-dual-hop-even": (
+        {"vision": "zo", "language": "zo", "layers": "hop-even", "mozo": True},
+        {"vision": [2, 4], "language": [2, 4]},
+    ),
+    "joint-dual-prefix": (
+        {"vision": "zo", "language": "zo", "layers": "prefix", "granularity": "joint"},
+        {"vision": [1, 2], "language": [1, 2]},
+    ),
+    "layer-dual-suffix3": (
+        {"vision": "zo", "language": "zo", "layers": "suffix", "layers_n": 3, "granularity": "layer"},
+        {"vision": [2, 3, 4], "language": [2, 3, 4]},
+    ),
+    "one-sided-vision-hop-odd": (
+        {"vision": "zo", "layers": "hop-odd", "estimator": "one-sided"},
+        {"vision": [1, 3], "language": []},
+    ),
+    "queries2-language-hop-even": (
+        {"language": "zo", "layers": "hop-even", "queries": 2},
+        {"vision": [], "language": [2, 4]},
+    ),
+    "aggressive-dual-zo": ({"vision": "zo", "language": "zo", "conservative": False}, {"vision": ALL, "language": ALL}),
     "lora-vision-zo": ({"adapter": "lora", "vision": "zo"}, {"vision": ALL, "language": []}),
 }
-
-
 
 
 def expected_forwards(cfg, plan) -> float:
@@ -59,8 +66,9 @@ def expected_forwards(cfg, plan) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_train_end_to_end(case, digits_root, tmp_path):
     flags, plan = CASES[case]
-    resolved = resolve(["digits-demo"], {"data_root": str(digits_root), "max_steps": 3, "epochs": 1, "batch_size": 16,
-                                  **flags})
+    resolved = resolve(
+        ["digits-demo"], {"data_root": str(digits_root), "max_steps": 3, "epochs": 1, "batch_size": 16, **flags}
+    )
     cfg = resolved.config
     out = tmp_path / "run"
     result = train.run(resolved, out)
@@ -122,8 +130,16 @@ def test_train_end_to_end(case, digits_root, tmp_path):
 def test_hybrid_training_is_deterministic(digits_root, tmp_path):
     """Same config, same seed: bit-identical adapters and metrics (ZO directions come from seeds,
     the FO pass's gating noise from the run seed)."""
-    flags = {"data_root": str(digits_root), "max_steps": 2, "epochs": 1, "batch_size": 16,
-             "vision": "zo", "language": "zo", "layers": "hop-odd", "mozo": True}
+    flags = {
+        "data_root": str(digits_root),
+        "max_steps": 2,
+        "epochs": 1,
+        "batch_size": 16,
+        "vision": "zo",
+        "language": "zo",
+        "layers": "hop-odd",
+        "mozo": True,
+    }
     results = [train.run(resolve(["digits-demo"], flags), tmp_path / name) for name in ("a", "b")]
     assert results[0].acc_matrix == results[1].acc_matrix
     runs = [RunDir.open(tmp_path / name) for name in ("a", "b")]

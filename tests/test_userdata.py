@@ -1,4 +1,4 @@
-"""zocli.userdata: folder:DIR and hf:ID benchmarks, written by the tests, through prepare → train → eval.
+"""zocli.data.userdata: folder:DIR and hf:ID benchmarks, written by the tests, through prepare → train → eval.
 
 Each source is a few 8-px PNGs per class; the runs are zocli-tiny, random init, 1 epoch, 2 tasks.
 A malformed folder is refused at `prepare` in one line, never later in `train`.
@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-
 from test_errors import assert_one_line_error, invoke
-from zocli import benchmarks
+
 from zocli.config import ConfigError
+from zocli.data import catalogue
 
 CLASSES = ("cat", "dog", "red_fox", "sea_lion")  # sorted: label = index
 
@@ -38,8 +38,23 @@ def write_folder(root: Path, classes=CLASSES, train: int = 3, test: int = 2) -> 
 def train_and_eval(tmp: Path, spec: str, *extra: str) -> tuple[dict, dict]:
     """prepare'd spec → train (2 tasks of 2 classes) → eval; (train JSON, eval JSON)."""
     run = tmp / "run"
-    trained = invoke(["train", "--preset", "digits-demo", "--benchmark", spec, "--data-root", str(tmp / "root"),
-                      "--epochs", "1", "--out", str(run), "--json", *extra])
+    trained = invoke(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--benchmark",
+            spec,
+            "--data-root",
+            str(tmp / "root"),
+            "--epochs",
+            "1",
+            "--out",
+            str(run),
+            "--json",
+            *extra,
+        ]
+    )
     assert trained.exit_code == 0, trained.output
     again = invoke(["eval", str(run), "--json"])
     assert again.exit_code == 0, again.output
@@ -58,7 +73,7 @@ def folder_run(tmp_path_factory):
 
 
 def test_a_folder_benchmark_goes_through_prepare_train_and_eval(folder_run):
-    tmp, prepared, result, again = folder_run
+    _tmp, prepared, result, again = folder_run
     record = json.loads((Path(prepared["data"]) / "zocli_benchmark.json").read_text())
     assert record["classes"] == list(CLASSES)
     assert record["names"] == ["cat", "dog", "red fox", "sea lion"]  # underscores → spaces
@@ -85,10 +100,21 @@ def test_a_datasets_format_benchmark_goes_through_prepare_train_and_eval(tmp_pat
         pixels = [np.full((8, 8, 3), 50 * c, np.uint8) + rng.integers(0, 40, (8, 8, 3), dtype=np.uint8) for c in labels]
         (tmp_path / "set" / "data").mkdir(parents=True, exist_ok=True)
         Dataset.from_dict({"picture": pixels, "kind": labels}, features=features).to_parquet(
-            str(tmp_path / "set" / "data" / f"{split}-00000-of-00001.parquet"))
+            str(tmp_path / "set" / "data" / f"{split}-00000-of-00001.parquet")
+        )
     (tmp_path / "names.json").write_text(json.dumps({"car": "motor car"}))
-    prepared = invoke(["prepare", "--benchmark", f"hf:{tmp_path / 'set'}", "--data-root", str(tmp_path / "root"),
-                       "--names", str(tmp_path / "names.json"), "--json"])
+    prepared = invoke(
+        [
+            "prepare",
+            "--benchmark",
+            f"hf:{tmp_path / 'set'}",
+            "--data-root",
+            str(tmp_path / "root"),
+            "--names",
+            str(tmp_path / "names.json"),
+            "--json",
+        ]
+    )
     assert prepared.exit_code == 0, prepared.output
     record = json.loads((Path(json.loads(prepared.stdout)["data"]) / "zocli_benchmark.json").read_text())
     assert record["names"] == ["sea lion", "tree", "motor car", "owl"]
@@ -107,11 +133,22 @@ def test_a_datasets_format_benchmark_goes_through_prepare_train_and_eval(tmp_pat
 
 
 def test_the_full_matrix_renders_both_triangles(tmp_path):
-    from zocli import plots, render
+    from zocli.cli import render
+    from zocli.study import plots
 
-    matrix, summary = [[90.0, 20.0], [70.0, 80.0]], {"last": 75.0, "avg": 82.5, "forgetting": 20.0, "bwt": -20.0,
-                                                     "seen_accuracy": [90.0, 75.0], "forward_transfer": -5.0,
-                                                     "transfer": 20.0, "zero_shot_retention": 80.0}
+    matrix, summary = (
+        [[90.0, 20.0], [70.0, 80.0]],
+        {
+            "last": 75.0,
+            "avg": 82.5,
+            "forgetting": 20.0,
+            "bwt": -20.0,
+            "seen_accuracy": [90.0, 75.0],
+            "forward_transfer": -5.0,
+            "transfer": 20.0,
+            "zero_shot_retention": 80.0,
+        },
+    )
     from rich.console import Console
 
     console = Console(width=200, record=True)
@@ -148,24 +185,40 @@ def _too_few_to_split(root: Path) -> None:
         write_images(root / name, 2 if name == "dog" else 5, 50 * c)
 
 
-@pytest.mark.parametrize("make, needles", [
-    (_one_class, ["has 1 class (cat)", "needs at least 2"]),
-    (_non_image, ["notes.txt is not an image"]),
-    (_empty_class, ["class folder", "owl has no images"]),
-    (_test_class_missing, ["test lacks class folder(s) dog", "every class needs test images"]),
-    (_too_few_to_split, ["leaves class(es) dog without test images", "at least 3 images"]),
-], ids=["one-class", "non-image", "empty-class", "test-class-missing", "too-few-to-split"])
+@pytest.mark.parametrize(
+    ("make", "needles"),
+    [
+        (_one_class, ["has 1 class (cat)", "needs at least 2"]),
+        (_non_image, ["notes.txt is not an image"]),
+        (_empty_class, ["class folder", "owl has no images"]),
+        (_test_class_missing, ["test lacks class folder(s) dog", "every class needs test images"]),
+        (_too_few_to_split, ["leaves class(es) dog without test images", "at least 3 images"]),
+    ],
+    ids=["one-class", "non-image", "empty-class", "test-class-missing", "too-few-to-split"],
+)
 def test_a_malformed_folder_is_refused_at_prepare_in_one_line(tmp_path, make, needles):
     make(tmp_path / "bad")
-    result = invoke(["prepare", "--benchmark", f"folder:{tmp_path / 'bad'}", "--data-root", str(tmp_path / "root"),
-                     "--json"])
+    result = invoke(
+        ["prepare", "--benchmark", f"folder:{tmp_path / 'bad'}", "--data-root", str(tmp_path / "root"), "--json"]
+    )
     assert_one_line_error(result, 1, *needles)
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())  # nothing half-made
 
 
 def test_an_unprepared_folder_benchmark_names_the_prepare_command(tmp_path):
-    result = invoke(["train", "--preset", "digits-demo", "--benchmark", f"folder:{tmp_path}", "--data-root",
-                     str(tmp_path / "root"), "--out", str(tmp_path / "run")])
+    result = invoke(
+        [
+            "train",
+            "--preset",
+            "digits-demo",
+            "--benchmark",
+            f"folder:{tmp_path}",
+            "--data-root",
+            str(tmp_path / "root"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     assert_one_line_error(result, 1, "is not prepared", f"zocli prepare --benchmark folder:{tmp_path}")
 
 
@@ -180,30 +233,33 @@ def test_hf_options_do_not_apply_to_a_folder_or_a_shipped_benchmark(tmp_path):
 
 
 def test_reorder_by_ids_indices_or_seed():
-    digits = benchmarks.get("digits")
-    assert benchmarks.reorder(digits, [str(d) for d in range(9, -1, -1)]).order == tuple(range(9, -1, -1))
-    assert benchmarks.reorder(digits, [1, 0, *range(2, 10)]).order[:2] == (1, 0)
-    seeded = benchmarks.reorder(digits, "seed:7")
+    digits = catalogue.get("digits")
+    assert catalogue.reorder(digits, [str(d) for d in range(9, -1, -1)]).order == tuple(range(9, -1, -1))
+    assert catalogue.reorder(digits, [1, 0, *range(2, 10)]).order[:2] == (1, 0)
+    seeded = catalogue.reorder(digits, "seed:7")
     assert sorted(seeded.order) == list(range(10)) and seeded.order != digits.order
-    assert benchmarks.reorder(digits, "seed:7") == seeded  # seeded: the same every time
+    assert catalogue.reorder(digits, "seed:7") == seeded  # seeded: the same every time
     assert seeded.prompt_names()[0] == digits.names[seeded.order[0]]
 
 
-@pytest.mark.parametrize("order, message", [
-    (["0", "1"], "lacks 2, 3"),
-    ([0, 0, *range(2, 10)], "repeats 0"),
-    (["zero", *map(str, range(1, 10))], "not digits classes (zero)"),
-])
+@pytest.mark.parametrize(
+    ("order", "message"),
+    [
+        (["0", "1"], "lacks 2, 3"),
+        ([0, 0, *range(2, 10)], "repeats 0"),
+        (["zero", *map(str, range(1, 10))], "not digits classes (zero)"),
+    ],
+)
 def test_a_bad_class_order_is_a_usage_error(order, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        benchmarks.reorder(benchmarks.get("digits"), order)
+        catalogue.reorder(catalogue.get("digits"), order)
 
 
 def test_a_user_spec_has_a_stable_storage_folder():
-    name = benchmarks.storage_name("folder:/data/my pets")
-    assert name.startswith("folder-my_pets-") and name == benchmarks.storage_name("folder:/data/my pets")
-    assert benchmarks.storage_name("folder:/other/my pets") != name
-    assert benchmarks.short_name("hf:user/set") == "hf-user-set"
+    name = catalogue.storage_name("folder:/data/my pets")
+    assert name.startswith("folder-my_pets-") and name == catalogue.storage_name("folder:/data/my pets")
+    assert catalogue.storage_name("folder:/other/my pets") != name
+    assert catalogue.short_name("hf:user/set") == "hf-user-set"
 
 
 def test_a_saved_dataset_with_string_labels_and_no_test_split_is_split_per_class(tmp_path):
@@ -213,7 +269,8 @@ def test_a_saved_dataset_with_string_labels_and_no_test_split_is_split_per_class
     pixels = [np.full((8, 8, 3), 10 * i, np.uint8) for i in range(len(labels))]
     features = Features({"img": Image(), "species": Value("string")})
     DatasetDict({"train": Dataset.from_dict({"img": pixels, "species": labels}, features=features)}).save_to_disk(
-        str(tmp_path / "saved"))
+        str(tmp_path / "saved")
+    )
     args = ["prepare", "--benchmark", f"hf:{tmp_path / 'saved'}", "--data-root", str(tmp_path / "root"), "--json"]
     assert_one_line_error(invoke(args), 2, "has no ClassLabel columns", "--label-column")
     result = invoke([*args, "--label-column", "species"])

@@ -1,4 +1,4 @@
-"""zocli.zo: the finite-difference estimator and the hybrid FO/ZO step, on a small smooth toy.
+"""zocli.method.zo: the finite-difference estimator and the hybrid FO/ZO step, on a small smooth toy.
 
 The toy is a tanh MLP 20→8→5 (d = 213 parameters) with a fixed batch and cross-entropy; its loss
 closures run under no_grad, like every ZO forward. Targets and measured values: zo.md §8.12.
@@ -7,18 +7,16 @@ closures run under no_grad, like every ZO forward. Targets and measured values: 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from zocli import zo
+from zocli.method import zo
+from zocli.method.zo import Block, ZOAdam, ZOSettings, estimate, hybrid_step, perturb_
 from zocli.rng import derive_seed
-from zocli.zo import Block, ZOAdam, ZOSettings, estimate, hybrid_step, perturb_
-
-
-
 
 # ---------------------------------------------------------------------------------------------- toy
 
@@ -34,10 +32,14 @@ class Toy:
         self.x = torch.randn(256, 20, generator=g, dtype=dtype)
         self.y = torch.randint(0, 5, (256,), generator=g)
         self.params = {
-            ("vision", 1): [torch.randn(8, 20, generator=g, dtype=dtype) * 0.5,
-                            torch.randn(8, generator=g, dtype=dtype) * 0.1],
-            ("vision", 2): [torch.randn(5, 8, generator=g, dtype=dtype),
-                            torch.randn(5, generator=g, dtype=dtype) * 0.1],
+            ("vision", 1): [
+                torch.randn(8, 20, generator=g, dtype=dtype) * 0.5,
+                torch.randn(8, generator=g, dtype=dtype) * 0.1,
+            ],
+            ("vision", 2): [
+                torch.randn(5, 8, generator=g, dtype=dtype),
+                torch.randn(5, generator=g, dtype=dtype) * 0.1,
+            ],
         }
         self.zo_units = tuple(zo_units)
         for unit, ps in self.params.items():
@@ -148,8 +150,9 @@ def test_cosine_grows_with_queries():
     for q in (1, 4, 16, 64):
         cosines = []
         for trial in range(COSINE_TRIALS):
-            grads, _ = estimate(block, toy.loss, seed=derive_seed("trial", q, trial),
-                                settings=ZOSettings(two_sided=True, queries=q))
+            grads, _ = estimate(
+                block, toy.loss, seed=derive_seed("trial", q, trial), settings=ZOSettings(two_sided=True, queries=q)
+            )
             cosines.append(cosine(flat(grads), g))
         if q == 1:
             # two-sided, ε → 0: ĝ·g = (g·z)² ≥ 0 for every single direction
@@ -158,7 +161,7 @@ def test_cosine_grows_with_queries():
     theory = {q: math.sqrt(q / (d + q + 1)) for q in means}
     print("cosine vs q:", {q: (round(means[q], 4), round(theory[q], 4)) for q in means})
     qs = sorted(means)
-    assert all(means[a] < means[b] for a, b in zip(qs, qs[1:]))
+    assert all(means[a] < means[b] for a, b in itertools.pairwise(qs))
     for q in (4, 16, 64):
         assert abs(means[q] / theory[q] - 1) < 0.25, (q, means[q], theory[q])
     assert abs(means[1] / math.sqrt(2 / (math.pi * d)) - 1) < 0.25  # E|cos| for q = 1
@@ -225,6 +228,7 @@ def test_seed_replay_restores_params():
     assert not any(torch.equal(p, t) for p, t in zip(block.params, theta))  # it did move
     perturb_(block, 5, -2.0)
     perturb_(block, 5, +1.0)
+
     def worst():  # elementwise error relative to max(1, |θ|)
         return max(float(((p - t).abs() / t.abs().clamp(min=1)).max()) for p, t in zip(block.params, theta))
 
@@ -300,8 +304,9 @@ def _adam(toy: Toy):
     return torch.optim.Adam(toy.fo_params(), lr=1e-2, betas=(0.9, 0.999)) if toy.fo_params() else None
 
 
-@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: f"2s{int(s.two_sided)}-q{s.queries}-sign{int(s.sign)}"
-                         f"-cons{int(s.conservative)}")
+@pytest.mark.parametrize(
+    "settings", SETTINGS, ids=lambda s: f"2s{int(s.two_sided)}-q{s.queries}-sign{int(s.sign)}-cons{int(s.conservative)}"
+)
 @pytest.mark.parametrize("zo_units", [Toy.UNITS, (("vision", 2),)], ids=["dual", "hybrid"])
 def test_step_leaves_global_rng_and_is_reproducible(settings, zo_units):
     runs = []
@@ -309,8 +314,10 @@ def test_step_leaves_global_rng_and_is_reproducible(settings, zo_units):
         toy = Toy(torch.float32, zo_units)
         opt = _adam(toy)
         state = torch.get_rng_state()
-        stats = [hybrid_step(ToyObjective(toy), [toy.block()], opt, 5e-2, settings, seed=derive_seed(seed_base, step))
-                 for step in range(3)]
+        stats = [
+            hybrid_step(ToyObjective(toy), [toy.block()], opt, 5e-2, settings, seed=derive_seed(seed_base, step))
+            for step in range(3)
+        ]
         assert torch.equal(torch.get_rng_state(), state)  # the global RNG was neither drawn from nor reseeded
         runs.append((toy, stats))
     (a, sa), (b, sb), (c, sc) = runs
@@ -485,8 +492,14 @@ def test_step_stats_loss_and_forward_count():
 
     dual = Toy(torch.float32)
     at_theta = dual.loss()
-    stats = hybrid_step(ToyObjective(dual), [dual.block()], None, 1e-2,
-                        ZOSettings(two_sided=False, queries=2, conservative=False), seed=0)
+    stats = hybrid_step(
+        ToyObjective(dual),
+        [dual.block()],
+        None,
+        1e-2,
+        ZOSettings(two_sided=False, queries=2, conservative=False),
+        seed=0,
+    )
     assert stats.loss == at_theta  # one-sided: measured at θ
     assert stats.forwards == 1 + 2 and stats.fo_grad_norm == 0.0
 
@@ -554,8 +567,9 @@ def test_random_search_keeps_the_best_of_theta_and_the_sign_candidates():
 
 def test_probe_cosine_is_measured_against_the_exact_gradient():
     toy = Toy(torch.float64)
-    stats = hybrid_step(ToyObjective(toy), [toy.block()], None, 1e-3, ZOSettings(conservative=False, queries=64),
-                        0, probe=True)
+    stats = hybrid_step(
+        ToyObjective(toy), [toy.block()], None, 1e-3, ZOSettings(conservative=False, queries=64), 0, probe=True
+    )
     assert stats.zo_cosine is not None and stats.zo_cosine > 0.3  # 64 directions on 213 coordinates
     assert stats.zo_loss_delta < 0
     plain = hybrid_step(ToyObjective(toy), [toy.block()], None, 1e-3, ZOSettings(conservative=False), 1)
@@ -564,8 +578,13 @@ def test_probe_cosine_is_measured_against_the_exact_gradient():
 
 # ---------------------------------------------------------------------------------------------- flat blocks
 
-FLAT_SETTINGS = [ZOSettings(rule="sgd"), ZOSettings(rule="adam", queries=2), ZOSettings(two_sided=False, sign=True),
-                 ZOSettings(rule="random-search"), ZOSettings(rule="noise")]
+FLAT_SETTINGS = [
+    ZOSettings(rule="sgd"),
+    ZOSettings(rule="adam", queries=2),
+    ZOSettings(two_sided=False, sign=True),
+    ZOSettings(rule="random-search"),
+    ZOSettings(rule="noise"),
+]
 
 
 @pytest.mark.parametrize("settings", FLAT_SETTINGS, ids=lambda s: f"{s.rule}-q{s.queries}-sign{int(s.sign)}")
@@ -581,8 +600,10 @@ def test_flat_block_is_bit_identical_to_the_per_tensor_path(settings):
             block = zo.flatten_(block)
             assert block.is_flat() and all(a is b for a, b in zip(block.params, before)) and len(block.runs) == 2
         adam = ZOAdam.for_blocks([block]) if settings.rule == "adam" else None
-        stats = [hybrid_step(ToyObjective(toy), [block], None, 0.05, settings, derive_seed("flat", step), adam)
-                 for step in range(4)]
+        stats = [
+            hybrid_step(ToyObjective(toy), [block], None, 0.05, settings, derive_seed("flat", step), adam)
+            for step in range(4)
+        ]
         runs.append((toy, stats, adam))
     (a, sa, adam_a), (b, sb, adam_b) = runs
     assert all(torch.equal(x, y) for x, y in zip(a.all_params(), b.all_params())) and sa == sb
@@ -616,6 +637,8 @@ def test_flat_block_on_cuda_matches_the_per_tensor_path():
         assert block.is_flat() == fuse
         adam = ZOAdam.for_blocks([block])
         for step in range(3):
-            hybrid_step(ToyObjective(toy), [block], None, 0.05, ZOSettings(rule="adam"), derive_seed("cuda", step), adam)
+            hybrid_step(
+                ToyObjective(toy), [block], None, 0.05, ZOSettings(rule="adam"), derive_seed("cuda", step), adam
+            )
         results.append(flat(toy.zo_params()).cpu())
     assert torch.allclose(results[0], results[1], rtol=0, atol=1e-6)

@@ -11,7 +11,7 @@ def main() -> None:
     rich and the commands are imported (the first ~0.3 s), and after a command has finished.
     """
     try:
-        from .cli import app
+        from zocli.cli import app
 
         app(prog_name="zocli")
         code = 0

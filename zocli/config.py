@@ -23,7 +23,7 @@ LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
 TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
-PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.precision)
+PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.method.precision)
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
 
 
@@ -143,8 +143,18 @@ class Config:
 def _validate(cfg: Config) -> None:
     for f in fields(cfg):
         _check_type(f.name, getattr(cfg, f.name), f.type)
-    for name in ("inc", "epochs", "batch_size", "queries", "eval_batch_size", "lora_rank",
-                 "base", "max_steps", "layers_n", "zo_chunk"):
+    for name in (
+        "inc",
+        "epochs",
+        "batch_size",
+        "queries",
+        "eval_batch_size",
+        "lora_rank",
+        "base",
+        "max_steps",
+        "layers_n",
+        "zo_chunk",
+    ):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise ConfigError(f"--{_flag(name)} must be a positive integer, got {value}")
@@ -154,34 +164,46 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"--{_flag(name)} must be > 0 and finite, got {value}")
     if not all(math.isfinite(v) for v in (cfg.zo_lr_scale, cfg.weight_decay, cfg.lora_alpha)):
         raise ConfigError("--zo-lr-scale, --weight-decay and --lora-alpha must be finite")
-    if min(cfg.zo_lr_scale, cfg.weight_decay, cfg.warmup_steps, cfg.save_every, cfg.probe_every,
-           cfg.log_every or 0) < 0:
-        raise ConfigError("--zo-lr-scale, --weight-decay, --warmup-steps, --save-every, --probe-every and "
-                          "--log-every must be >= 0")
+    if (
+        min(cfg.zo_lr_scale, cfg.weight_decay, cfg.warmup_steps, cfg.save_every, cfg.probe_every, cfg.log_every or 0)
+        < 0
+    ):
+        raise ConfigError(
+            "--zo-lr-scale, --weight-decay, --warmup-steps, --save-every, --probe-every and --log-every must be >= 0"
+        )
     unknown = [name for name in cfg.trackers if name not in TRACKERS]
     if unknown:
-        raise ConfigError(f"--report-to {unknown[0]!r} is not a tracker; use {' and/or '.join(TRACKERS)}, "
-                          f"comma-separated{did_you_mean(unknown[0], TRACKERS)}")
+        raise ConfigError(
+            f"--report-to {unknown[0]!r} is not a tracker; use {' and/or '.join(TRACKERS)}, "
+            f"comma-separated{did_you_mean(unknown[0], TRACKERS)}"
+        )
     if cfg.layers != "all" and not (cfg.zo_branches or cfg.frozen_branches):
-        raise ConfigError(f"--layers {cfg.layers} selects ZO (or frozen) layers, but no branch is ZO: "
-                          f"add --vision zo and/or --language zo")
+        raise ConfigError(
+            f"--layers {cfg.layers} selects ZO (or frozen) layers, but no branch is ZO: "
+            f"add --vision zo and/or --language zo"
+        )
     if cfg.layers_n is not None and cfg.layers not in ("prefix", "suffix"):
         raise ConfigError("--layers-n only applies to --layers prefix or suffix")
     if cfg.mozo and not cfg.zo_branches:
         raise ConfigError("--mozo changes the ZO update, but no branch is ZO: add --vision zo and/or --language zo")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device):
         raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N; got {cfg.device!r}")
-    if cfg.class_order is not None and cfg.class_order.startswith("seed:") and \
-            not re.fullmatch(r"seed:\d+", cfg.class_order):
-        raise ConfigError(f"--class-order must be FILE (a JSON list) or seed:N with N an integer, "
-                          f"got {cfg.class_order!r}")
+    if (
+        cfg.class_order is not None
+        and cfg.class_order.startswith("seed:")
+        and not re.fullmatch(r"seed:\d+", cfg.class_order)
+    ):
+        raise ConfigError(
+            f"--class-order must be FILE (a JSON list) or seed:N with N an integer, got {cfg.class_order!r}"
+        )
     if "{}" not in cfg.prompt:
         raise ConfigError(f"--prompt must contain '{{}}' where the class name goes, got {cfg.prompt!r}")
     try:
         cfg.prompt.format("x")
     except (IndexError, KeyError, ValueError):  # a stray brace, or a second {} with no name for it
-        raise ConfigError(f"--prompt must hold exactly one {{}} (write other braces as {{{{ and }}}}), "
-                          f"got {cfg.prompt!r}") from None
+        raise ConfigError(
+            f"--prompt must hold exactly one {{}} (write other braces as {{{{ and }}}}), got {cfg.prompt!r}"
+        ) from None
     _check_ranges(cfg)
 
 
@@ -222,10 +244,24 @@ def _flag(name: str) -> str:
 KEYS = tuple(f.name for f in fields(Config))
 # Spellings other tools use for our keys: suggested (not accepted, so config.json has one spelling)
 # where string similarity would guess wrong ("learning_rate" is closest to "language").
-KEY_ALIASES = {"learning_rate": "lr", "wd": "weight_decay", "bs": "batch_size", "batch": "batch_size",
-               "num_epochs": "epochs", "n_epochs": "epochs", "warmup": "warmup_steps", "epsilon": "eps",
-               "num_queries": "queries", "q": "queries", "num_workers": "workers", "dataset": "benchmark",
-               "increment": "inc", "rank": "lora_rank", "alpha": "lora_alpha", "template": "prompt"}
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "batch": "batch_size",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "warmup": "warmup_steps",
+    "epsilon": "eps",
+    "num_queries": "queries",
+    "q": "queries",
+    "num_workers": "workers",
+    "dataset": "benchmark",
+    "increment": "inc",
+    "rank": "lora_rank",
+    "alpha": "lora_alpha",
+    "template": "prompt",
+}
 
 
 def suggest_key(key: str) -> str:
@@ -247,19 +283,12 @@ class Resolved:
         return {"config": self.config.as_dict(), "sources": self.sources, "presets": list(self.presets)}
 
 
-def preset_dirs() -> list[Path]:
-    """Shipped presets: the repo's presets/ in a checkout, zocli/presets in an installed wheel."""
-    here = Path(__file__).resolve().parent
-    candidates = [here.parent / "presets", Path(str(resources.files("zocli"))) / "presets"]
-    return [p for p in candidates if p.is_dir()]
+PRESETS_DIR = Path(str(resources.files("zocli"))) / "presets"  # package data: the same in a checkout and a wheel
 
 
 def list_presets() -> dict[str, Path]:
-    found: dict[str, Path] = {}
-    for directory in preset_dirs():
-        for path in sorted(directory.glob("*.toml")):
-            found.setdefault(path.stem, path)
-    return found
+    """The shipped presets by name."""
+    return {path.stem: path for path in sorted(PRESETS_DIR.glob("*.toml"))}
 
 
 def preset_path(name_or_path: str) -> Path:
@@ -292,7 +321,7 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | None = None) -> Resolved:
     """Merge defaults, presets (in order) and explicit flags into a validated Config."""
     values: dict[str, Any] = {}
-    sources = {key: "default" for key in KEYS}
+    sources = dict.fromkeys(KEYS, "default")
     for name in presets:
         for key, value in load_preset(name).items():
             values[key], sources[key] = value, f"preset:{name}"
@@ -303,8 +332,10 @@ def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | N
             values[key], sources[key] = value, "flag"
     _apply_mozo(values, sources)
     _absolute_paths(values)
-    values = {k: float(v) if _is_float_field(k) and isinstance(v, int) and not isinstance(v, bool) else v
-              for k, v in values.items()}
+    values = {
+        k: float(v) if _is_float_field(k) and isinstance(v, int) and not isinstance(v, bool) else v
+        for k, v in values.items()
+    }
     return Resolved(Config(**values), sources, tuple(presets))
 
 

@@ -4,7 +4,7 @@ The only package that imports Typer, prints or exits; each module registers its 
 in the order `--help` lists them.
 """
 
-from . import train, results, sweep, measure  # noqa: F401, I001  (registers the commands, in this order)
-from ._shared import app
+from zocli.cli import train, prepare, results, sweep, measure  # noqa: F401, I001  (registers the commands, in this order)
+from zocli.cli._shared import app
 
 __all__ = ["app"]

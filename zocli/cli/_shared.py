@@ -17,27 +17,39 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from .. import __version__
+from zocli import __version__
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
-                  help="Zeroth-order / first-order continual learning of CLIP adapters.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Zeroth-order / first-order continual learning of CLIP adapters.",
+)
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs
 STATE = {"debug": False}
 
-USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.backbone": ("UnknownModel",)}
-RUNTIME_ERRORS = {"zocli.backbone": ("WeightsUnavailable",), "zocli.checkpoint": ("CheckpointError",),
-                  "zocli.data": ("DataMissing", "SourceError"), "zocli.rundir": ("RunDirError",),
-                  "zocli.step": ("DeviceUnavailable",), "zocli.train": ("Diverged",), "zocli.preflight": ("NotReady",),
-                  "zocli.loader": ("CorruptImage",), "zocli.tracking": ("TrackingUnavailable",),
-                  "zocli.sweep": ("SweepError",)}
+USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.method.backbone": ("UnknownModel",)}
+RUNTIME_ERRORS = {
+    "zocli.method.backbone": ("WeightsUnavailable",),
+    "zocli.run.checkpoint": ("CheckpointError",),
+    "zocli.data.store": ("DataMissing", "SourceError"),
+    "zocli.run.rundir": ("RunDirError",),
+    "zocli.method.step": ("DeviceUnavailable",),
+    "zocli.run.train": ("Diverged",),
+    "zocli.data.location": ("NotReady",),
+    "zocli.data.loader": ("CorruptImage",),
+    "zocli.run.tracking": ("TrackingUnavailable",),
+    "zocli.sweep.grid": ("SweepError",),
+}
 
 
 def _classes(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
     # Only modules already imported: an exception's class was imported with it, and importing the rest
     # here would cost the seconds of torch/datasets imports that the fast checks exist to avoid.
-    return tuple(getattr(sys.modules[module], name) for module, names in table.items() if module in sys.modules
-                 for name in names)
+    return tuple(
+        getattr(sys.modules[module], name) for module, names in table.items() if module in sys.modules for name in names
+    )
 
 
 @contextmanager
@@ -50,7 +62,7 @@ def errors():
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
-    except Exception as exc:  # noqa: BLE001 - classified just below
+    except Exception as exc:
         if STATE["debug"]:
             raise
         code, text = classify(exc)
@@ -68,8 +80,11 @@ def classify(exc: Exception) -> tuple[int, str]:
         where = f"{exc.filename}: " if exc.filename else ""
         return 1, f"{where}{exc.strerror or exc}"
     if isinstance(exc, MemoryError) or "out of memory" in str(exc) or "can't allocate memory" in str(exc):
-        return 1, f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); " \
-                  f"lower --batch-size, --eval-batch-size or --zo-chunk"
+        return (
+            1,
+            f"out of memory ({str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}); "
+            f"lower --batch-size, --eval-batch-size or --zo-chunk",
+        )
     # A bug: still one line (the README's contract), with the way to the traceback.
     return 1, f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback, and report it)"
 
@@ -92,8 +107,12 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for expected errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
-                                          callback=_print_version, expose_value=False)] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version, expose_value=False
+        ),
+    ] = False,
 ) -> None:
     STATE["debug"] = debug
 
@@ -104,17 +123,28 @@ def main(
 Opt = typer.Option
 
 # How a default reads in --help where the Config value alone (None) would not say it.
-DEFAULT_WORDS = {"base": "= --inc", "class_order": "the benchmark's", "eval_future": "off",
-                 "max_steps": "full epochs", "layers_n": "half the layers",
-                 "eps_vision": "--eps (5e-4 with --mozo)", "eps_language": "--eps", "zo_chunk": "32",
-                 "workers": "0 on CPU, ≤ 8 on CUDA", "mozo": "off", "conservative": "conservative",
-                 "data_root": "$ZOCLI_DATA or ~/.cache/zocli", "zo_lr": "λ·lr",
-                 "report_to": "none", "log_every": "50 with --report-to, else off"}
+DEFAULT_WORDS = {
+    "base": "= --inc",
+    "class_order": "the benchmark's",
+    "eval_future": "off",
+    "max_steps": "full epochs",
+    "layers_n": "half the layers",
+    "eps_vision": "--eps (5e-4 with --mozo)",
+    "eps_language": "--eps",
+    "zo_chunk": "32",
+    "workers": "0 on CPU, ≤ 8 on CUDA",
+    "mozo": "off",
+    "conservative": "conservative",
+    "data_root": "$ZOCLI_DATA or ~/.cache/zocli",
+    "zo_lr": "λ·lr",
+    "report_to": "none",
+    "log_every": "50 with --report-to, else off",
+}
 
 
 @functools.cache
 def _defaults():
-    from ..config import Config
+    from zocli.config import Config
 
     return Config()
 
@@ -125,38 +155,42 @@ def CfgOpt(key: str, help: str, *decls: str, panel: str | None = None):  # noqa:
     The option itself defaults to None, so that presets can set what the flag leaves unset."""
     from typing import get_args, get_origin, get_type_hints
 
-    from .. import benchmarks
-    from ..config import Config
+    from zocli.config import Config
+    from zocli.data import catalogue
 
     kind = get_type_hints(Config)[key]
     if get_origin(kind) not in (typing.Literal, None):  # X | None
         kind = next(a for a in get_args(kind) if a is not type(None))
-    choices = get_args(kind) if get_origin(kind) is typing.Literal else \
-        (*benchmarks.BUILDERS, "folder:DIR", "hf:ID") if key == "benchmark" else ()
+    choices = (
+        get_args(kind)
+        if get_origin(kind) is typing.Literal
+        else (*catalogue.BUILDERS, "folder:DIR", "hf:ID")
+        if key == "benchmark"
+        else ()
+    )
     metavar = "|".join(choices) if choices else {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}[kind]
     default = DEFAULT_WORDS.get(key, getattr(_defaults(), key))
     return typer.Option(*decls, help=f"{help} \\[default: {default}]", metavar=metavar, rich_help_panel=panel)
 
+
 def precheck(cfg) -> None:
     # Usage errors must surface before any expensive import or model build.
-    from .. import benchmarks, preflight
+    from zocli.data import catalogue, location
 
-    benchmarks.split(preflight.benchmark(cfg), cfg.inc, cfg.base)
+    catalogue.split(location.benchmark(cfg), cfg.inc, cfg.base)
 
 
 def plots_check(path) -> None:
-    from ..plots import check_path
+    from zocli.study.plots import check_path
 
     check_path(path)
 
 
 def plot_to(draw) -> None:
-    from .. import plots
+    from zocli.study import plots
 
     try:
         draw(plots)
     except plots.PlotUnavailable as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-
-

@@ -6,45 +6,84 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .. import render
-from ._shared import Opt, app, err, errors, out, plot_to, plots_check
+from zocli.cli import render
+from zocli.cli._shared import Opt, app, err, errors, out, plot_to, plots_check
+
 
 @app.command("eval")
 def eval_cmd(
-    run_dirs: Annotated[list[str], typer.Argument(metavar="RUN_DIR", help="Run directories (or a quoted glob). One: re-evaluate; several: compare.")],
-    task: Annotated[Optional[int], Opt("--task", metavar="K", help="Re-evaluate only the checkpoint after task K.")] = None,
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="RUN_DIR", help="Run directories (or a quoted glob). One: re-evaluate; several: compare."
+        ),
+    ],
+    task: Annotated[
+        int | None, Opt("--task", metavar="K", help="Re-evaluate only the checkpoint after task K.")
+    ] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the result as JSON on stdout.")] = False,
     as_csv: Annotated[bool, Opt("--csv", metavar="", help="Comparison as CSV on stdout.")] = False,
-    plot: Annotated[Optional[Path], Opt("--plot", metavar="FILE.png", help="PNG: accuracy-matrix heatmap (one run), accuracy curves (several), mean curves ± std (seed groups).")] = None,
-    as_markdown: Annotated[bool, Opt("--markdown", metavar="", help="Comparison as a Markdown table on stdout.")] = False,
-    as_latex: Annotated[bool, Opt("--latex", metavar="", help="Comparison as a LaTeX (booktabs) tabular on stdout.")] = False,
-    by_run: Annotated[bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")] = False,
-    data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
-    device: Annotated[Optional[str], Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
-    workers: Annotated[Optional[int], Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
-    eval_batch_size: Annotated[Optional[int], Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")] = None,
+    plot: Annotated[
+        Path | None,
+        Opt(
+            "--plot",
+            metavar="FILE.png",
+            help="PNG: accuracy-matrix heatmap (one run), accuracy curves (several), mean curves ± std (seed groups).",
+        ),
+    ] = None,
+    as_markdown: Annotated[
+        bool, Opt("--markdown", metavar="", help="Comparison as a Markdown table on stdout.")
+    ] = False,
+    as_latex: Annotated[
+        bool, Opt("--latex", metavar="", help="Comparison as a LaTeX (booktabs) tabular on stdout.")
+    ] = False,
+    by_run: Annotated[
+        bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")
+    ] = False,
+    data_root: Annotated[str | None, Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
+    device: Annotated[str | None, Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
+    workers: Annotated[int | None, Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
+    eval_batch_size: Annotated[
+        int | None, Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")
+    ] = None,
 ) -> None:
     """Re-evaluate one run from its checkpoints, or compare several runs (a sweep directory: its runs).
 
     Runs that differ only by seed form a group: mean ± std and n of each metric, and the paper's figures
     when a group is a published configuration."""
-    overrides = {"data_root": data_root or os.environ.get("ZOCLI_DATA"), "device": device, "workers": workers,
-                 "eval_batch_size": eval_batch_size}
+    overrides = {
+        "data_root": data_root or os.environ.get("ZOCLI_DATA"),
+        "device": device,
+        "workers": workers,
+        "eval_batch_size": eval_batch_size,
+    }
     with errors():
         paths = _expand(run_dirs)
         plots_check(plot)
         if len(paths) > 1 or as_csv or as_markdown or as_latex:
-            _compare(paths, "json" if as_json else "csv" if as_csv else "markdown" if as_markdown else
-                     "latex" if as_latex else "table", plot, by_run)
+            _compare(
+                paths,
+                "json"
+                if as_json
+                else "csv"
+                if as_csv
+                else "markdown"
+                if as_markdown
+                else "latex"
+                if as_latex
+                else "table",
+                plot,
+                by_run,
+            )
             return
-        from ..preflight import check_run
+        from zocli.run.preflight import check_run
 
         check_run(paths[0], task, overrides)
-        from ..evaluate import reevaluate
+        from zocli.run.evaluate import reevaluate
 
         result = reevaluate(paths[0], task, overrides)
         if plot is not None:
@@ -74,20 +113,20 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 
 def _sweep_runs(root: Path) -> list[Path]:
-    from ..rundir import is_run
-    from ..sweep import open_sweep
+    from zocli.run.rundir import is_run
+    from zocli.sweep.grid import open_sweep
 
     sweep = open_sweep(root)
     return [sweep.run_dir(run.name) for run in sweep.runs if is_run(sweep.run_dir(run.name))]
 
 
-def _compare(paths: list[Path], form: str, plot: Optional[Path], by_run: bool) -> None:
-    from ..rundir import RunDir
+def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> None:
+    from zocli.run.rundir import RunDir
 
     for path in paths:  # a missing or foreign directory is named before the heavy imports
         RunDir.open(path)
-    from ..compare import compare
-    from ..stats import group
+    from zocli.study.compare import compare
+    from zocli.study.stats import group
 
     comparison = compare(paths)
     grouped = group(comparison)
@@ -127,7 +166,7 @@ def presets_list_cmd(
     """One line per shipped preset: what it reproduces."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..config import list_presets
+    from zocli.config import list_presets
 
     described = {name: _preset_description(path) for name, path in list_presets().items()}
     if as_json:
@@ -148,7 +187,7 @@ def presets_show_cmd(
 ) -> None:
     """The config these presets resolve to (defaults < presets in order), with each value's source."""
     with errors():
-        from ..config import resolve
+        from zocli.config import resolve
 
         resolved = resolve(names, {})
     if as_json:
@@ -161,5 +200,3 @@ def _preset_description(path: Path) -> str:
     """The first header line of a preset, without its '# name:' prefix."""
     first = next((line for line in path.read_text().splitlines() if line.startswith("#")), "#")
     return first.lstrip("# ").split(": ", 1)[-1]
-
-

@@ -6,42 +6,125 @@ import json
 import os
 import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from .. import render
-from ..config import ConfigError
-from ._shared import Opt, app, err, errors, out
-from .train import _graceful_stop
+from zocli.cli import render
+from zocli.cli._shared import Opt, app, err, errors, out
+from zocli.cli.signals import graceful_stop
+from zocli.config import ConfigError
 
 S = "SLURM (with --slurm; needs the slurm extra)"
 
 
 @app.command("sweep")
 def sweep_cmd(
-    grid_file: Annotated[Optional[Path], typer.Argument(metavar="GRID.toml", help="Grid file: presets = [...], seeds = \"0-4\", fixed keys, and \\[grid] KEY = \\[values].")] = None,
-    preset: Annotated[Optional[list[str]], Opt("--preset", "-p", metavar="NAME|FILE", help="Preset of every run; repeatable, applied in order before the grid's.")] = None,
-    grid: Annotated[Optional[list[str]], Opt("--grid", "-g", metavar="KEY=V1,V2", help="An axis of the grid over any train flag (or preset=A,B); repeatable; one value fixes the key.")] = None,
-    seeds: Annotated[Optional[str], Opt("--seeds", metavar="0-4", help="Seeds of every configuration: a range or a list. \\[default: 0, or the grid file's]")] = None,
-    out_dir: Annotated[Optional[Path], Opt("--out", "-o", metavar="DIR", help="Sweep directory; run again to continue it. \\[default: runs/<grid file name> or runs/sweep]")] = None,
-    data_root: Annotated[Optional[str], Opt(metavar="DIR", help="Prepared data root of every run. \\[default: $ZOCLI_DATA or ~/.cache/zocli]")] = None,
-    devices: Annotated[Optional[str], Opt(metavar="0,1", help="GPUs to use: runs go to them one at a time each (CUDA_VISIBLE_DEVICES).")] = None,
-    jobs: Annotated[int, Opt(metavar="N", min=1, help="Runs at once (per GPU with --devices); CPU runs share the cores.")] = 1,
-    dry_run: Annotated[bool, Opt("--dry-run", metavar="", help="List the runs and their commands; run nothing.")] = False,
-    status: Annotated[bool, Opt("--status", metavar="", help="Show the state of each run of the sweep; run nothing.")] = False,
-    as_json: Annotated[bool, Opt("--json", metavar="", help="Print the sweep's state (or the plan, with --dry-run) as JSON on stdout.")] = False,
-    slurm: Annotated[bool, Opt("--slurm", metavar="", help="Submit the unfinished runs as a SLURM job array (submitit) and return.", rich_help_panel=S)] = False,
-    partition: Annotated[Optional[str], Opt("--slurm-partition", metavar="NAME", help="sbatch --partition.", rich_help_panel=S)] = None,
-    time_min: Annotated[int, Opt("--slurm-time", metavar="MIN", help="sbatch --time per run, minutes; a timed-out run is requeued and resumes.", rich_help_panel=S)] = 24 * 60,
+    grid_file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="GRID.toml",
+            help='Grid file: presets = [...], seeds = "0-4", fixed keys, and \\[grid] KEY = \\[values].',
+        ),
+    ] = None,
+    preset: Annotated[
+        list[str] | None,
+        Opt(
+            "--preset",
+            "-p",
+            metavar="NAME|FILE",
+            help="Preset of every run; repeatable, applied in order before the grid's.",
+        ),
+    ] = None,
+    grid: Annotated[
+        list[str] | None,
+        Opt(
+            "--grid",
+            "-g",
+            metavar="KEY=V1,V2",
+            help="An axis of the grid over any train flag (or preset=A,B); repeatable; one value fixes the key.",
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        Opt(
+            "--seeds",
+            metavar="0-4",
+            help="Seeds of every configuration: a range or a list. \\[default: 0, or the grid file's]",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        Opt(
+            "--out",
+            "-o",
+            metavar="DIR",
+            help="Sweep directory; run again to continue it. \\[default: runs/<grid file name> or runs/sweep]",
+        ),
+    ] = None,
+    data_root: Annotated[
+        str | None,
+        Opt(metavar="DIR", help="Prepared data root of every run. \\[default: $ZOCLI_DATA or ~/.cache/zocli]"),
+    ] = None,
+    devices: Annotated[
+        str | None,
+        Opt(metavar="0,1", help="GPUs to use: runs go to them one at a time each (CUDA_VISIBLE_DEVICES)."),
+    ] = None,
+    jobs: Annotated[
+        int, Opt(metavar="N", min=1, help="Runs at once (per GPU with --devices); CPU runs share the cores.")
+    ] = 1,
+    dry_run: Annotated[
+        bool, Opt("--dry-run", metavar="", help="List the runs and their commands; run nothing.")
+    ] = False,
+    status: Annotated[
+        bool, Opt("--status", metavar="", help="Show the state of each run of the sweep; run nothing.")
+    ] = False,
+    as_json: Annotated[
+        bool, Opt("--json", metavar="", help="Print the sweep's state (or the plan, with --dry-run) as JSON on stdout.")
+    ] = False,
+    slurm: Annotated[
+        bool,
+        Opt(
+            "--slurm",
+            metavar="",
+            help="Submit the unfinished runs as a SLURM job array (submitit) and return.",
+            rich_help_panel=S,
+        ),
+    ] = False,
+    partition: Annotated[
+        str | None, Opt("--slurm-partition", metavar="NAME", help="sbatch --partition.", rich_help_panel=S)
+    ] = None,
+    time_min: Annotated[
+        int,
+        Opt(
+            "--slurm-time",
+            metavar="MIN",
+            help="sbatch --time per run, minutes; a timed-out run is requeued and resumes.",
+            rich_help_panel=S,
+        ),
+    ] = 24 * 60,
     gpus: Annotated[int, Opt("--slurm-gpus", metavar="N", help="sbatch --gpus-per-node.", rich_help_panel=S)] = 1,
     cpus: Annotated[int, Opt("--slurm-cpus", metavar="N", help="sbatch --cpus-per-task.", rich_help_panel=S)] = 8,
-    mem_gb: Annotated[Optional[int], Opt("--slurm-mem", metavar="GB", help="sbatch --mem.", rich_help_panel=S)] = None,
-    account: Annotated[Optional[str], Opt("--slurm-account", metavar="NAME", help="sbatch --account.", rich_help_panel=S)] = None,
-    qos: Annotated[Optional[str], Opt("--slurm-qos", metavar="NAME", help="sbatch --qos.", rich_help_panel=S)] = None,
-    constraint: Annotated[Optional[str], Opt("--slurm-constraint", metavar="EXPR", help="sbatch --constraint.", rich_help_panel=S)] = None,
-    parallel: Annotated[int, Opt("--slurm-parallel", metavar="N", help="Array jobs running at once (--array=...%N).", rich_help_panel=S)] = 256,
-    extra: Annotated[Optional[list[str]], Opt("--slurm-opt", metavar="KEY=VALUE", help="Any other sbatch option (--slurm-opt mail-type=END); repeatable.", rich_help_panel=S)] = None,
+    mem_gb: Annotated[int | None, Opt("--slurm-mem", metavar="GB", help="sbatch --mem.", rich_help_panel=S)] = None,
+    account: Annotated[
+        str | None, Opt("--slurm-account", metavar="NAME", help="sbatch --account.", rich_help_panel=S)
+    ] = None,
+    qos: Annotated[str | None, Opt("--slurm-qos", metavar="NAME", help="sbatch --qos.", rich_help_panel=S)] = None,
+    constraint: Annotated[
+        str | None, Opt("--slurm-constraint", metavar="EXPR", help="sbatch --constraint.", rich_help_panel=S)
+    ] = None,
+    parallel: Annotated[
+        int, Opt("--slurm-parallel", metavar="N", help="Array jobs running at once (--array=...%N).", rich_help_panel=S)
+    ] = 256,
+    extra: Annotated[
+        list[str] | None,
+        Opt(
+            "--slurm-opt",
+            metavar="KEY=VALUE",
+            help="Any other sbatch option (--slurm-opt mail-type=END); repeatable.",
+            rich_help_panel=S,
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of `zocli train` configurations × seeds as named runs under one sweep directory.
 
@@ -49,13 +132,15 @@ def sweep_cmd(
     does not stop the others; Ctrl-C stops every run at a commit point (again: at once). Compare the runs
     with `zocli eval SWEEP_DIR` (mean ± std over seeds)."""
     with errors():
-        from .. import sweep as core
+        from zocli.sweep import grid as core
 
         root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
         asked = grid_file or preset or grid or seeds
         if not asked and not (root / core.MANIFEST).is_file():
-            raise ConfigError(f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
-                              f"existing sweep ({root} is not one)")
+            raise ConfigError(
+                f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
+                f"existing sweep ({root} is not one)"
+            )
         if asked and not status:
             runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds))
             where = data_root or os.environ.get("ZOCLI_DATA")
@@ -92,8 +177,10 @@ def _grid(core, grid_file, presets, items, seeds):
 
 def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
     sweep = core.Sweep(root, tuple(runs))
-    plan = [{"name": r.name, "run_dir": str(sweep.run_dir(r.name)), "command": core.command(sweep, r, data_root)[1]}
-            for r in runs]
+    plan = [
+        {"name": r.name, "run_dir": str(sweep.run_dir(r.name)), "command": core.command(sweep, r, data_root)[1]}
+        for r in runs
+    ]
     if as_json:
         print(json.dumps({"sweep": str(root), "runs": plan}))
         return
@@ -108,8 +195,8 @@ def _print_state(state: dict, as_json: bool) -> None:
         out.print(render.sweep_state(state))
 
 
-def _run_local(sweep, devices: Optional[str], jobs: int, quiet: bool) -> dict:
-    from ..launch import local_slots, run_local
+def _run_local(sweep, devices: str | None, jobs: int, quiet: bool) -> dict:
+    from zocli.sweep.launch import local_slots, run_local
 
     slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs)
     total = len(sweep.runs)
@@ -123,12 +210,15 @@ def _run_local(sweep, devices: Optional[str], jobs: int, quiet: bool) -> dict:
             line = f"{event['action']} {event['name']} on {event['slot']}"
         else:
             counter["done"] += event["state"] == "finished"
-            line = f"{event['state']} {event['name']}" + (f": {event['error']}" if event["error"] else "") + \
-                   f" · {counter['done']}/{total} finished"
-        if not quiet or event["event"] == "ended" and event["error"]:
+            line = (
+                f"{event['state']} {event['name']}"
+                + (f": {event['error']}" if event["error"] else "")
+                + f" · {counter['done']}/{total} finished"
+            )
+        if not quiet or (event["event"] == "ended" and event["error"]):
             err.print(line, highlight=False)
 
-    with _graceful_stop(_abort) as should_stop:
+    with graceful_stop(_abort) as should_stop:
         run_local(sweep, slots, on_event, should_stop)
         return {"stopped": should_stop()}
 
@@ -141,15 +231,26 @@ def _abort() -> None:
 
 
 def _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra) -> None:
-    from ..launch import SlurmOptions, submit
+    from zocli.sweep.launch import SlurmOptions, submit
 
     pairs = [item.partition("=") for item in extra]
     if any(not sep for _, sep, _ in pairs):
         raise ConfigError("--slurm-opt takes KEY=VALUE (e.g. --slurm-opt mail-type=END)")
-    options = SlurmOptions(partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel,
-                           {key.replace("-", "_"): value for key, _, value in pairs})
+    options = SlurmOptions(
+        partition,
+        time_min,
+        gpus,
+        cpus,
+        mem_gb,
+        account,
+        qos,
+        constraint,
+        parallel,
+        {key.replace("-", "_"): value for key, _, value in pairs},
+    )
     jobs = submit(sweep, options)
     for name, job in jobs:
         err.print(f"submitted {name}: job {job.job_id}", highlight=False)
-    err.print(f"{len(jobs)} runs submitted; `zocli sweep --out {sweep.root} --status` shows their state",
-              highlight=False)
+    err.print(
+        f"{len(jobs)} runs submitted; `zocli sweep --out {sweep.root} --status` shows their state", highlight=False
+    )

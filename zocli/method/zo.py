@@ -1,0 +1,422 @@
+"""The hybrid FO/ZO step (DESIGN §6): backprop for FO units, finite differences for ZO units.
+
+One step on a fixed batch:
+  1. FO forward + backward at θ (the objective leaves grads on FO units only);
+  2. ZO estimate at the same θ: per block, q seeded directions z, ĝ = d/ε · z with
+     d = [L(θ+εz) − L(θ−εz)]/2 (two-sided) or L(θ+εz) − L(θ) (one-sided);
+  3. FO optimizer step;
+  4. ZO update: the rule turns ĝ (or sign(ĝ), MoZO) into a direction u — `sgd`: u = ĝ; `adam`: Adam
+     moments of ĝ, u = m̂/(√v̂+δ) — and θ ← θ − η·u, or conservatively the best of {θ, θ − η·u, θ + η·u}
+     on the same batch (ties keep θ), reached by setting parameters directly.
+
+Two controls measure no finite difference: `noise` moves every coordinate by ±η along a fresh random
+sign vector (the size of a sign or early Adam step, no information), and `random-search` keeps the best
+of {θ, θ ± η·sign(z)} (what sign + conservative + q = 1 + one block reduces to, whatever d is).
+
+Directions are regenerated from seeds with a private generator; the global RNG is never touched.
+Every ZO loss goes through `Objective.loss_fn`, so a multi-GPU reduction would live in one place.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import torch
+
+from zocli.method.plan import Unit
+from zocli.rng import derive_seed
+
+
+class Objective(Protocol):
+    """The loss of one fixed batch, as the step needs it."""
+
+    def fo_backward(self) -> float | None:
+        """Training-mode loss at θ with grads into FO units; None when there are no FO units."""
+
+    def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
+        """A deterministic no-grad loss at the current θ that re-runs only what `units` can change."""
+
+    def reset(self) -> None:
+        """Parameters changed outside perturbations: drop cached features."""
+
+    def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The exact gradient of the deterministic loss at θ with respect to `params` (a probe)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """ZO parameters perturbed together by one finite difference.
+
+    A block's direction z is one flat draw over its parameters in order (`direction`). With `flat` set
+    (see `flatten_`), the parameters are views into that one buffer, so a perturbation, a restore and an
+    update are one kernel per run of equal ε instead of one per tensor; without it, the same numbers are
+    applied tensor by tensor, bit for bit the same result on CPU.
+    """
+
+    name: str  # "vision", "language", "joint" or "vision.3"
+    units: tuple[Unit, ...]
+    params: tuple[torch.Tensor, ...]
+    eps: tuple[float, ...]  # per parameter: a joint block mixes the branches' ε
+    flat: torch.Tensor | None = None  # (N,): the parameters' storage, when they are views into one buffer
+    runs: tuple[tuple[int, int, float], ...] = field(init=False)  # (start, stop, ε) of equal-ε stretches
+    starts: tuple[int, ...] = field(init=False)  # each parameter's offset in the (N,) layout
+
+    def __post_init__(self) -> None:
+        starts = tuple(itertools.accumulate((p.numel() for p in self.params), initial=0))
+        runs = []
+        for start, stop, eps in zip(starts, starts[1:], self.eps):
+            if runs and runs[-1][2] == eps:
+                runs[-1] = (runs[-1][0], stop, eps)
+            elif stop > start:
+                runs.append((start, stop, eps))
+        object.__setattr__(self, "runs", tuple(runs))
+        object.__setattr__(self, "starts", starts)
+
+    @property
+    def size(self) -> int:
+        return self.starts[-1]
+
+    def is_flat(self) -> bool:
+        """Whether the parameters still live in `flat` (moving the model to a device rebinds them)."""
+        base, width = (self.flat.data_ptr(), self.flat.element_size()) if self.flat is not None else (0, 0)
+        return self.flat is not None and all(p.data_ptr() == base + i * width for p, i in zip(self.params, self.starts))
+
+    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views of a (N,) tensor shaped like the parameters, in order."""
+        pieces = flat.split([p.numel() for p in self.params])
+        return [piece.view(p.shape) for piece, p in zip(pieces, self.params)]
+
+
+def flatten_(block: Block) -> Block:
+    """Move the block's parameters into one contiguous buffer and rebind each to a view of it (the
+    Parameter objects, and so the optimizer, state_dict and module references, stay the same)."""
+    if not block.params or len({(p.device, p.dtype) for p in block.params}) > 1:
+        return block  # nothing to fuse, or mixed devices/dtypes: the per-tensor path
+    first = block.params[0]
+    flat = torch.empty(block.size, device=first.device, dtype=first.dtype)  # (N,)
+    for param, view in zip(block.params, block.split(flat)):
+        view.copy_(param.detach())
+        param.data = view
+    return replace(block, flat=flat)
+
+
+@dataclass(frozen=True)
+class ZOSettings:
+    two_sided: bool = True
+    queries: int = 1
+    sign: bool = False  # MoZO: element-wise sign of ĝ, before the rule
+    conservative: bool = True
+    rule: str = "sgd"  # sgd | adam (use ĝ) | noise | random-search (controls: no finite difference)
+    skip_irrelevant: bool = True  # skip estimates that cannot change the step (see `irrelevant_estimate`)
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the step evaluates {θ, θ − ηu, θ + ηu} and keeps the best (noise never does)."""
+        return self.rule == "random-search" or (self.conservative and self.rule != "noise")
+
+    def estimates(self, n_blocks: int) -> bool:
+        """Whether finite differences are measured at all this configuration."""
+        return self.rule in ("sgd", "adam") and not (self.skip_irrelevant and self.irrelevant_estimate(n_blocks))
+
+    def irrelevant_estimate(self, n_blocks: int) -> bool:
+        """sign + conservative + q = 1 + one block: u = sign(d)·sign(z), and the candidates
+        {θ, θ ∓ η·sign(z)} are the same set whichever sign d has — the step is random search."""
+        return self.rule == "sgd" and self.sign and self.conservative and self.queries == 1 and n_blocks == 1
+
+
+@dataclass(frozen=True)
+class StepStats:
+    loss: float  # FO training loss, or the ZO loss at θ when nothing is FO
+    fo_grad_norm: float
+    zo_update_norm: float  # ‖η·u‖ actually applied (0 when the conservative step kept θ)
+    moved: bool  # False when the conservative step kept θ
+    forwards: int  # loss evaluations this step (the FO pass counts one)
+    zo_loss_delta: float | None = None  # L(after) − L(before) of the ZO update on this batch, when measured
+    zo_cosine: float | None = None  # cos(applied ZO update, −exact gradient of the ZO units), on probe steps
+    # what `loss` is: "train_mode" (the FO pass: dropout and gating noise on) or "deterministic" (eval mode,
+    # from the ZO forwards when nothing is FO); they differ, so compare losses of one kind only
+    loss_kind: str = "train_mode"
+
+
+class ZOAdam:
+    """Adam moments over the ZO estimates of a fixed parameter list (no weight decay).
+
+    The direction is m̂ / (√v̂ + 1e-8); the caller moves the parameters, so conservative candidates are
+    θ ± η·direction and no optimizer `step()` is ever called twice. State: two copies of the ZO units.
+    """
+
+    BETAS, EPS = (0.9, 0.999), 1e-8
+
+    def __init__(self, params: Sequence[torch.Tensor], blocks: Sequence[Block] | None = None):
+        """`params` shaped like what `direction` receives; `blocks`: see `for_blocks`."""
+        self.t, self.blocks = 0, blocks
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    @classmethod
+    def for_blocks(cls, blocks: Sequence[Block]) -> ZOAdam:
+        """Moments as one (N,) tensor per block, as `hybrid_step` hands them over; a checkpoint still
+        holds one m and one v per parameter (the format predates flat blocks)."""
+        flats = [torch.zeros(b.size, device=b.params[0].device, dtype=b.params[0].dtype) for b in blocks]
+        return cls(flats, tuple(blocks))
+
+    def direction(self, grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        (b1, b2), self.t = self.BETAS, self.t + 1
+        out = []
+        for m, v, g in zip(self.m, self.v, grads):
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            out.append((m / (1 - b1**self.t)) / ((v / (1 - b2**self.t)).sqrt_().add_(self.EPS)))
+        return out
+
+    def _per_param(self, moments: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.blocks is None:
+            return moments
+        return [view for block, m in zip(self.blocks, moments) for view in block.split(m)]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {"t": torch.tensor(self.t)}
+        state.update({f"m.{i}": m for i, m in enumerate(self._per_param(self.m))})
+        state.update({f"v.{i}": v for i, v in enumerate(self._per_param(self.v))})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.t = int(state["t"])
+        for i, (m, v) in enumerate(zip(self._per_param(self.m), self._per_param(self.v))):
+            m.copy_(state[f"m.{i}"])
+            v.copy_(state[f"v.{i}"])
+
+
+def direction(block: Block, seed: int) -> torch.Tensor:
+    """The block's direction z (N,): one draw from a private generator seeded with `seed`, so the same
+    seed always replays the same z and the global RNG is never touched."""
+    first = block.params[0]
+    if first.is_meta:  # no generator exists for meta; an empty tensor allocates the same
+        return torch.empty(block.size, device=first.device, dtype=first.dtype)
+    gen = torch.Generator(device=first.device).manual_seed(seed)
+    return torch.randn(block.size, generator=gen, device=first.device, dtype=first.dtype)
+
+
+def perturb_(block: Block, seed: int, scale: float) -> None:
+    """θ_p += scale · ε_p · z_p in place, z regenerated from `seed`."""
+    move_(block, direction(block, seed), scale)
+
+
+def move_(block: Block, z: torch.Tensor, scale: float) -> None:
+    """θ += scale · ε · z: one kernel per equal-ε run of a flat block, else one per tensor."""
+    if block.is_flat():
+        for start, stop, eps in block.runs:
+            block.flat[start:stop].add_(z[start:stop], alpha=scale * eps)
+        return
+    for param, eps, piece in zip(block.params, block.eps, block.split(z)):
+        param.add_(piece.to(param.dtype), alpha=scale * eps)
+
+
+def estimate(
+    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
+) -> tuple[list[torch.Tensor], float]:
+    """ĝ for every parameter of `block` (the mean over q seeded directions of (d / ε) · z), and the
+    loss at θ: measured (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²))."""
+    grad, value = estimate_flat(block, loss, seed, settings)
+    return block.split(grad), value
+
+
+def estimate_flat(
+    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
+) -> tuple[torch.Tensor, float]:
+    """`estimate` with ĝ as one (N,) tensor: one draw, three moves and one accumulation per query."""
+    base = None if settings.two_sided else loss()
+    grad, seen = None, []
+    for query in range(settings.queries):
+        z = direction(block, derive_seed(seed, block.name, query))  # (N,), alive for this query only
+        move_(block, z, +1.0)
+        plus = loss()
+        if settings.two_sided:
+            move_(block, z, -2.0)
+            minus = loss()
+            move_(block, z, +1.0)
+            d, seen = (plus - minus) / 2.0, seen + [plus, minus]
+        else:
+            move_(block, z, -1.0)
+            d = plus - base
+        for start, stop, eps in block.runs:
+            if grad is None:  # the first query's z becomes ĝ in place: no zeros, no extra pass
+                z[start:stop].mul_(d / (eps * settings.queries))
+            else:
+                grad[start:stop].add_(z[start:stop], alpha=d / (eps * settings.queries))
+        grad = z if grad is None else grad  # (N,)
+    return grad, (base if base is not None else sum(seen) / len(seen))
+
+
+def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
+    """The parameter arithmetic of `estimate` without its forwards: +εz, −2εz, +εz is not exact in
+    floating point, and a skipped estimate must leave θ bit-identical to a measured one."""
+    for scale in (1.0, -2.0, 1.0) if settings.two_sided else (1.0, -1.0):
+        move_(block, z, scale)
+
+
+def hybrid_step(
+    objective: Objective,
+    blocks: Sequence[Block],
+    fo_optimizer: torch.optim.Optimizer | None,
+    zo_lr: float,
+    settings: ZOSettings,
+    seed: int,
+    adam: ZOAdam | None = None,
+    probe: bool = False,
+) -> StepStats:
+    """One step of DESIGN §6 on the objective's batch; `seed` names this step's directions.
+
+    `adam` holds the moments when settings.rule is "adam" (`ZOAdam.for_blocks`); `probe` also measures the
+    cosine between the applied ZO update and the exact gradient of the ZO units (one forward + backward)."""
+    counter = _Counter(objective)
+    fo_loss = counter.fo_backward()
+    fo_grad_norm = _grad_norm(fo_optimizer)  # a tensor: read with the ZO norm, in one host sync
+    zo_losses, updates = [], []  # updates: one (N,) tensor per block
+    for block in blocks:
+        if settings.estimates(len(blocks)):
+            grad, zo_loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
+            zo_losses.append(zo_loss)
+            updates.append(grad.sign_() if settings.sign else grad)
+        else:  # controls, and estimates that cannot matter: sign(z) of the estimate's own first direction
+            z = direction(block, derive_seed(seed, block.name, 0))
+            if settings.irrelevant_estimate(len(blocks)):
+                _round_trip_(block, z, settings)  # θ rounds exactly as under the skipped ±εz forwards
+            updates.append(z.sign_())
+    if adam is not None:
+        updates = adam.direction(updates)
+    if fo_optimizer is not None:
+        fo_optimizer.step()
+        fo_optimizer.zero_grad(set_to_none=True)
+        objective.reset()
+    zo = _apply_zo(counter, blocks, updates, zo_lr, settings, probe) if blocks else _ZOResult()
+    loss = fo_loss if fo_loss is not None else (sum(zo_losses) / len(zo_losses) if zo_losses else zo.before)
+    if loss is None:  # nothing measured a loss (every unit frozen, or an unprobed noise step): measure it
+        loss = counter.loss_fn(())()
+    fo_grad_norm, zo_norm = _floats(fo_grad_norm, _norm_of(updates) if zo.moved else None)
+    return StepStats(
+        loss,
+        fo_grad_norm,
+        zo_lr * zo_norm,
+        zo.moved,
+        counter.count,
+        zo.delta,
+        zo.cosine,
+        "train_mode" if fo_loss is not None else "deterministic",
+    )
+
+
+@dataclass(frozen=True)
+class _ZOResult:
+    moved: bool = False
+    before: float | None = None  # loss at θ after the FO step, before the ZO update
+    delta: float | None = None
+    cosine: float | None = None
+
+
+def _apply_zo(
+    objective: _Counter,
+    blocks: Sequence[Block],
+    updates: list[torch.Tensor],
+    lr: float,
+    settings: ZOSettings,
+    probe: bool,
+) -> _ZOResult:
+    """Move the ZO units by −η·u (or keep the best candidate); measure what the move did where it is free
+    (conservative) or asked for (`probe`)."""
+    units = tuple(u for block in blocks for u in block.units)
+    loss = objective.loss_fn(units)
+    gradient = objective.gradient([p for block in blocks for p in block.params]) if probe else None
+    targets, steps = _targets(blocks, updates)
+    theta = [t.detach().clone() for t in targets]
+    if settings.keeps_best:
+        losses = {0.0: loss()}  # at θ, where the parameters are
+        for k in (-1.0, 1.0):
+            _set_candidate_(targets, theta, steps, k * lr)
+            losses[k] = loss()
+        best = min(losses, key=losses.get)  # dict order makes ties go to θ, then θ − ηu
+        if best != 1.0:  # θ + ηu is where the parameters already are
+            _set_candidate_(targets, theta, steps, best * lr)
+        moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
+    else:
+        before = loss() if probe else None
+        _set_candidate_(targets, theta, steps, -lr)
+        moved, delta = True, (loss() - before if probe else None)
+    cosine = (
+        _cosine([(t - th).flatten() for t, th in zip(targets, theta)], [-g.flatten() for g in gradient])
+        if probe
+        else None
+    )
+    return _ZOResult(moved, before, delta, cosine)
+
+
+def _targets(blocks: Sequence[Block], updates: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """What the update writes to, paired with its piece of u: a flat block's buffer whole, else each tensor."""
+    pairs = [([b.flat], [u]) if b.is_flat() else (list(b.params), b.split(u)) for b, u in zip(blocks, updates)]
+    return [t for ts, _ in pairs for t in ts], [u for _, us in pairs for u in us]
+
+
+def _set_candidate_(params, theta, updates, step: float) -> None:
+    for p, t, u in zip(params, theta, updates):
+        torch.add(t, u, alpha=step, out=p)  # one pass; the same rounding as p.copy_(t).add_(u, alpha=step)
+
+
+def scalar(value: torch.Tensor) -> float:
+    """A loss tensor as a Python float; meta tensors (memory estimates) carry no value and read as 0."""
+    return 0.0 if value.is_meta else float(value.detach())
+
+
+def _grad_norm(optimizer: torch.optim.Optimizer | None) -> torch.Tensor | None:
+    if optimizer is None:
+        return None
+    return _norm_of([p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
+
+
+def _cosine(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float | None:
+    dot = sum((x.double() * y.double()).sum() for x, y in zip(a, b))
+    norm_a, norm_b = _floats(_norm_of(a), _norm_of(b))
+    return scalar(dot) / (norm_a * norm_b) if norm_a * norm_b > 0 else None
+
+
+def _norm_of(tensors: Sequence[torch.Tensor]) -> torch.Tensor | None:
+    """‖tensors‖₂ accumulated in float64, as a 0-d tensor on their device (no host sync)."""
+    if not tensors:
+        return None
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]))
+
+
+def _floats(*values: torch.Tensor | None) -> list[float]:
+    """0-d tensors as floats with one host sync between them; None (nothing measured) and meta read as 0."""
+    present = [v for v in values if v is not None and not v.is_meta]
+    read = iter(torch.stack([v.to(present[0].device) for v in present]).tolist() if present else [])
+    return [next(read) if v is not None and not v.is_meta else 0.0 for v in values]
+
+
+class _Counter:
+    """Counts loss evaluations, the cost unit reported as forwards per step."""
+
+    def __init__(self, objective: Objective):
+        self.objective, self.count = objective, 0
+
+    def fo_backward(self) -> float | None:
+        loss = self.objective.fo_backward()
+        self.count += loss is not None
+        return loss
+
+    def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
+        inner = self.objective.loss_fn(units)
+
+        def counted() -> float:
+            self.count += 1
+            return inner()
+
+        return counted
+
+    def reset(self) -> None:
+        self.objective.reset()
+
+    def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return self.objective.gradient(params)

@@ -1,0 +1,412 @@
+"""The run directory (DESIGN §8): layout, atomic writes and the append-only metrics log.
+
+runs/<name>/config.json            resolved config + the source of each value
+runs/<name>/metrics.jsonl          one JSON object per event, append-only
+runs/<name>/checkpoints/           task_XX.safetensors + manifest.json (the commit point)
+runs/<name>/summary.json           accuracy matrix, Last, Avg, forgetting, BWT, time, memory
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RunDirError(RuntimeError):
+    """The run directory cannot be used as asked (exists, not writable, not a run, in use, gone)."""
+
+
+class Interrupted(Exception):
+    """A stop was requested: the run committed its state at a step boundary and can be resumed."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(f"stopped; resume with: zocli train --resume {run_dir}")
+        self.run_dir = run_dir
+
+
+LOCK_NAME = ".zocli.lock"
+# Everything a run ever writes. --overwrite deletes only these names, and refuses a directory holding
+# anything else: it replaces a run, never a user's files that happen to sit next to one.
+ROOT_FILES = ("config.json", "metrics.jsonl", "summary.json", LOCK_NAME, ".write-test")
+TRACKER_DIRS = ("tensorboard", "wandb")  # --report-to output, replaced with the run by --overwrite
+CHECKPOINT_FILE = re.compile(r"task_\d{2,}\.safetensors|manifest\.json|resume\.safetensors")
+TEMP_FILE = re.compile(r"\.[\w.-]+\.[\w]+\.tmp")  # atomic_write's mkstemp names: .NAME.XXXXXXXX.tmp
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write via a temp file in the same directory, fsync, rename, fsync the directory.
+
+    The directory must exist: re-creating a deleted run directory would let a run whose directory was
+    removed under it carry on writing into a fresh, half-empty copy.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as shareable as any other
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
+        raise RunDirError(f"{path}: cannot read JSON ({exc})") from None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """An exclusive POSIX lock on RUN/.zocli.lock, holding the owner's pid.
+
+    fcntl record locks belong to the process (DataLoader workers forked from it do not inherit them)
+    and vanish when it dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, root: Path):
+        self.path = root / LOCK_NAME
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot lock run directory {root}: {exc.strerror or exc}") from None
+        try:
+            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            raise RunDirError(
+                f"run directory {root} is in use by another zocli process (pid {holder}); "
+                f"wait for it to finish or stop it"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        self.inode = _inode(os.fstat(self.fd))
+
+    def still_in_place(self) -> bool:
+        """Is the locked file still the one at RUN/.zocli.lock (the directory not deleted, moved or replaced)?"""
+        try:
+            return _inode(os.lstat(self.path)) == self.inode
+        except OSError:
+            return False
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = -1
+
+
+def _inode(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def is_run(root: Path) -> bool:
+    """Whether `root` holds a config.json that zocli wrote (its `zocli_version` and `config` keys)."""
+    try:
+        saved = json.loads((root / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and "zocli_version" in saved and isinstance(saved.get("config"), dict)
+
+
+def foreign_files(root: Path) -> list[Path]:
+    """Entries of `root` that no zocli run writes (a symlink is always foreign)."""
+    found = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_symlink():
+            found.append(entry)
+        elif entry.name == "checkpoints" and entry.is_dir():
+            found += [
+                f
+                for f in sorted(entry.iterdir())
+                if f.is_symlink()
+                or not f.is_file()
+                or not (CHECKPOINT_FILE.fullmatch(f.name) or TEMP_FILE.fullmatch(f.name))
+            ]
+        elif entry.name in TRACKER_DIRS and entry.is_dir():
+            continue
+        elif not entry.is_file() or not (entry.name in ROOT_FILES or TEMP_FILE.fullmatch(entry.name)):
+            found.append(entry)
+    return found
+
+
+def _never_started(root: Path) -> bool:
+    """Only what a run leaves before its config.json exists: a lock, temp files, an empty checkpoints/."""
+    leftover = lambda f: f.name in (LOCK_NAME, ".write-test") or bool(TEMP_FILE.fullmatch(f.name))  # noqa: E731
+    return (
+        not foreign_files(root)
+        and all(leftover(f) or f.name == "checkpoints" for f in root.iterdir())
+        and all(TEMP_FILE.fullmatch(f.name) for f in _listing(root / "checkpoints"))
+    )
+
+
+def _listing(directory: Path) -> list[Path]:
+    return sorted(directory.iterdir()) if directory.is_dir() else []
+
+
+def _check_overwritable(root: Path) -> None:
+    """--overwrite deletes: only a zocli run, never the cwd or its ancestors, never through a symlink."""
+    cwd = Path.cwd().resolve()
+    if root.is_symlink():
+        raise RunDirError(f"--overwrite refuses {root}: it is a symbolic link; pass the directory itself")
+    if root.resolve() == cwd or root.resolve() in cwd.parents:
+        raise RunDirError(f"--overwrite refuses {root}: it is the current directory or one of its parents")
+    if not is_run(root):
+        raise RunDirError(
+            f"--overwrite only replaces a zocli run directory, and {root} is not one "
+            f"(no config.json written by zocli); choose another --out"
+        )
+    foreign = foreign_files(root)
+    if foreign:
+        raise RunDirError(
+            f"--overwrite refuses {root}: it holds {str(foreign[0].relative_to(root))!r}"
+            f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which zocli did not "
+            f"write; move it away or choose another --out"
+        )
+
+
+def _clear(root: Path) -> None:
+    """Delete a previous run's files, commit point first, so that a kill half-way leaves a run with
+    fewer committed tasks, never a manifest naming deleted files. config.json stays: the new run
+    replaces it atomically, so the directory is always recognisably a run."""
+    checkpoints = _listing(root / "checkpoints")
+    doomed = [
+        root / "summary.json",
+        root / "checkpoints" / "manifest.json",
+        root / "checkpoints" / "resume.safetensors",
+        *checkpoints,
+        root / "metrics.jsonl",
+        *(f for f in root.iterdir() if TEMP_FILE.fullmatch(f.name) or f.name == ".write-test"),
+    ]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    for name in TRACKER_DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory; writes go through it only while it holds the run's lock (`create`, `locked`)."""
+
+    root: Path
+    lock: RunLock | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def manifest(self) -> Path:
+        return self.checkpoints / "manifest.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def state_file(self) -> Path:
+        return self.checkpoints / "resume.safetensors"
+
+    def task_file(self, task: int) -> Path:
+        return self.checkpoints / f"task_{task:02d}.safetensors"
+
+    # ------------------------------------------------------------------------------------------ opening
+
+    @staticmethod
+    def check_available(root: Path, overwrite: bool = False) -> None:
+        """Refuse a target that is not free to write (checked before any expensive work, and again under the lock)."""
+        root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise RunDirError(f"--out {root} exists and is not a directory")
+        if not root.is_dir() or _never_started(root):
+            return
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {root} is not empty; pass --resume to continue it or --overwrite to replace it"
+            )
+        _check_overwritable(root)
+
+    @classmethod
+    def create(cls, root: Path, identity: dict[str, Any], overwrite: bool = False) -> RunDir:
+        """A fresh run, locked, whose first file is config.json = `identity` (the run's zocli marker).
+
+        A failure before config.json is in place leaves nothing that blocks the next attempt: at most
+        an empty directory, a lock file and temp files, which a plain `train` reuses.
+        """
+        root = Path(root)
+        cls.check_available(root, overwrite)
+        made = not root.exists()
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirError(f"cannot create run directory {root}: {exc.strerror or exc}") from None
+        lock = RunLock(root)
+        try:
+            cls.check_available(root, overwrite)  # another process may have written it meanwhile
+            _clear(root)
+            write_json(root / "config.json", identity)
+            (root / "checkpoints").mkdir(exist_ok=True)
+        except BaseException as exc:
+            lock.release()
+            if made and _never_started(root):
+                shutil.rmtree(root, ignore_errors=True)  # only our own lock and temp files are in it
+            if isinstance(exc, OSError):
+                raise RunDirError(f"cannot write to run directory {root}: {exc.strerror or exc}") from None
+            raise
+        return cls(root, lock)
+
+    @classmethod
+    def open(cls, root: Path) -> RunDir:
+        """An existing run, for reading; anything without zocli's config.json is not a run directory."""
+        run = cls(Path(root))
+        if not run.root.exists():
+            raise RunDirError(f"{root} does not exist")
+        if not run.root.is_dir():
+            raise RunDirError(f"{root} is not a directory")
+        links = [
+            p
+            for p in (
+                run.config,
+                run.metrics,
+                run.summary,
+                run.checkpoints,
+                run.manifest,
+                run.state_file,
+                run.root / LOCK_NAME,
+            )
+            if p.is_symlink()
+        ]
+        if links:
+            raise RunDirError(f"{links[0]} is a symbolic link; a run directory holds only its own files")
+        if not run.config.is_file():
+            raise RunDirError(f"{root} is not a zocli run directory (no config.json)")
+        if not is_run(run.root):
+            raise RunDirError(f"{run.config} was not written by zocli or is damaged (no zocli_version/config)")
+        return run
+
+    def locked(self) -> RunDir:
+        """This run with its lock held: the only way to get a RunDir that may write."""
+        return RunDir(self.root, RunLock(self.root))
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def check_in_place(self) -> None:
+        """Fail before writing if the directory was deleted, moved or replaced under the running process."""
+        if self.lock is None:
+            raise RunDirError(f"{self.root}: written without holding its lock (a bug)")
+        if not self.lock.still_in_place():
+            raise RunDirError(
+                f"run directory {self.root} was deleted or moved while this run was writing to it; "
+                f"stopped without writing more"
+            )
+
+    def write_bytes(self, path: Path, data: bytes) -> None:
+        self.check_in_place()
+        atomic_write(path, data)
+
+    def write_json(self, path: Path, obj: Any) -> None:
+        self.write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+    def log(self, event: dict[str, Any]) -> None:
+        """Append one event to metrics.jsonl, flushed to disk before returning."""
+        self.check_in_place()
+        fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "a") as handle:
+            handle.write(json.dumps(event) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def clean_partial_writes(self) -> None:
+        """Remove temp files of atomic writes that a killed process never renamed into place."""
+        self.check_in_place()  # only the lock holder may: another writer's temp file may be in flight
+        for directory in (self.root, self.checkpoints):
+            for tmp in _listing(directory):
+                if TEMP_FILE.fullmatch(tmp.name) and not tmp.is_symlink() and tmp.is_file():
+                    tmp.unlink(missing_ok=True)
+
+    def truncate_log(self, length: int) -> None:
+        """Drop metrics.jsonl events written after the last commit point (they will be redone).
+
+        A log shorter than the commit point, or not ending in a whole line there, was cut or edited:
+        appending to it would glue new events onto a broken line, so it is refused.
+        """
+        self.check_in_place()
+        size = self.log_size()
+        if size < length or (length and self._byte_at(length - 1) != b"\n"):
+            raise RunDirError(
+                f"{self.metrics} holds {size} bytes, but its last commit point ends a line at "
+                f"byte {length}: it was cut or edited; restore it, or start afresh with --overwrite"
+            )
+        if size > length:
+            with open(self.metrics, "r+b") as handle:
+                handle.truncate(length)
+                os.fsync(handle.fileno())
+
+    def _byte_at(self, offset: int) -> bytes:
+        with open(self.metrics, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(1)
+
+    def log_size(self) -> int:
+        return self.metrics.stat().st_size if self.metrics.is_file() else 0
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def saved(self) -> dict[str, Any]:
+        """config.json: the resolved config, its sources, the zocli version and the ZO plan."""
+        return read_json(self.config)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        if not self.metrics.is_file():
+            return []
+        try:
+            rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+        except ValueError as exc:
+            raise RunDirError(f"{self.metrics}: not one JSON object per line ({exc})") from None
+        return [r for r in rows if kind is None or r.get("event") == kind]

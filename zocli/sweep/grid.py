@@ -1,0 +1,371 @@
+"""A sweep: a grid of train configurations × seeds, expanded into named runs under one directory.
+
+SWEEP/sweep.json          the manifest: every run's name, presets and flags (written before any run starts)
+SWEEP/<name>/             each run's own run directory (zocli train --out)
+SWEEP/status/<name>.json  the attempts at that run: action, start and end times, exit code, error
+SWEEP/logs/<name>.log     the run's stdout and stderr, attempts appended
+
+A run's state is read from its directory and its attempts, never held in memory: finished (summary.json),
+partial (config.json, so `train --resume` continues it), failed (its last attempt's error), running (an
+attempt under way) or pending. Launching (local queue, SLURM) is in `launch`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+from zocli.config import KEYS, Config, ConfigError, did_you_mean, resolve, suggest_key
+from zocli.data import catalogue
+from zocli.run.rundir import RunDirError, is_run, read_json, write_json
+
+MANIFEST = "sweep.json"
+FORMAT = 1
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+class SweepError(RuntimeError):
+    """The sweep directory cannot be used as asked (another sweep's runs, damaged manifest)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    presets: tuple[str, ...]
+    flags: dict[str, Any]  # config keys -> values, the seed among them
+
+    def train_args(self) -> list[str]:
+        """`zocli train` arguments that give this run its config (without --out)."""
+        args = [arg for preset in self.presets for arg in ("--preset", preset)]
+        for key, value in self.flags.items():
+            flag = "--" + key.replace("_", "-")
+            if isinstance(value, bool):
+                args.append(
+                    {"mozo": ("--mozo", "--no-mozo"), "conservative": ("--conservative", "--aggressive")}[key][
+                        0 if value else 1
+                    ]
+                )
+            else:
+                args += [flag, str(value)]
+        return args
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "presets": list(self.presets), "flags": self.flags}
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What the user asked for: base presets, axes (key -> values; "preset" adds presets) and seeds."""
+
+    presets: tuple[str, ...] = ()
+    axes: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+
+
+def parse_value(key: str, text: str) -> Any:
+    """A `--grid` value as its config field's type (`none` for an unset optional)."""
+    if key == "preset":
+        return text
+    kinds = [k for k in get_args(get_type_hints(Config)[key]) or (get_type_hints(Config)[key],) if k is not type(None)]
+    if text.lower() == "none" and type(None) in get_args(get_type_hints(Config)[key]):
+        return None
+    kind = kinds[0] if kinds and isinstance(kinds[0], type) else str
+    try:
+        if kind is bool:
+            if text.lower() not in TRUE + FALSE:
+                raise ValueError
+            return text.lower() in TRUE
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"--grid {key}={text}: {text!r} is not a {kind.__name__}") from None
+
+
+def parse_axes(items: list[str]) -> dict[str, list[Any]]:
+    """Repeated `--grid key=v1,v2` as {key: [values]}; a key given twice is an error."""
+    axes: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not values:
+            raise ConfigError(f"--grid {item!r}: write KEY=V1,V2,... (e.g. --grid lr=1e-3,3e-3)")
+        _check_key(key, "--grid")
+        if key in axes:
+            raise ConfigError(f"--grid {key} is given twice; list every value in one --grid {key}=...")
+        axes[key] = [parse_value(key, v.strip()) for v in values.split(",")]
+    return axes
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """`0-4`, `0,2,7` or `3` as seeds."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            seeds += range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: write a range (0-4) or a list (0,2,7)") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: no seeds, or a seed repeated")
+    return tuple(seeds)
+
+
+def load_grid(path: Path) -> Grid:
+    """A TOML grid: `presets = [...]`, `seeds = "0-4"`, fixed keys at the top, axes under `[grid]`."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"grid file {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    presets = raw.pop("presets", raw.pop("preset", []))
+    seeds = raw.pop("seeds", None)
+    table = raw.pop("grid", {})
+    axes = {}
+    for key, values in [*raw.items(), *table.items()]:
+        key = key.replace("-", "_")
+        _check_key(key, f"grid file {Path(path).name}:")
+        axes[key] = list(values) if isinstance(values, list) else [values]
+    seeds = parse_seeds(str(seeds)) if isinstance(seeds, (str, int)) else tuple(seeds) if seeds else (0,)
+    return Grid(tuple([presets] if isinstance(presets, str) else presets), axes, seeds)
+
+
+def _check_key(key: str, where: str) -> None:
+    if key != "preset" and key not in KEYS:
+        raise ConfigError(f"{where} unknown key {key!r}{suggest_key(key) or did_you_mean(key, (*KEYS, 'preset'))}")
+    if key in ("seed", "data_root"):
+        raise ConfigError(
+            f"{where} {key} is not a grid key: use --seeds"
+            if key == "seed"
+            else f"{where} data_root is where data live, not a grid key: use --data-root"
+        )
+
+
+def expand(grid: Grid) -> list[RunSpec]:
+    """Every combination of the axes (in the order given), for every seed; each config is validated here,
+    so a bad value is a usage error before any run starts. Names hold the values that vary."""
+    keys = list(grid.axes)
+    varying = [k for k in keys if len(grid.axes[k]) > 1]
+    runs = []
+    for combo in itertools.product(*(grid.axes[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        extra = tuple(p for p in str(values.pop("preset", "")).split("+") if p)
+        for seed in grid.seeds:
+            flags = {**values, "seed": seed}
+            cfg = resolve([*grid.presets, *extra], flags).config
+            catalogue.split(catalogue.get(cfg.benchmark), cfg.inc, cfg.base)  # as `train` checks first
+            label = [
+                _slug(str(values.get(k, "+".join(extra))) if k == "preset" else f"{k}-{_slug(str(values[k]))}")
+                for k in varying
+            ]
+            runs.append(RunSpec("_".join([*label, f"s{seed}"]), (*grid.presets, *extra), flags))
+    names = [run.name for run in runs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # e.g. lr=0.001,1e-3: the same value twice
+        raise ConfigError(f"the grid names two runs {twice[0]!r}: a value is listed twice")
+    return runs
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    root: Path
+    runs: tuple[RunSpec, ...]
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / name
+
+    def status_file(self, name: str) -> Path:
+        return self.root / "status" / f"{name}.json"
+
+    def log_file(self, name: str) -> Path:
+        return self.root / "logs" / f"{name}.log"
+
+    def get(self, name: str) -> RunSpec:
+        return next(run for run in self.runs if run.name == name)
+
+
+def create(root: Path, runs: list[RunSpec], data_root: str | None = None) -> Sweep:
+    """The sweep at `root`: new, or an existing one extended with new runs. A run name it already holds
+    must mean the same config, or the directory holds another sweep."""
+    root = Path(root)
+    known = {r.name: r for r in _read(root).runs} if (root / MANIFEST).is_file() else {}
+    for run in runs:
+        if run.name in known and known[run.name].as_dict() != run.as_dict():
+            raise SweepError(
+                f"{root} already holds a run {run.name!r} with another config "
+                f"({_diff(known[run.name], run)}); choose another --out"
+            )
+    merged = [*known.values(), *(r for r in runs if r.name not in known)]
+    if not known and root.exists() and any(root.iterdir()):
+        raise SweepError(f"{root} exists and is not a sweep (no {MANIFEST}); choose another --out")
+    for folder in ("status", "logs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    previous = read_json(root / MANIFEST) if known else {}
+    write_json(
+        root / MANIFEST,
+        {
+            "zocli_sweep": FORMAT,
+            "data_root": data_root or previous.get("data_root"),
+            "runs": [r.as_dict() for r in merged],
+        },
+    )
+    return Sweep(root, tuple(merged))
+
+
+def _diff(a: RunSpec, b: RunSpec) -> str:
+    keys = sorted(set(a.flags) | set(b.flags))
+    changed = [f"{k}: {a.flags.get(k)} vs {b.flags.get(k)}" for k in keys if a.flags.get(k) != b.flags.get(k)]
+    return "; ".join(changed) or f"presets {list(a.presets)} vs {list(b.presets)}"
+
+
+def open_sweep(root: Path) -> Sweep:
+    return _read(Path(root))
+
+
+def _read(root: Path) -> Sweep:
+    if not (root / MANIFEST).is_file():
+        raise SweepError(f"{root} is not a sweep directory (no {MANIFEST})")
+    try:
+        saved = read_json(root / MANIFEST)
+        runs = tuple(RunSpec(r["name"], tuple(r["presets"]), dict(r["flags"])) for r in saved["runs"])
+    except (RunDirError, KeyError, TypeError) as exc:
+        raise SweepError(f"{root / MANIFEST} is damaged ({exc})") from None
+    return Sweep(root, runs)
+
+
+def data_root(sweep: Sweep) -> str | None:
+    path = sweep.root / MANIFEST
+    return read_json(path).get("data_root") if path.is_file() else None
+
+
+# ----------------------------------------------------------------------------------------------
+# state and commands
+
+
+@dataclass(frozen=True)
+class RunState:
+    name: str
+    state: str  # finished | partial | failed | running | pending
+    tasks_done: int
+    attempts: int
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def attempts(sweep: Sweep, name: str) -> list[dict[str, Any]]:
+    path = sweep.status_file(name)
+    return read_json(path)["attempts"] if path.is_file() else []
+
+
+def state(sweep: Sweep, name: str) -> RunState:
+    root, tries = sweep.run_dir(name), attempts(sweep, name)
+    last = tries[-1] if tries else {}
+    done = _tasks_done(root)
+    if (root / "summary.json").is_file():
+        return RunState(name, "finished", done, len(tries))
+    if last and "ended" not in last and _alive(last):
+        return RunState(name, "running", done, len(tries))
+    if last.get("error"):
+        return RunState(name, "failed", done, len(tries), last["error"])
+    return RunState(name, "partial" if is_run(root) else "pending", done, len(tries))
+
+
+def _tasks_done(root: Path) -> int:
+    # the manifest's JSON read directly: the checkpoint module would import torch (seconds) into the sweep
+    manifest = root / "checkpoints" / "manifest.json"
+    try:
+        return int(read_json(manifest)["tasks_done"]) if manifest.is_file() else 0
+    except (RunDirError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def _alive(attempt: dict[str, Any]) -> bool:
+    """An attempt without an end is running if its process lives (this host), or if a scheduler ran it."""
+    if attempt.get("host") != os.uname().nodename or "pid" not in attempt:
+        return True
+    try:
+        os.kill(attempt["pid"], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def states(sweep: Sweep) -> list[RunState]:
+    return [state(sweep, run.name) for run in sweep.runs]
+
+
+def command(sweep: Sweep, run: RunSpec, where: str | None = None) -> tuple[str, list[str]]:
+    """(action, argv): resume a run that has started, else train it fresh; `where` overrides the data root
+    the manifest records."""
+    base = [sys.executable, "-m", "zocli", "train"]
+    where = where or data_root(sweep)
+    place = ["--data-root", where] if where else []
+    if is_run(sweep.run_dir(run.name)):
+        return "resume", [*base, "--resume", str(sweep.run_dir(run.name)), *place, "--json"]
+    return "start", [*base, *run.train_args(), *place, "--out", str(sweep.run_dir(run.name)), "--json"]
+
+
+def record_start(sweep: Sweep, name: str, action: str, pid: int, where: str) -> None:
+    tries = attempts(sweep, name)
+    if tries and "ended" not in tries[-1]:  # its sweep died before it could record the end
+        tries[-1]["outcome"] = "unrecorded (the sweep that ran it was killed)"
+    tries.append({"action": action, "started": time.time(), "pid": pid, "host": os.uname().nodename, "where": where})
+    write_json(sweep.status_file(name), {"name": name, "attempts": tries})
+
+
+def record_end(sweep: Sweep, name: str, returncode: int) -> None:
+    """The attempt's outcome: 0 done, 130 interrupted (resumable), anything else failed with its error line."""
+    tries = attempts(sweep, name)
+    tries[-1].update(
+        ended=time.time(),
+        returncode=returncode,
+        error=None if returncode in (0, 130) else _error_line(sweep.log_file(name), returncode),
+    )
+    write_json(sweep.status_file(name), {"name": name, "attempts": tries})
+
+
+def _error_line(log: Path, returncode: int) -> str:
+    lines = (
+        [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    )
+    errors = [line for line in lines if line.startswith("error:")]
+    text = errors[-1] if errors else lines[-1] if lines else ""
+    return (
+        f"exit {returncode}: {text}"[:500]
+        if text
+        else f"exit {returncode} (killed by signal {-returncode})"
+        if returncode < 0
+        else f"exit {returncode}"
+    )
+
+
+def as_json(sweep: Sweep) -> dict[str, Any]:
+    found = states(sweep)
+    counts = {
+        kind: sum(s.state == kind for s in found) for kind in ("finished", "partial", "running", "failed", "pending")
+    }
+    return {
+        "sweep": str(sweep.root),
+        "counts": counts,
+        "runs": [
+            {
+                **s.as_dict(),
+                **sweep.get(s.name).as_dict(),
+                "run_dir": str(sweep.run_dir(s.name)),
+                "command": None if s.state == "finished" else command(sweep, sweep.get(s.name))[1],
+            }
+            for s in found
+        ],
+    }

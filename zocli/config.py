@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from zocli.flags import flag, given, options
+
 BRANCH_MODES = ("fo", "zo", "frozen")
 ZO_RULES = ("sgd", "adam", "noise", "random-search")
 LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
@@ -25,6 +27,17 @@ TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
 PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.method.precision)
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
+DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
+CUDA_WORKERS = 8  # data-loading processes on CUDA without --workers (at most the cores)
+DEFAULT_DATA_ROOT = "~/.cache/zocli"
+DATA, MODEL, OPTIMISATION, ZO, EXECUTION, TRACKING = (
+    "Data",
+    "Model",
+    "Optimisation",
+    "Zeroth order",
+    "Execution",
+    "Tracking",
+)  # the panels of --help
 
 
 class ConfigError(ValueError):
@@ -34,65 +47,141 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Config:
     # benchmark and protocol (DESIGN §4-5)
-    benchmark: str = "cifar100"  # a shipped name, folder:DIR or hf:ID (prepared with `zocli prepare`)
-    class_order: str | None = None  # FILE (a JSON list of classes) or seed:N; None: the benchmark's own order
-    inc: int = 10  # classes per task after the first
-    base: int | None = None  # classes in task 0; None means `inc`
-    prompt: str = "a bad photo of a {}."
-    data_root: str = "~/.cache/zocli"
+    benchmark: str = flag(
+        "cifar100",
+        "Benchmark (aliases tinyimagenet, imagenet-r), or your data prepared with "
+        "`zocli prepare --benchmark folder:DIR|hf:ID`.",
+        DATA,
+    )
+    class_order: str | None = flag(
+        None,
+        "Class order: FILE (a JSON list of class ids or indices) or seed:N (a seeded permutation).",
+        DATA,
+        shown_default="the benchmark's",
+    )
+    inc: int = flag(10, "Classes per task.", DATA)
+    base: int | None = flag(None, "Classes in the first task.", DATA, shown_default="= --inc")
+    prompt: str = flag("a bad photo of a {}.", "Prompt template, {} is the class name.", DATA)
+    data_root: str = flag(
+        DEFAULT_DATA_ROOT, "Where prepared data lives.", DATA, shown_default=f"$ZOCLI_DATA or {DEFAULT_DATA_ROOT}"
+    )
     # model (DESIGN §3)
-    model: str = "ViT-B-16"  # ViT-B-16 means open_clip's ViT-B-16-quickgelu, as the OpenAI weights need
-    pretrained: str = "openai"  # openai | PATH | local-dir:DIR | none
-    adapter: Literal["moe", "lora"] = "moe"
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
+    model: str = flag(
+        "ViT-B-16", "open_clip ViT model (ViT-B-16 means ViT-B-16-quickgelu; zocli-tiny for tests).", MODEL
+    )
+    pretrained: str = flag(
+        "openai", "Weights: an open_clip tag (from the local cache), PATH, local-dir:DIR or none.", MODEL
+    )
+    adapter: Literal["moe", "lora"] = flag(
+        "moe", "Adapter in every block: MoE (2 experts, top-2, bottleneck 64) or LoRA.", MODEL
+    )
+    lora_rank: int = flag(8, "LoRA rank r.", MODEL)
+    lora_alpha: float = flag(16.0, "LoRA scale α (the update is α/r · BA).", MODEL)
     # first-order optimisation, the MoE-Adapters baseline
-    epochs: int = 1
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 30  # linear warm-up, then cosine to 0, restarted every task
-    max_steps: int | None = None  # cap on steps per task, for smoke runs; None trains full epochs
+    epochs: int = flag(1, "Epochs per task.", OPTIMISATION)
+    batch_size: int = flag(128, "Training images per step.", OPTIMISATION)
+    lr: float = flag(1e-3, "AdamW learning rate of FO units; ZO units move λ·lr.", OPTIMISATION)
+    weight_decay: float = flag(0.0, "AdamW weight decay.", OPTIMISATION)
+    warmup_steps: int = flag(30, "Linear warm-up steps, then cosine to 0; restarted every task.", OPTIMISATION)
+    max_steps: int | None = flag(None, "Cap on steps per task (smoke runs).", OPTIMISATION, shown_default="full epochs")
     # zeroth-order units (DESIGN §6)
-    vision: Literal["fo", "zo", "frozen"] = "fo"  # frozen: the --layers units are neither trained nor perturbed
-    language: Literal["fo", "zo", "frozen"] = "fo"
-    layers: Literal["all", "hop-odd", "hop-even", "prefix", "suffix"] = "all"
-    layers_n: int | None = None  # size of prefix/suffix; None means half the tower
-    mozo: bool = False  # sign normalisation + eps_vision < eps_language
-    normalize: Literal["none", "sign"] = "none"
-    eps: float = 1e-3
-    eps_vision: float | None = None  # None: `eps` (or 5e-4 with --mozo)
-    eps_language: float | None = None  # None: `eps`
-    estimator: Literal["one-sided", "two-sided"] = "two-sided"  # same cost at q=1, 3x more accurate
-    # q directions per estimate (2q forwards per ZO block): with ZO-Adam, q = 8 learned most on the test-bed
-    # for dual ZO, also against q = 1 given the same forwards as more epochs (README, "Does ZO learn?")
-    queries: int = 8
-    conservative: bool = True  # keep the best of {θ, θ-ηu, θ+ηu} on the step's batch
-    # What turns ĝ into the step u. ZO-Adam at λ = 3 learned most on the test-bed (README, "Does ZO learn?");
-    # plain sgd at λ = 1 is an SGD step at AdamW's learning rate in expectation: hundreds of times too small.
-    zo_rule: Literal["sgd", "adam", "noise", "random-search"] = "adam"
-    zo_lr: float | None = None  # absolute peak ZO learning rate; None: λ · lr
-    zo_lr_scale: float = 3.0  # λ: ZO step = λ · FO learning rate (when --zo-lr is unset)
-    probe_every: int = 0  # every N steps log cos(ZO update, exact FO gradient of the ZO units); 0: off
-    granularity: Literal["branch", "joint", "layer"] = "branch"
-    zo_chunk: int | None = None  # ZO micro-batch; None picks one that bounds activation memory
+    vision: Literal["fo", "zo", "frozen"] = flag(
+        "fo", "How the vision branch's adapters train (frozen: a control, no update).", ZO
+    )
+    language: Literal["fo", "zo", "frozen"] = flag(
+        "fo", "How the language branch's adapters train (frozen: a control, no update).", ZO
+    )
+    layers: Literal["all", "hop-odd", "hop-even", "prefix", "suffix"] = flag(
+        "all", "Which layers of a ZO branch are ZO (1-based; the rest stay FO).", ZO
+    )
+    layers_n: int | None = flag(None, "Layers in a prefix/suffix scheme.", ZO, shown_default="half the layers")
+    mozo: bool = flag(False, f"MoZO: --normalize sign and --eps-vision {MOZO_EPS_VISION:g} (each overridable).", ZO)
+    normalize: Literal["none", "sign"] = flag(
+        "none", "ZO update direction: the estimate, or its element-wise sign.", ZO
+    )
+    eps: float = flag(1e-3, "Perturbation scale ε of both branches.", ZO)
+    eps_vision: float | None = flag(
+        None, "ε of the vision branch.", ZO, shown_default=f"--eps ({MOZO_EPS_VISION:g} with --mozo)"
+    )
+    eps_language: float | None = flag(None, "ε of the language branch.", ZO, shown_default="--eps")
+    # two-sided: the same cost at q = 1, and 3x more accurate
+    estimator: Literal["one-sided", "two-sided"] = flag(
+        "two-sided",
+        "Finite difference: [L(θ+εz) − L(θ−εz)]/2ε or the paper's [L(θ+εz) − L(θ)]/ε.",
+        ZO,
+    )
+    # 2q forwards per ZO block: with ZO-Adam, q = 8 learned most on the test-bed for dual ZO, also against
+    # q = 1 given the same forwards as more epochs (README, "Does ZO learn?")
+    queries: int = flag(8, "Directions q averaged per estimate.", ZO)
+    conservative: bool = flag(
+        True,
+        "Keep the best of {θ, θ−ηu, θ+ηu} on the step's batch, or always step.",
+        ZO,
+        negative="--aggressive",
+    )
+    # ZO-Adam at λ = 3 learned most on the test-bed (README, "Does ZO learn?"); plain sgd at λ = 1 is an
+    # SGD step at AdamW's learning rate in expectation: hundreds of times too small.
+    zo_rule: Literal["sgd", "adam", "noise", "random-search"] = flag(
+        "adam", "How ĝ becomes the ZO step (noise, random-search: controls without a finite difference).", ZO
+    )
+    zo_lr: float | None = flag(
+        None, "Absolute peak ZO learning rate (same schedule as lr); overrides λ.", ZO, shown_default="λ·lr"
+    )
+    zo_lr_scale: float = flag(3.0, "λ: ZO learning rate = λ·lr when --zo-lr is unset.", ZO)
+    probe_every: int = flag(0, "Every N steps log cos(ZO update, exact gradient of the ZO units); 0: off.", ZO)
+    granularity: Literal["branch", "joint", "layer"] = flag(
+        "branch", "Finite differences per step: one per ZO branch, one joint, or one per layer.", ZO
+    )
+    zo_chunk: int | None = flag(
+        None,
+        "Images per ZO forward micro-batch (bounds activation memory).",
+        ZO,
+        shown_default=str(DEFAULT_ZO_CHUNK),
+    )
     # execution
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
-    eval_batch_size: int = 256
-    eval_future: bool = False  # also evaluate the tasks not trained yet: the matrix's upper triangle
-    # backbone matmuls: of the FO passes and evaluation, and of the ZO forwards (README, "Precision");
-    # auto: the fastest the finite-difference fidelity check passes on the first batch (fp32 on a CPU)
-    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
-    zo_precision: Literal["auto", "fp32", "tf32", "bf16"] = "auto"
-    # where images are cropped and resized: cpu workers, or on the device in batches (small-image benchmarks);
-    # auto: device on CUDA for cifar100/tinyimg/testbed/digits, else cpu
-    input_pipeline: Literal["auto", "cpu", "device"] = "auto"
-    save_every: int = 0  # commit a resumable mid-task state every N steps (0: task ends only)
+    seed: int = flag(0, "Seed of adapter init, data order, crops and ZO directions.", EXECUTION)
+    device: str = flag("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", EXECUTION)
+    workers: int | None = flag(
+        None, "Data-loading processes.", EXECUTION, shown_default=f"0 on CPU, ≤ {CUDA_WORKERS} on CUDA"
+    )
+    eval_batch_size: int = flag(256, "Images per evaluation batch.", EXECUTION)
+    eval_future: bool = flag(
+        False,
+        "After every task also evaluate the tasks not trained yet (zero-shot): the full accuracy matrix.",
+        EXECUTION,
+    )
+    precision: Literal["fp32", "tf32", "bf16"] = flag(
+        "fp32", "Backbone matmuls of FO passes and evaluation (tf32 is fp32 on a CPU).", EXECUTION
+    )
+    zo_precision: Literal["auto", "fp32", "tf32", "bf16"] = flag(
+        "auto",
+        "Backbone matmuls of ZO forwards; auto: the fastest that passes the fidelity check on the first batch.",
+        EXECUTION,
+    )
+    input_pipeline: Literal["auto", "cpu", "device"] = flag(
+        "auto",
+        "Crop and resize in CPU workers, or on the device in batches (small-image benchmarks); "
+        "auto: device on CUDA when it can.",
+        EXECUTION,
+    )
+    save_every: int = flag(
+        0, "Also commit a resumable state every N steps inside a task (0: task ends only).", EXECUTION
+    )
     # tracking: what is watched, never what a run is (comparisons and seed groups ignore it)
-    report_to: str = ""  # comma-separated trackers: tensorboard, wandb
-    log_every: int | None = None  # per-step records every N steps; None: 50 with --report-to, else off
+    report_to: str = flag(
+        "",
+        "Trackers, comma-separated: tensorboard, wandb (offline unless WANDB_MODE is set); "
+        "output in the run directory.",
+        TRACKING,
+        shown_default="none",
+    )
+    log_every: int | None = flag(
+        None,
+        "Every N steps a record (loss, learning rates, ZO acceptance and update norm, step time, images/s) "
+        "to metrics.jsonl and the trackers; 0: off.",
+        TRACKING,
+        shown_default=f"{DEFAULT_LOG_EVERY} with --report-to, else off",
+    )
 
     @property
     def trackers(self) -> tuple[str, ...]:
@@ -242,6 +331,7 @@ def _flag(name: str) -> str:
 
 
 KEYS = tuple(f.name for f in fields(Config))
+OPTIONS = options(Config)  # each field's flag
 # Spellings other tools use for our keys: suggested (not accepted, so config.json has one spelling)
 # where string similarity would guess wrong ("learning_rate" is closest to "language").
 KEY_ALIASES = {
@@ -319,17 +409,18 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
 
 
 def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | None = None) -> Resolved:
-    """Merge defaults, presets (in order) and explicit flags into a validated Config."""
+    """Merge defaults, presets (in order) and explicit flags into a validated Config.
+
+    A flag of None was left out; NONE_GIVEN (`--layers-n none`) sets None over the presets."""
     values: dict[str, Any] = {}
     sources = dict.fromkeys(KEYS, "default")
     for name in presets:
         for key, value in load_preset(name).items():
             values[key], sources[key] = value, f"preset:{name}"
-    for key, value in (flags or {}).items():
+    for key, value in given(flags or {}).items():
         if key not in KEYS:
             raise ConfigError(f"unknown option {key!r}{suggest_key(key)}")
-        if value is not None:
-            values[key], sources[key] = value, "flag"
+        values[key], sources[key] = value, "flag"
     _apply_mozo(values, sources)
     _absolute_paths(values)
     values = {

@@ -8,10 +8,10 @@ Exit codes: 0 ok, 1 runtime error (missing data, weights unavailable, corrupt ch
 from __future__ import annotations
 
 import functools
+import inspect
 import sys
-import typing
 from contextlib import contextmanager
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -118,59 +118,75 @@ def main(
 
 
 # ----------------------------------------------------------------------------------------------
-# train
+# Config flags
 
 Opt = typer.Option
-
-# How a default reads in --help where the Config value alone (None) would not say it.
-DEFAULT_WORDS = {
-    "base": "= --inc",
-    "class_order": "the benchmark's",
-    "eval_future": "off",
-    "max_steps": "full epochs",
-    "layers_n": "half the layers",
-    "eps_vision": "--eps (5e-4 with --mozo)",
-    "eps_language": "--eps",
-    "zo_chunk": "32",
-    "workers": "0 on CPU, ≤ 8 on CUDA",
-    "mozo": "off",
-    "conservative": "conservative",
-    "data_root": "$ZOCLI_DATA or ~/.cache/zocli",
-    "zo_lr": "λ·lr",
-    "report_to": "none",
-    "log_every": "50 with --report-to, else off",
-}
+ConfigFlags = dict[str, Any]  # Config field -> its flag's value; None where the flag was left out
 
 
-@functools.cache
-def _defaults():
-    from zocli.config import Config
+def config_options(*keys: str):
+    """Give a command an option for each Config field in `keys` (every field when none), made from the
+    field's flag (zocli.flags), and pass their values to it as one dict, its `flags` parameter.
 
-    return Config()
+    Typer reads a command's options from its signature, so the options replace `flags` there. They
+    default to None, so that presets fill what no flag sets (defaults < presets < flags)."""
+
+    def decorate(command):
+        from zocli.config import KEYS, OPTIONS
+
+        names = keys or KEYS
+        signature = inspect.signature(command, eval_str=True)
+        params = list(signature.parameters.values())
+        at = [p.name for p in params].index("flags")  # keyword-only: it follows options with defaults
+
+        @functools.wraps(command)
+        def with_flags(**kwargs):
+            flags = {name: kwargs.pop(name) for name in names}
+            return command(**kwargs, flags=flags)
+
+        options = [_parameter(OPTIONS[name], params[at].kind) for name in names]
+        with_flags.__signature__ = signature.replace(parameters=[*params[:at], *options, *params[at + 1 :]])
+        return with_flags
+
+    return decorate
 
 
-def CfgOpt(key: str, help: str, *decls: str, panel: str | None = None):  # noqa: N802 - reads like typer.Option
-    """An option for Config field `key`: its choices as the metavar and its built-in default in the help.
+def _parameter(option, kind) -> inspect.Parameter:
+    info = typer.Option(
+        *option.decls,
+        help=f"{option.flag.help} \\[default: {option.shown_default}]",
+        metavar=_metavar(option),
+        rich_help_panel=option.flag.panel,
+        parser=_none_or(option) if option.optional else None,
+    )
+    return inspect.Parameter(
+        option.name,
+        kind,
+        default=None,
+        annotation=Annotated[option.kind | None, info],
+    )
 
-    The option itself defaults to None, so that presets can set what the flag leaves unset."""
-    from typing import get_args, get_origin, get_type_hints
 
-    from zocli.config import Config
+def _metavar(option) -> str:
+    return benchmark_metavar() if option.name == "benchmark" else option.metavar
+
+
+def benchmark_metavar() -> str:
+    # the shipped benchmarks are the data layer's, above the config
     from zocli.data import catalogue
 
-    kind = get_type_hints(Config)[key]
-    if get_origin(kind) not in (typing.Literal, None):  # X | None
-        kind = next(a for a in get_args(kind) if a is not type(None))
-    choices = (
-        get_args(kind)
-        if get_origin(kind) is typing.Literal
-        else (*catalogue.BUILDERS, "folder:DIR", "hf:ID")
-        if key == "benchmark"
-        else ()
-    )
-    metavar = "|".join(choices) if choices else {int: "INT", float: "FLOAT", str: "TEXT", bool: ""}[kind]
-    default = DEFAULT_WORDS.get(key, getattr(_defaults(), key))
-    return typer.Option(*decls, help=f"{help} \\[default: {default}]", metavar=metavar, rich_help_panel=panel)
+    return "|".join((*catalogue.BUILDERS, "folder:DIR", "hf:ID"))
+
+
+def _none_or(option):
+    """An optional field's parser: `none` is NONE_GIVEN, a value set to None over the presets."""
+    from zocli.flags import NONE_GIVEN
+
+    def parse(text: str):
+        value = option.parse(text)
+        return NONE_GIVEN if value is None else value
+
+    return parse
 
 
 def precheck(cfg) -> None:

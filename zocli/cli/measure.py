@@ -8,10 +8,14 @@ from pathlib import Path
 from typing import Annotated
 
 from zocli.cli import render
-from zocli.cli._shared import CfgOpt, Opt, app, err, errors, out, plot_to, plots_check, precheck
+from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out, plot_to, plots_check, precheck
+
+# what a probe of a run's checkpoint may set too; the rest build a fresh model
+MEASURING = ("batch_size", "eps", "eps_vision", "eps_language", "estimator", "seed", "data_root", "device")
 
 
 @app.command("probe-variance")
+@config_options("benchmark", "inc", "model", "pretrained", "adapter", *MEASURING)
 def probe_variance_cmd(
     run_dir: Annotated[
         Path | None,
@@ -29,63 +33,37 @@ def probe_variance_cmd(
         list[str] | None,
         Opt("--preset", "-p", metavar="NAME|FILE", help="Fresh model: presets to resolve, in order."),
     ] = None,
-    benchmark: Annotated[str | None, CfgOpt("benchmark", "Fresh model: the benchmark whose batches are drawn.")] = None,
-    inc: Annotated[int | None, CfgOpt("inc", "Fresh model: classes per task.")] = None,
-    model: Annotated[str | None, CfgOpt("model", "Fresh model: open_clip ViT model.")] = None,
-    pretrained: Annotated[
-        str | None, CfgOpt("pretrained", "Fresh model: weights (tag, PATH, local-dir:DIR or none).")
-    ] = None,
-    adapter: Annotated[str | None, CfgOpt("adapter", "Fresh model: adapter.")] = None,
-    batch_size: Annotated[int | None, CfgOpt("batch_size", "Images per probed batch.")] = None,
     batches: Annotated[int, Opt(min=1, metavar="N", help="Batches N to draw from the task.")] = 4,
     draws: Annotated[int, Opt(min=2, metavar="R", help="ZO estimates per batch.")] = 8,
     queries: Annotated[int, Opt(min=1, metavar="Q", help="Directions Q averaged in each estimate.")] = 1,
-    eps: Annotated[float | None, CfgOpt("eps", "Perturbation scale ε of both branches.")] = None,
-    eps_vision: Annotated[float | None, CfgOpt("eps_vision", "ε of the vision branch.")] = None,
-    eps_language: Annotated[float | None, CfgOpt("eps_language", "ε of the language branch.")] = None,
-    estimator: Annotated[str | None, CfgOpt("estimator", "Finite-difference form.")] = None,
-    seed: Annotated[int | None, CfgOpt("seed", "Seed of the batches and ZO directions.")] = None,
-    data_root: Annotated[str | None, CfgOpt("data_root", "Where prepared data lives.")] = None,
-    device: Annotated[str | None, CfgOpt("device", "auto, cpu, cuda or cuda:N.")] = None,
     precision: Annotated[
         str | None,
         Opt(
             "--precision",
             metavar="LIST",
-            help="Instead of the variance: the finite-difference fidelity check at these precisions (comma list of fp32, tf32, bf16), R directions per batch.",
+            help="Instead of the variance: the finite-difference fidelity check at these precisions "
+            "(comma list of fp32, tf32, bf16), R directions per batch.",
         ),
     ] = None,
     plot: Annotated[
         Path | None, Opt("--plot", metavar="FILE.png", help="Write the variance distributions to this PNG.")
     ] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the report as JSON on stdout.")] = False,
+    *,
+    flags: ConfigFlags,
 ) -> None:
-    """Per-branch and per-layer variance of ZO gradient estimates, against FO gradients."""
-    measuring = {
-        "eps": eps,
-        "eps_vision": eps_vision,
-        "eps_language": eps_language,
-        "estimator": estimator,
-        "seed": seed,
-        "batch_size": batch_size,
-        "device": device,
-        "data_root": data_root or os.environ.get("ZOCLI_DATA"),
-    }
+    """Per-branch and per-layer variance of ZO gradient estimates, against FO gradients.
+
+    Of a run's checkpoint (--run), or of a fresh model: the presets and the Data and Model flags."""
+    measuring = {key: flags.pop(key) for key in MEASURING}
+    measuring["data_root"] = measuring["data_root"] or os.environ.get("ZOCLI_DATA")
     with errors():
         precisions = _precisions(precision, plot, queries)
         plots_check(plot)
         if run_dir is not None:
             session, probe_task = _run_session(run_dir, task, measuring)
         else:
-            flags = {
-                "benchmark": benchmark,
-                "inc": inc,
-                "model": model,
-                "pretrained": pretrained,
-                "adapter": adapter,
-                **measuring,
-            }
-            session, probe_task = _fresh_session(preset or [], flags), task or 0
+            session, probe_task = _fresh_session(preset or [], {**flags, **measuring}), task or 0
         if precisions:
             from zocli.run.fidelity import probe
 
@@ -145,16 +123,11 @@ def _fresh_session(presets: list[str], flags: dict):
 
 
 @app.command("memory")
+@config_options("model", "adapter", "benchmark", "inc", "batch_size", "zo_chunk")
 def memory_cmd(
     preset: Annotated[
         list[str] | None, Opt("--preset", "-p", metavar="NAME|FILE", help="Take model/benchmark/batch from presets.")
     ] = None,
-    model: Annotated[str | None, CfgOpt("model", "open_clip ViT model.")] = None,
-    adapter: Annotated[str | None, CfgOpt("adapter", "Adapter in every block.")] = None,
-    benchmark: Annotated[str | None, CfgOpt("benchmark", "Sets the prompts per task and the image size.")] = None,
-    inc: Annotated[int | None, CfgOpt("inc", "Classes (prompts) per task.")] = None,
-    batch_size: Annotated[int | None, CfgOpt("batch_size", "Images per step.")] = None,
-    zo_chunk: Annotated[int | None, CfgOpt("zo_chunk", "Images per ZO micro-batch.")] = None,
     configs: Annotated[
         str,
         Opt(
@@ -166,21 +139,16 @@ def memory_cmd(
         str,
         Opt(
             metavar="meta|cpu|cuda",
-            help="meta (upper bound, no compute; 10-30 s per config for ViT-B-16) | cpu (exact tracker, real compute) | cuda.",
+            help="meta (upper bound, no compute; 10-30 s per config for ViT-B-16) | "
+            "cpu (exact tracker, real compute) | cuda.",
         ),
     ] = "meta",
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the report as JSON on stdout.")] = False,
+    *,
+    flags: ConfigFlags,
 ) -> None:
     """Peak memory of one training step per FO/ZO configuration, with a breakdown (no weights or data needed)."""
-    flags = {
-        "model": model,
-        "adapter": adapter,
-        "benchmark": benchmark,
-        "inc": inc,
-        "batch_size": batch_size,
-        "zo_chunk": zo_chunk,
-        "data_root": os.environ.get("ZOCLI_DATA"),
-    }  # where a folder:/hf: record lives
+    flags["data_root"] = os.environ.get("ZOCLI_DATA")  # where a folder:/hf: record lives
     with errors():
         from zocli.config import resolve
         from zocli.run.preflight import check_device

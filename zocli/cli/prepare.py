@@ -9,17 +9,19 @@ from typing import Annotated
 
 import typer
 
-from zocli.cli._shared import CfgOpt, Opt, app, err, errors, out
-from zocli.config import ConfigError
+from zocli.cli._shared import ConfigFlags, Opt, app, benchmark_metavar, config_options, err, errors, out
+from zocli.config import DEFAULT_DATA_ROOT, ConfigError
 
 
 @app.command("prepare")
+@config_options("data_root")
 def prepare_cmd(
     benchmark: Annotated[
         str | None,
-        CfgOpt(
-            "benchmark",
-            "Benchmark to prepare: a shipped one, folder:DIR (train/ and test/ class folders, or class folders split 80/20) or hf:ID (a Hugging Face dataset id, or a local path datasets.load_dataset reads).",
+        Opt(
+            metavar=benchmark_metavar(),
+            help="Benchmark to prepare: a shipped one, folder:DIR (train/ and test/ class folders, or class "
+            "folders split 80/20) or hf:ID (a Hugging Face dataset id, or a local path datasets.load_dataset reads).",
         ),
     ] = None,
     source: Annotated[
@@ -37,17 +39,20 @@ def prepare_cmd(
         str | None,
         Opt(
             metavar="NAME",
-            help="For hf:ID, the test split. \\[default: test, validation, valid or val; without one the training split is split 80/20 per class]",
+            help="For hf:ID, the test split. \\[default: test, validation, valid or val; "
+            "without one the training split is split 80/20 per class]",
         ),
     ] = None,
     names: Annotated[
         Path | None,
         Opt(
             metavar="FILE",
-            help="For folder:DIR and hf:ID, prompt names: JSON {class: name} or a list in sorted class order. \\[default: class names, underscores as spaces]",
+            help="For folder:DIR and hf:ID, prompt names: JSON {class: name} or a list in sorted class order. "
+            "\\[default: class names, underscores as spaces]",
         ),
     ] = None,
-    data_root: Annotated[str | None, CfgOpt("data_root", "Where prepared data goes.")] = None,
+    *,
+    flags: ConfigFlags,
     overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Rebuild an existing prepared copy.")] = False,
     allow_partial: Annotated[
         bool,
@@ -66,7 +71,7 @@ def prepare_cmd(
     if benchmark is None and not weights:
         err.print("error: nothing to prepare: pass --benchmark NAME and/or --weights")
         raise typer.Exit(2)
-    root = Path(data_root or os.environ.get("ZOCLI_DATA") or "~/.cache/zocli").expanduser()
+    root = Path(flags["data_root"] or os.environ.get("ZOCLI_DATA") or DEFAULT_DATA_ROOT).expanduser()
     report: dict[str, str] = {}
     with errors():
         if benchmark is not None:

@@ -12,14 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from zocli.cli import render
-from zocli.cli._shared import CfgOpt, Opt, app, err, errors, out, precheck
+from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out, precheck
 from zocli.cli.signals import graceful_stop
 from zocli.config import ConfigError
 
-D, M, O, Z, X, T = "Data", "Model", "Optimisation", "Zeroth order", "Execution", "Tracking"  # help panels
-
 
 @app.command("train")
+@config_options()
 def train_cmd(
     preset: Annotated[
         list[str] | None,
@@ -46,167 +45,12 @@ def train_cmd(
         Path | None, Opt("--resume", metavar="RUN_DIR", help="Continue RUN_DIR from its last commit point.")
     ] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
-    benchmark: Annotated[
-        str | None,
-        CfgOpt(
-            "benchmark",
-            "Benchmark (aliases tinyimagenet, imagenet-r), or your data prepared with `zocli prepare --benchmark folder:DIR|hf:ID`.",
-            panel=D,
-        ),
-    ] = None,
-    class_order: Annotated[
-        str | None,
-        CfgOpt(
-            "class_order",
-            "Class order: FILE (a JSON list of class ids or indices) or seed:N (a seeded permutation).",
-            panel=D,
-        ),
-    ] = None,
-    inc: Annotated[int | None, CfgOpt("inc", "Classes per task.", panel=D)] = None,
-    base: Annotated[int | None, CfgOpt("base", "Classes in the first task.", panel=D)] = None,
-    prompt: Annotated[str | None, CfgOpt("prompt", "Prompt template, {} is the class name.", panel=D)] = None,
-    data_root: Annotated[str | None, CfgOpt("data_root", "Where prepared data lives.", panel=D)] = None,
-    model: Annotated[
-        str | None,
-        CfgOpt("model", "open_clip ViT model (ViT-B-16 means ViT-B-16-quickgelu; zocli-tiny for tests).", panel=M),
-    ] = None,
-    pretrained: Annotated[
-        str | None,
-        CfgOpt("pretrained", "Weights: an open_clip tag (from the local cache), PATH, local-dir:DIR or none.", panel=M),
-    ] = None,
-    adapter: Annotated[
-        str | None,
-        CfgOpt("adapter", "Adapter in every block: MoE (2 experts, top-2, bottleneck 64) or LoRA.", panel=M),
-    ] = None,
-    lora_rank: Annotated[int | None, CfgOpt("lora_rank", "LoRA rank r.", panel=M)] = None,
-    lora_alpha: Annotated[float | None, CfgOpt("lora_alpha", "LoRA scale α (the update is α/r · BA).", panel=M)] = None,
-    epochs: Annotated[int | None, CfgOpt("epochs", "Epochs per task.", panel=O)] = None,
-    batch_size: Annotated[int | None, CfgOpt("batch_size", "Training images per step.", panel=O)] = None,
-    lr: Annotated[float | None, CfgOpt("lr", "AdamW learning rate of FO units; ZO units move λ·lr.", panel=O)] = None,
-    weight_decay: Annotated[float | None, CfgOpt("weight_decay", "AdamW weight decay.", panel=O)] = None,
-    warmup_steps: Annotated[
-        int | None, CfgOpt("warmup_steps", "Linear warm-up steps, then cosine to 0; restarted every task.", panel=O)
-    ] = None,
-    max_steps: Annotated[int | None, CfgOpt("max_steps", "Cap on steps per task (smoke runs).", panel=O)] = None,
-    vision: Annotated[
-        str | None,
-        CfgOpt("vision", "How the vision branch's adapters train (frozen: a control, no update).", panel=Z),
-    ] = None,
-    language: Annotated[
-        str | None,
-        CfgOpt("language", "How the language branch's adapters train (frozen: a control, no update).", panel=Z),
-    ] = None,
-    layers: Annotated[
-        str | None, CfgOpt("layers", "Which layers of a ZO branch are ZO (1-based; the rest stay FO).", panel=Z)
-    ] = None,
-    layers_n: Annotated[int | None, CfgOpt("layers_n", "Layers in a prefix/suffix scheme.", panel=Z)] = None,
-    mozo: Annotated[
-        bool | None,
-        CfgOpt("mozo", "MoZO: --normalize sign and --eps-vision 5e-4 (each overridable).", "--mozo/--no-mozo", panel=Z),
-    ] = None,
-    normalize: Annotated[
-        str | None, CfgOpt("normalize", "ZO update direction: the estimate, or its element-wise sign.", panel=Z)
-    ] = None,
-    eps: Annotated[float | None, CfgOpt("eps", "Perturbation scale ε of both branches.", panel=Z)] = None,
-    eps_vision: Annotated[float | None, CfgOpt("eps_vision", "ε of the vision branch.", panel=Z)] = None,
-    eps_language: Annotated[float | None, CfgOpt("eps_language", "ε of the language branch.", panel=Z)] = None,
-    estimator: Annotated[
-        str | None,
-        CfgOpt("estimator", "Finite difference: [L(θ+εz) − L(θ−εz)]/2ε or the paper's [L(θ+εz) − L(θ)]/ε.", panel=Z),
-    ] = None,
-    queries: Annotated[int | None, CfgOpt("queries", "Directions q averaged per estimate.", panel=Z)] = None,
-    conservative: Annotated[
-        bool | None,
-        CfgOpt(
-            "conservative",
-            "Keep the best of {θ, θ−ηu, θ+ηu} on the step's batch, or always step.",
-            "--conservative/--aggressive",
-            panel=Z,
-        ),
-    ] = None,
-    zo_rule: Annotated[
-        str | None,
-        CfgOpt(
-            "zo_rule",
-            "How ĝ becomes the ZO step (noise, random-search: controls without a finite difference).",
-            panel=Z,
-        ),
-    ] = None,
-    zo_lr: Annotated[
-        float | None, CfgOpt("zo_lr", "Absolute peak ZO learning rate (same schedule as lr); overrides λ.", panel=Z)
-    ] = None,
-    zo_lr_scale: Annotated[
-        float | None, CfgOpt("zo_lr_scale", "λ: ZO learning rate = λ·lr when --zo-lr is unset.", panel=Z)
-    ] = None,
-    probe_every: Annotated[
-        int | None,
-        CfgOpt("probe_every", "Every N steps log cos(ZO update, exact gradient of the ZO units); 0: off.", panel=Z),
-    ] = None,
-    granularity: Annotated[
-        str | None,
-        CfgOpt("granularity", "Finite differences per step: one per ZO branch, one joint, or one per layer.", panel=Z),
-    ] = None,
-    zo_chunk: Annotated[
-        int | None, CfgOpt("zo_chunk", "Images per ZO forward micro-batch (bounds activation memory).", panel=Z)
-    ] = None,
-    seed: Annotated[
-        int | None, CfgOpt("seed", "Seed of adapter init, data order, crops and ZO directions.", panel=X)
-    ] = None,
-    precision: Annotated[
-        str | None,
-        CfgOpt("precision", "Backbone matmuls of FO passes and evaluation (tf32 is fp32 on a CPU).", panel=X),
-    ] = None,
-    zo_precision: Annotated[
-        str | None,
-        CfgOpt(
-            "zo_precision",
-            "Backbone matmuls of ZO forwards; auto: the fastest that passes the fidelity check on the first batch.",
-            panel=X,
-        ),
-    ] = None,
-    device: Annotated[str | None, CfgOpt("device", "auto (CUDA when present), cpu, cuda or cuda:N.", panel=X)] = None,
-    workers: Annotated[int | None, CfgOpt("workers", "Data-loading processes.", panel=X)] = None,
-    input_pipeline: Annotated[
-        str | None,
-        CfgOpt(
-            "input_pipeline",
-            "Crop and resize in CPU workers, or on the device in batches (small-image benchmarks); auto: device on CUDA when it can.",
-            panel=X,
-        ),
-    ] = None,
-    eval_batch_size: Annotated[int | None, CfgOpt("eval_batch_size", "Images per evaluation batch.", panel=X)] = None,
-    save_every: Annotated[
-        int | None,
-        CfgOpt("save_every", "Also commit a resumable state every N steps inside a task (0: task ends only).", panel=X),
-    ] = None,
-    eval_future: Annotated[
-        bool | None,
-        CfgOpt(
-            "eval_future",
-            "After every task also evaluate the tasks not trained yet (zero-shot): the full accuracy matrix.",
-            "--eval-future/--no-eval-future",
-            panel=X,
-        ),
-    ] = None,
-    report_to: Annotated[
-        str | None,
-        CfgOpt(
-            "report_to",
-            "Trackers, comma-separated: tensorboard, wandb (offline unless WANDB_MODE is set); output in the run directory.",
-            panel=T,
-        ),
-    ] = None,
-    log_every: Annotated[
-        int | None,
-        CfgOpt(
-            "log_every",
-            "Every N steps a record (loss, learning rates, ZO acceptance and update norm, step time, images/s) to metrics.jsonl and the trackers; 0: off.",
-            panel=T,
-        ),
-    ] = None,
+    *,
+    flags: ConfigFlags,
 ) -> None:
-    """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
-    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
+    """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint.
+
+    A flag whose default is unset (--base, --eps-vision, ...) takes `none` to unset what a preset set."""
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from zocli.config import BRANCHES, Config
+from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import Unit, frozen_units, zo_units
 from zocli.method.zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybrid_step
-
-DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
 
 
 class DeviceUnavailable(RuntimeError):

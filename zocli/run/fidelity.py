@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from zocli.config import Config, ConfigError, Resolved
+from zocli.config import DEFAULT_ZO_CHUNK, Config, ConfigError, Resolved
 from zocli.data.loader import select
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import zo_units
 from zocli.method.precision import zo_default
-from zocli.method.step import DEFAULT_ZO_CHUNK, make_blocks
+from zocli.method.step import make_blocks
 from zocli.method.zo import Block, direction, move_
 from zocli.rng import derive_seed
 from zocli.run.session import train_batches

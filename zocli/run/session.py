@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from zocli.config import Config, ConfigError
+from zocli.config import CUDA_WORKERS, Config, ConfigError
 from zocli.data import catalogue, location, store
 from zocli.data.catalogue import Benchmark, Split
 from zocli.data.loader import (
@@ -109,7 +109,7 @@ def open_session(cfg: Config) -> Session:
     spec = ImageSpec(model.image_size, model.mean, model.std)
     position = positions_of(bench.order)
     tokens = model.tokenizer([cfg.prompt.format(name) for name in bench.prompt_names()]).to(device)
-    workers = cfg.workers if cfg.workers is not None else (min(8, _cpus()) if device.type == "cuda" else 0)
+    workers = cfg.workers if cfg.workers is not None else (min(CUDA_WORKERS, _cpus()) if device.type == "cuda" else 0)
     return Session(
         cfg,
         bench,

@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from zocli.config import BRANCHES, Config, ConfigError
+from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config, ConfigError
 from zocli.data.loader import select, train_loader
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective, exact_gradient
-from zocli.method.step import DEFAULT_ZO_CHUNK, Stepper, make_blocks, settings
+from zocli.method.step import Stepper, make_blocks, settings
 from zocli.method.zo import estimate_flat
 from zocli.rng import derive_seed
 from zocli.run.session import Session

@@ -124,9 +124,10 @@ Opt = typer.Option
 ConfigFlags = dict[str, Any]  # Config field -> its flag's value; None where the flag was left out
 
 
-def config_options(*keys: str):
+def config_options(*keys: str, shown_default: str | None = None):
     """Give a command an option for each Config field in `keys` (every field when none), made from the
-    field's flag (zocli.flags), and pass their values to it as one dict, its `flags` parameter.
+    field's flag (zocli.flags), and pass their values to it as one dict, its `flags` parameter;
+    `shown_default` is what --help says of every default where the command has defaults of its own.
 
     Typer reads a command's options from its signature, so the options replace `flags` there. They
     default to None, so that presets fill what no flag sets (defaults < presets < flags)."""
@@ -144,17 +145,17 @@ def config_options(*keys: str):
             flags = {name: kwargs.pop(name) for name in names}
             return command(**kwargs, flags=flags)
 
-        options = [_parameter(OPTIONS[name], params[at].kind) for name in names]
+        options = [_parameter(OPTIONS[name], params[at].kind, shown_default) for name in names]
         with_flags.__signature__ = signature.replace(parameters=[*params[:at], *options, *params[at + 1 :]])
         return with_flags
 
     return decorate
 
 
-def _parameter(option, kind) -> inspect.Parameter:
+def _parameter(option, kind, shown_default: str | None) -> inspect.Parameter:
     info = typer.Option(
         *option.decls,
-        help=f"{option.flag.help} \\[default: {option.shown_default}]",
+        help=f"{option.flag.help} \\[default: {shown_default or option.shown_default}]",
         metavar=_metavar(option),
         rich_help_panel=option.flag.panel,
         parser=_none_or(option) if option.optional else None,

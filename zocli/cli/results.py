@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 
 from zocli.cli import render
-from zocli.cli._shared import Opt, app, err, errors, out, plot_to, plots_check
+from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out, plot_to, plots_check
 
 
 @app.command("eval")
+@config_options("data_root", "device", "workers", "eval_batch_size", shown_default="the run's")
 def eval_cmd(
     run_dirs: Annotated[
         list[str],
@@ -44,23 +45,14 @@ def eval_cmd(
     by_run: Annotated[
         bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")
     ] = False,
-    data_root: Annotated[str | None, Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
-    device: Annotated[str | None, Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
-    workers: Annotated[int | None, Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
-    eval_batch_size: Annotated[
-        int | None, Opt(metavar="INT", help="Images per evaluation batch. \\[default: the run's]")
-    ] = None,
+    *,
+    flags: ConfigFlags,
 ) -> None:
     """Re-evaluate one run from its checkpoints, or compare several runs (a sweep directory: its runs).
 
     Runs that differ only by seed form a group: mean ± std and n of each metric, and the paper's figures
     when a group is a published configuration."""
-    overrides = {
-        "data_root": data_root or os.environ.get("ZOCLI_DATA"),
-        "device": device,
-        "workers": workers,
-        "eval_batch_size": eval_batch_size,
-    }
+    overrides = {**flags, "data_root": flags["data_root"] or os.environ.get("ZOCLI_DATA")}
     with errors():
         paths = _expand(run_dirs)
         plots_check(plot)

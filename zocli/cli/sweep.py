@@ -11,14 +11,18 @@ from typing import Annotated
 import typer
 
 from zocli.cli import render
-from zocli.cli._shared import Opt, app, err, errors, out
+from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out
 from zocli.cli.signals import graceful_stop
-from zocli.config import ConfigError
+from zocli.config import KEYS, OPTIONS, ConfigError
+from zocli.flags import given
 
 S = "SLURM (with --slurm; needs the slurm extra)"
+# every train flag fixes its value in every run, except the two the sweep sets itself (--seeds, --data-root)
+FIXED_KEYS = tuple(key for key in KEYS if key not in ("seed", "data_root"))
 
 
 @app.command("sweep")
+@config_options(*FIXED_KEYS)
 def sweep_cmd(
     grid_file: Annotated[
         Path | None,
@@ -64,7 +68,10 @@ def sweep_cmd(
     ] = None,
     data_root: Annotated[
         str | None,
-        Opt(metavar="DIR", help="Prepared data root of every run. \\[default: $ZOCLI_DATA or ~/.cache/zocli]"),
+        Opt(
+            metavar="DIR",
+            help=f"Prepared data root of every run. \\[default: {OPTIONS['data_root'].shown_default}]",
+        ),
     ] = None,
     devices: Annotated[
         str | None,
@@ -125,24 +132,27 @@ def sweep_cmd(
             rich_help_panel=S,
         ),
     ] = None,
+    *,
+    flags: ConfigFlags,
 ) -> None:
     """Run a grid of `zocli train` configurations × seeds as named runs under one sweep directory.
 
     Running it again skips finished runs, resumes interrupted ones and retries failed ones; a failed run
     does not stop the others; Ctrl-C stops every run at a commit point (again: at once). Compare the runs
-    with `zocli eval SWEEP_DIR` (mean ± std over seeds)."""
+    with `zocli eval SWEEP_DIR` (mean ± std over seeds). A train flag given here sets its value in every run."""
+    fixed = given(flags)
     with errors():
         from zocli.sweep import grid as core
 
         root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
-        asked = grid_file or preset or grid or seeds
+        asked = grid_file or preset or grid or seeds or fixed
         if not asked and not (root / core.MANIFEST).is_file():
             raise ConfigError(
                 f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
                 f"existing sweep ({root} is not one)"
             )
         if asked and not status:
-            runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds))
+            runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds, fixed))
             where = data_root or os.environ.get("ZOCLI_DATA")
             if dry_run:
                 _print_plan(core, root, runs, where, as_json)
@@ -169,9 +179,15 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
-def _grid(core, grid_file, presets, items, seeds):
+def _grid(core, grid_file, presets, items, seeds, fixed: dict):
     base = core.load_grid(grid_file) if grid_file else core.Grid()
-    axes = {**base.axes, **core.parse_axes(items)}
+    gridded = core.parse_axes(items)
+    both = [OPTIONS[key].spelling for key in gridded if key in fixed]
+    if both:
+        raise ConfigError(
+            f"{both[0]} is given both as a flag and as --grid {both[0][2:]}: give its values in one place"
+        )
+    axes = {**base.axes, **{key: [value] for key, value in fixed.items()}, **gridded}
     return core.Grid((*presets, *base.presets), axes, core.parse_seeds(seeds) if seeds else base.seeds)
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from zocli.config import Config, ConfigError
 from zocli.data.loader import select
+from zocli.flags import given
 from zocli.method.objective import deterministic
 from zocli.method.precision import at_least_fp32, matmuls
 from zocli.run.checkpoint import CheckpointError, load_task, read_manifest
@@ -131,7 +132,7 @@ def open_run(
         saved = Config(**meta["config"])
     except (KeyError, TypeError, ConfigError) as exc:  # metadata edited, or written by another version
         raise CheckpointError(f"{run.task_file(tasks[0])}: its metadata holds no valid config ({exc})") from None
-    safe = {k: v for k, v in (overrides or {}).items() if k not in MODEL_KEYS and v is not None}
+    safe = {k: v for k, v in given(overrides or {}).items() if k not in MODEL_KEYS}
     return run, open_session(replace(saved, **safe)), tasks
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from zocli.config import Config, ConfigError
 from zocli.data.catalogue import GENERATED, canonical_name
 from zocli.data.location import NotReady, dataset_dir, prepare_command
+from zocli.flags import given
 from zocli.run.rundir import RunDir, read_json
 
 # Device nodes of the drivers torch.cuda can use (NVIDIA, ROCm, WSL): with none of them present,
@@ -57,7 +58,7 @@ def check_run(root: Path, task: int | None = None, overrides: dict[str, Any] | N
         if done and not 0 <= task < done:
             raise ConfigError(f"--task {task} is out of range: {run.root} has tasks 0..{done - 1}")
     saved = read_json(run.config).get("config", {})
-    wanted = {**saved, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    wanted = {**saved, **given(overrides or {})}
     check_device(str(wanted.get("device", "auto")))
     if {"benchmark", "data_root"} <= set(wanted):
         check_data(

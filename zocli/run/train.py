@@ -20,6 +20,7 @@ import torch
 from zocli import __version__
 from zocli.config import Config, ConfigError, Resolved
 from zocli.data.loader import select
+from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
@@ -108,7 +109,7 @@ def resume(
         run_dir.clean_partial_writes()
         if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
             return _recorded(run_dir)
-        cfg = replace(_saved_config(run_dir), **{k: v for k, v in (overrides or {}).items() if v is not None})
+        cfg = replace(_saved_config(run_dir), **given(overrides or {}))
         session = open_session(cfg)
         manifest = checkpoint.read_manifest(run_dir)
         done = manifest["tasks_done"]

@@ -20,15 +20,15 @@ import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
-from zocli.config import KEYS, Config, ConfigError, did_you_mean, resolve, suggest_key
+from zocli.config import KEYS, OPTIONS, ConfigError, did_you_mean, resolve, suggest_key
 from zocli.data import catalogue
+from zocli.flags import NONE_GIVEN
 from zocli.run.rundir import RunDirError, is_run, read_json, write_json
 
 MANIFEST = "sweep.json"
 FORMAT = 1
-TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 class SweepError(RuntimeError):
@@ -44,17 +44,7 @@ class RunSpec:
     def train_args(self) -> list[str]:
         """`zocli train` arguments that give this run its config (without --out)."""
         args = [arg for preset in self.presets for arg in ("--preset", preset)]
-        for key, value in self.flags.items():
-            flag = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(
-                    {"mozo": ("--mozo", "--no-mozo"), "conservative": ("--conservative", "--aggressive")}[key][
-                        0 if value else 1
-                    ]
-                )
-            else:
-                args += [flag, str(value)]
-        return args
+        return args + [arg for key, value in self.flags.items() for arg in OPTIONS[key].argv(value)]
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "presets": list(self.presets), "flags": self.flags}
@@ -73,18 +63,10 @@ def parse_value(key: str, text: str) -> Any:
     """A `--grid` value as its config field's type (`none` for an unset optional)."""
     if key == "preset":
         return text
-    kinds = [k for k in get_args(get_type_hints(Config)[key]) or (get_type_hints(Config)[key],) if k is not type(None)]
-    if text.lower() == "none" and type(None) in get_args(get_type_hints(Config)[key]):
-        return None
-    kind = kinds[0] if kinds and isinstance(kinds[0], type) else str
     try:
-        if kind is bool:
-            if text.lower() not in TRUE + FALSE:
-                raise ValueError
-            return text.lower() in TRUE
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"--grid {key}={text}: {text!r} is not a {kind.__name__}") from None
+        return OPTIONS[key].parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"--grid {key}={text}: {exc}") from None
 
 
 def parse_axes(items: list[str]) -> dict[str, list[Any]]:
@@ -156,8 +138,9 @@ def expand(grid: Grid) -> list[RunSpec]:
         extra = tuple(p for p in str(values.pop("preset", "")).split("+") if p)
         for seed in grid.seeds:
             flags = {**values, "seed": seed}
-            cfg = resolve([*grid.presets, *extra], flags).config
-            catalogue.split(catalogue.get(cfg.benchmark), cfg.inc, cfg.base)  # as `train` checks first
+            cfg = resolve([*grid.presets, *extra], _as_given(flags)).config
+            if not catalogue.is_user(cfg.benchmark):  # the user's classes are known once prepared: the run checks
+                catalogue.split(catalogue.get(cfg.benchmark), cfg.inc, cfg.base)  # as `train` checks first
             label = [
                 _slug(str(values.get(k, "+".join(extra))) if k == "preset" else f"{k}-{_slug(str(values[k]))}")
                 for k in varying
@@ -168,6 +151,11 @@ def expand(grid: Grid) -> list[RunSpec]:
     if twice:  # e.g. lr=0.001,1e-3: the same value twice
         raise ConfigError(f"the grid names two runs {twice[0]!r}: a value is listed twice")
     return runs
+
+
+def _as_given(flags: dict[str, Any]) -> dict[str, Any]:
+    # a None in the grid is `none` on the run's command line: it clears what a preset set
+    return {key: NONE_GIVEN if value is None else value for key, value in flags.items()}
 
 
 def _slug(text: str) -> str:

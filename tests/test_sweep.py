@@ -220,6 +220,36 @@ def test_dry_run_lists_commands_and_writes_nothing(tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_sweep_takes_train_flags_as_values_fixed_for_every_run(tmp_path):
+    # Found: `zocli sweep --preset demo --max-steps 3` was refused (No such option).
+    result = cli(
+        "sweep", "--preset", "demo", "--max-steps", "3", "--seeds", "0-4", "--out", tmp_path / "s", "--dry-run"
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"s{seed}" for seed in range(5)]
+    assert all("--preset demo --max-steps 3 --seed" in line for line in lines)
+    plan = json.loads(
+        cli(
+            "sweep", "--preset", "demo", "--no-mozo", "--aggressive", "--grid", "eval-future=true,false",
+            "--layers-n", "none", "--out", tmp_path / "s", "--dry-run", "--json",
+        ).stdout
+    )["runs"]  # fmt: skip
+    assert [run["name"] for run in plan] == ["eval-future-True_s0", "eval-future-False_s0"]
+    assert plan[1]["command"][4:12] == [
+        "--preset", "demo", "--layers-n", "none", "--no-mozo", "--aggressive", "--no-eval-future", "--seed",
+    ]  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_key_both_fixed_and_gridded_is_a_usage_error(tmp_path):
+    result = cli("sweep", "--preset", "demo", "--lr", "0.1", "--grid", "lr=0.1,0.2", "--out", tmp_path / "s")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: --lr is given both as a flag and as --grid lr: give its values in one place"
+    )
+
+
 def test_a_sweep_directory_refuses_another_config_under_a_known_name(tmp_path):
     runs = sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.1]}))
     sweeps.create(tmp_path / "s", runs)

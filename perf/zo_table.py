@@ -16,6 +16,7 @@ import os
 import statistics
 from pathlib import Path
 
+from zocli.config import OPTIONS
 from zocli.sweep import grid, launch
 
 PLANS = {  # what is ZO (or frozen): the study's branch-wise settings and one layer-wise one
@@ -82,12 +83,19 @@ TABLES = {"acceptance": acceptance, "select": select, "queries": queries}
 def run_spec(name: str, flags: list[str], seed: int) -> grid.RunSpec:
     """A table row's `train` flags as a sweep run: the demo preset, then the row's presets and values."""
     presets, values, args = ["demo"], {}, list(flags)
+    switches = {
+        spelling: (option.name, value)
+        for option in OPTIONS.values()
+        if option.kind is bool
+        for spelling, value in ((option.spelling, True), (option.negative, False))
+    }
     while args:
         flag = args.pop(0)
         if flag == "--preset":
             presets.append(args.pop(0))
-        elif flag in ("--conservative", "--aggressive"):
-            values["conservative"] = flag == "--conservative"
+        elif flag in switches:
+            key, value = switches[flag]
+            values[key] = value
         else:
             key = flag[2:].replace("-", "_")
             values[key] = grid.parse_value(key, args.pop(0))

@@ -424,7 +424,7 @@ def resolve(presets: list[str] | tuple[str, ...] = (), flags: dict[str, Any] | N
     _apply_mozo(values, sources)
     _absolute_paths(values)
     values = {
-        k: float(v) if _is_float_field(k) and isinstance(v, int) and not isinstance(v, bool) else v
+        k: float(v) if OPTIONS[k].kind is float and isinstance(v, int) and not isinstance(v, bool) else v
         for k, v in values.items()
     }
     return Resolved(Config(**values), sources, tuple(presets))
@@ -449,11 +449,6 @@ def _absolute_paths(values: dict[str, Any]) -> None:
     order = values.get("class_order")
     if isinstance(order, str) and not order.startswith("seed:"):
         values["class_order"] = str(Path(order).expanduser().resolve())
-
-
-def _is_float_field(key: str) -> bool:
-    annotation = {f.name: f.type for f in fields(Config)}[key]
-    return "float" in str(annotation)
 
 
 def did_you_mean(word: str, options) -> str:

@@ -16,6 +16,8 @@ from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.table import Table
 from rich.text import Text
 
+from zocli.config import OPTIONS
+
 # The study's table (GB, ViT-B/16, CIFAR-100 at batch 128, 10 prompts), shown only beside that setting.
 PAPER_GB = {
     "moe": {"fo": 19.96, "dual": 2.17, "vision": 6.93, "language": 12.39},
@@ -178,13 +180,15 @@ def preset_list(described: dict[str, str]) -> Table:
 def preset_toml(resolved) -> str:
     """The resolved config as a preset file that loads back to the same config (`presets show > my.toml`).
 
-    JSON scalars are valid TOML values; TOML has no null, so unset keys become comments.
+    JSON scalars are valid TOML values; TOML has no null, so unset keys become comments, which say what
+    an unset value means as --help does.
     """
     lines = [f"# resolved from: {' '.join(resolved.presets)}"]
     for key, value in resolved.config.as_dict().items():
         source = resolved.sources[key]
         note = "" if source == "default" else f"   # {source}"
-        lines.append(f"# {key}: unset ({source})" if value is None else f"{key} = {json.dumps(value)}{note}")
+        unset = f"# {key}: unset ({source}): {OPTIONS[key].shown_default}"
+        lines.append(unset if value is None else f"{key} = {json.dumps(value)}{note}")
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from zocli import __version__
+from zocli.config import KEYS, OPTIONS
+from zocli.flags import NONE_GIVEN
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -129,16 +131,15 @@ def config_options(*keys: str, shown_default: str | None = None):
     field's flag (zocli.flags), and pass their values to it as one dict, its `flags` parameter;
     `shown_default` is what --help says of every default where the command has defaults of its own.
 
-    Typer reads a command's options from its signature, so the options replace `flags` there. They
-    default to None, so that presets fill what no flag sets (defaults < presets < flags)."""
+    Typer reads a command's options from its signature, so the options replace `flags` there (declared
+    `*, flags`: keyword-only, as it follows parameters with defaults). They default to None, so that
+    presets fill what no flag sets (defaults < presets < flags)."""
 
     def decorate(command):
-        from zocli.config import KEYS, OPTIONS
-
         names = keys or KEYS
         signature = inspect.signature(command, eval_str=True)
         params = list(signature.parameters.values())
-        at = [p.name for p in params].index("flags")  # keyword-only: it follows options with defaults
+        at = [p.name for p in params].index("flags")
 
         @functools.wraps(command)
         def with_flags(**kwargs):
@@ -181,10 +182,12 @@ def benchmark_metavar() -> str:
 
 def _none_or(option):
     """An optional field's parser: `none` is NONE_GIVEN, a value set to None over the presets."""
-    from zocli.flags import NONE_GIVEN
 
     def parse(text: str):
-        value = option.parse(text)
+        try:
+            value = option.parse(text)
+        except ValueError as exc:  # the message as it is, not as typer rewords a ValueError
+            raise typer.BadParameter(str(exc)) from None
         return NONE_GIVEN if value is None else value
 
     return parse

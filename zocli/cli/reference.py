@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import click
 import typer
 
 from zocli.cli import app
@@ -30,29 +29,30 @@ def markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section(name: str, command: click.Command) -> list[str]:
-    ctx = click.Context(command, info_name=name)
+def _section(name: str, command) -> list[str]:
+    ctx = typer.Context(command, info_name=name)
     about = [" ".join(paragraph.split()) for paragraph in (command.help or "").split("\n\n")]
-    lines = ["", f"## `zocli {name}`", "", "\n\n".join(about), ""]
-    lines += ["| flag | value | default | meaning |", "|---|---|---|---|"]
+    lines = ["", f"## `zocli {name}`", "", "\n\n".join(about)]
     params = [p for p in command.params if p.name != "help"]
-    for panel in dict.fromkeys(_panel(p) for p in params):
+    for panel in dict.fromkeys(_panel(p) for p in params):  # in the order --help shows them
+        lines += ["", f"**{panel}**", "", "| flag | value | default | meaning |", "|---|---|---|---|"]
         lines += [_row(p, ctx) for p in params if _panel(p) == panel]
     return lines
 
 
-def _panel(param: click.Parameter) -> str:
-    return getattr(param, "rich_help_panel", None) or ("Arguments" if param.param_type_name == "argument" else "")
+def _panel(param) -> str:
+    default = "Arguments" if param.param_type_name == "argument" else "Options"
+    return getattr(param, "rich_help_panel", None) or default
 
 
-def _row(param: click.Parameter, ctx: click.Context) -> str:
+def _row(param, ctx: typer.Context) -> str:
     spelling = " / ".join([*param.opts, *param.secondary_opts]) if param.param_type_name == "option" else ""
     help_text, default = _help_and_default(param, ctx)
     cells = [_code(spelling), _code(param.metavar or ""), _code(default), help_text]
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def _help_and_default(param: click.Parameter, ctx: click.Context) -> tuple[str, str]:
+def _help_and_default(param, ctx: typer.Context) -> tuple[str, str]:
     """The help without its `[default: …]`, and that default, or else the one Typer adds (as its --help does)."""
     text = " ".join((getattr(param, "help", None) or "").split())
     found = DEFAULT_IN_HELP.search(text)
@@ -61,7 +61,7 @@ def _help_and_default(param: click.Parameter, ctx: click.Context) -> tuple[str, 
     return _unescape(text), _typer_default(param, ctx)
 
 
-def _typer_default(param, ctx: click.Context) -> str:
+def _typer_default(param, ctx: typer.Context) -> str:
     # what typer.rich_utils prints after the help
     value = param._extract_default_help_str(ctx=ctx)
     by_text = isinstance(param.show_default, str)

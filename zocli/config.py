@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from zocli.errors import UsageError
+
 BRANCH_MODES = ("fo", "zo", "frozen")
 ZO_RULES = ("sgd", "adam", "noise", "random-search")
 LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
@@ -27,7 +29,7 @@ PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.method.precisio
 MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A usage error in the configuration: the CLI reports it in one line and exits 2."""
 
 

@@ -26,6 +26,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from zocli.data import dirswap, hub, testbed
 from zocli.data.catalogue import GENERATED, Benchmark
 from zocli.data.location import dataset_dir, prepare_command
+from zocli.errors import ZocliError
 
 Progress = Callable[[str], None]
 PRESIZE = 256  # imgr's stored shorter side: train crops keep ≥ 90 % of the area, so they still shrink to 224
@@ -40,11 +41,11 @@ LAYOUTS = {  # what `--source DIR` must look like, quoted in error messages
 }
 
 
-class DataMissing(RuntimeError):
+class DataMissing(ZocliError, RuntimeError):
     """The benchmark is not prepared (or is stale); the message names the `zocli prepare` command to run."""
 
 
-class SourceError(RuntimeError):
+class SourceError(ZocliError, RuntimeError):
     """The data source cannot be used: an unrecognised --source folder, or the hub is unreachable."""
 
 

@@ -23,6 +23,7 @@ import torch
 
 from zocli.config import did_you_mean
 from zocli.data import hub
+from zocli.errors import UsageError, ZocliError
 
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with, for `openai`
 # and for weights open_clip cannot vouch for (none, a file, a local dir). Any other tag of these models
@@ -33,11 +34,11 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 SHIPPED = {("zocli-tiny", "testbed"): "zocli-tiny-testbed"}
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(ZocliError, RuntimeError):
     """Pretrained weights were asked for but are not on this machine."""
 
 
-class UnknownModel(ValueError):
+class UnknownModel(UsageError, ValueError):
     """The model name is not an open_clip config (a usage error)."""
 
 

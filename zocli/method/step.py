@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from zocli.config import BRANCHES, Config
+from zocli.errors import ZocliError
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import Unit, frozen_units, zo_units
@@ -17,7 +18,7 @@ from zocli.method.zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybr
 DEFAULT_ZO_CHUNK = 32  # images per no-grad ZO forward: bounds activation memory at any batch size
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(ZocliError, RuntimeError):
     """The requested device does not exist on this machine."""
 
 

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zocli.errors import ZocliError
 
-class RunDirError(RuntimeError):
+
+class RunDirError(ZocliError, RuntimeError):
     """The run directory cannot be used as asked (exists, not writable, not a run, in use, gone)."""
 
 

@@ -20,6 +20,7 @@ import torch
 from zocli import __version__
 from zocli.config import Config, ConfigError, Resolved
 from zocli.data.loader import select
+from zocli.errors import ZocliError
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
@@ -35,7 +36,7 @@ from zocli.run.tracking import Tracking, tee
 Event = dict[str, Any]
 
 
-class Diverged(RuntimeError):
+class Diverged(ZocliError, RuntimeError):
     """A non-finite loss or parameter: the task stops, the last committed checkpoint stays intact."""
 
 

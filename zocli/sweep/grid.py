@@ -24,6 +24,7 @@ from typing import Any, get_args, get_type_hints
 
 from zocli.config import KEYS, Config, ConfigError, did_you_mean, resolve, suggest_key
 from zocli.data import catalogue
+from zocli.errors import ZocliError
 from zocli.run.rundir import RunDirError, is_run, read_json, write_json
 
 MANIFEST = "sweep.json"
@@ -31,7 +32,7 @@ FORMAT = 1
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
-class SweepError(RuntimeError):
+class SweepError(ZocliError, RuntimeError):
     """The sweep directory cannot be used as asked (another sweep's runs, damaged manifest)."""
 
 

@@ -109,8 +109,7 @@ def step_flops(stepper: Stepper, images, labels, tokens, lr: float) -> int:
 
 def pipeline_rate(name: str, pipeline: str, args, device: torch.device, batches: int = 8) -> float:
     """Images/s of the training input pipeline alone (decode, crop, resize, normalise), task 0 of `name`."""
-    from zocli.data.loader import select
-    from zocli.run.session import open_session, train_batches
+    from zocli.run.session import open_session, task_batches
 
     session = open_session(
         resolve(
@@ -124,15 +123,15 @@ def pipeline_rate(name: str, pipeline: str, args, device: torch.device, batches:
                 "workers": args.workers,
                 "inc": catalogue.get(name).n_classes,
                 "input_pipeline": pipeline,
+                "batch_size": args.batch_size,
+                "epochs": 1,
             },
         ).config
     )
-    rows = select(session.train_labels, session.train.position, 0, session.split.bounds(0)[1])
-    it = iter(train_batches(session, rows, args.batch_size, 1, (0, "bench"), max_steps=batches + 1))
+    it = iter(task_batches(session, 0, (0, "bench"), max_steps=batches + 1))
     next(it)  # worker start-up, and the device pipeline's one-time decode, are not the rate
     began, seen = time.perf_counter(), 0
-    for images, _ in it:
-        images = images.to(device, non_blocking=True)
+    for images, _, _ in it:  # on the device already
         seen += len(images)
     sync(device)
     return seen / (time.perf_counter() - began)

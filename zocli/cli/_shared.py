@@ -93,9 +93,6 @@ def main(
     STATE["debug"] = debug
 
 
-# ----------------------------------------------------------------------------------------------
-# train
-
 Opt = typer.Option
 
 # How a default reads in --help where the Config value alone (None) would not say it.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from zocli import __version__
-from zocli.config import Config, ConfigError, Resolved
+from zocli.config import Config, ConfigError, Resolved, saved_config
 from zocli.errors import ZocliError
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
@@ -145,8 +145,7 @@ def resume(
 
 def _saved_config(run_dir: RunDir) -> Config:
     try:
-        # runs from before --input-pipeline decoded and cropped on the CPU: a resume keeps that
-        return Config(**{"input_pipeline": "cpu", **run_dir.saved()["config"]})
+        return saved_config(run_dir.saved()["config"])
     except (TypeError, ConfigError) as exc:  # unknown or missing keys, bad values: the file was edited
         raise RunDirError(f"{run_dir.config}: the saved config is not valid ({exc})") from None
 

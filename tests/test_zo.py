@@ -241,7 +241,7 @@ def test_seed_replay_restores_params():
     assert worst() <= 1e-6
     for cycle in range(100):
         for scale in (1.0, -2.0, 1.0):
-            move_(block, direction(block, derive_seed("cycle"), cycle), scale)
+            move_(block, direction(block, derive_seed("cycle", cycle)), scale)
     # roundoff random-walks: ~√(300 ops)·ulp/2 ≈ 1e-6 relative after 100 cycles
     assert worst() <= 5e-6, worst()
 
@@ -349,9 +349,10 @@ def test_mozo_sign_q1_moves_every_coordinate_by_lr(dtype):
     theta = [p.clone() for p in block.params]
     probe = copy.deepcopy(toy)  # d measured independently of the estimate
     s = derive_seed(seed, block.name, 0)
-    move_(probe.block(), direction(probe.block(), s), +1.0)
+    z = direction(probe.block(), s)
+    move_(probe.block(), z, +1.0)
     plus = probe.loss()
-    move_(probe.block(), direction(probe.block(), s), -2.0)
+    move_(probe.block(), z, -2.0)
     d = plus - probe.loss()
     assert d != 0
     _, start = _after_estimate(toy, seed, settings)

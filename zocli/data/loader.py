@@ -177,18 +177,6 @@ class DeviceBatches:
             yield self.images.batch(keys)
 
 
-def device_train_batches(
-    images: DeviceImages,
-    rows: Sequence[int],
-    batch_size: int,
-    epochs: int,
-    seed: tuple,
-    start: int = 0,
-    max_steps: int | None = None,
-) -> DeviceBatches:
-    return DeviceBatches(images, EpochBatches(rows, batch_size, epochs, seed, start, max_steps))
-
-
 def device_eval_batches(images: DeviceImages, rows: Sequence[int], batch_size: int) -> DeviceBatches:
     keys = [(row, None) for row in rows]
     return DeviceBatches(images, [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)])

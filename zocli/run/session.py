@@ -14,12 +14,12 @@ from zocli.data import catalogue, location, store
 from zocli.data.catalogue import Benchmark, Split
 from zocli.data.loader import (
     DEVICE_BENCHMARKS,
+    DeviceBatches,
     DeviceImages,
     EpochBatches,
     ImageSpec,
     TaskImages,
     device_eval_batches,
-    device_train_batches,
     eval_loader,
     pipeline_for,
     positions_of,
@@ -77,7 +77,7 @@ def task_batches(
     cfg, rows = session.cfg, task_rows(session, task)
     if session.pipeline == "device":
         held = _held(session, "train")
-        loader = device_train_batches(held, rows, cfg.batch_size, cfg.epochs, seed, start, max_steps)
+        loader = DeviceBatches(held, EpochBatches(rows, cfg.batch_size, cfg.epochs, seed, start, max_steps))
     else:
         workers = session.workers if workers is None else workers
         pin = session.device.type == "cuda"

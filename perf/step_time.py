@@ -5,13 +5,14 @@ configuration: s/step, images/s, loss evaluations per step (the FO pass counts o
 the floor ratio = step time / (loss evaluations × one measured full forward of the batch at the ZO
 precision) — 1.0 means the step costs only its forwards; ZO forwards that reuse cached features can go
 below it — and "own" = step time / the time spent inside the step's own loss evaluations and FO pass
-as they actually ran (cached): what is left above 1.0 is ZO arithmetic, optimizers and overhead. With --flops, FLOPs per step are counted (torch.utils.flop_counter) and on CUDA reported as
+as they actually ran (cached): what is left above 1.0 is ZO arithmetic, optimizers and overhead. With
+--flops, FLOPs per step are counted (torch.utils.flop_counter) and on CUDA reported as
 achieved TFLOP/s and % of the device's dense peak for the precision (H100: fp32 67, tf32 495, bf16 989).
 --pipeline times the input pipeline alone (images/s; cpu workers, and the device path where it applies)
 on prepared benchmarks.
-    python benchmarks/step_time.py --model ViT-B-16 --batch-size 8 --configs fo,dual,vision,language --steps 1
-    python benchmarks/step_time.py --model zocli-tiny --batch-size 64 --configs fo,dual --flops
-    python benchmarks/step_time.py --model zocli-tiny --configs fo --pipeline testbed,digits --data-root DIR
+    python perf/step_time.py --model ViT-B-16 --batch-size 8 --configs fo,dual,vision,language --steps 1
+    python perf/step_time.py --model zocli-tiny --batch-size 64 --configs fo,dual --flops
+    python perf/step_time.py --model zocli-tiny --configs fo --pipeline testbed,digits --data-root DIR
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import os
 import resource
 import time
 from dataclasses import replace
+from functools import partial
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -109,8 +111,7 @@ def step_flops(stepper: Stepper, images, labels, tokens, lr: float) -> int:
 
 def pipeline_rate(name: str, pipeline: str, args, device: torch.device, batches: int = 8) -> float:
     """Images/s of the training input pipeline alone (decode, crop, resize, normalise), task 0 of `name`."""
-    from zocli.data.loader import select
-    from zocli.run.session import open_session, train_batches
+    from zocli.run.session import open_session, task_batches
 
     session = open_session(
         resolve(
@@ -124,15 +125,15 @@ def pipeline_rate(name: str, pipeline: str, args, device: torch.device, batches:
                 "workers": args.workers,
                 "inc": catalogue.get(name).n_classes,
                 "input_pipeline": pipeline,
+                "batch_size": args.batch_size,
+                "epochs": 1,
             },
         ).config
     )
-    rows = select(session.train_labels, session.train.position, 0, session.split.bounds(0)[1])
-    it = iter(train_batches(session, rows, args.batch_size, 1, (0, "bench"), max_steps=batches + 1))
+    it = iter(task_batches(session, 0, (0, "bench"), max_steps=batches + 1))
     next(it)  # worker start-up, and the device pipeline's one-time decode, are not the rate
     began, seen = time.perf_counter(), 0
-    for images, _ in it:
-        images = images.to(device, non_blocking=True)
+    for images, _, _ in it:  # on the device already
         seen += len(images)
     sync(device)
     return seen / (time.perf_counter() - began)
@@ -197,7 +198,7 @@ def main() -> None:
         for step in range(args.steps):
             with ForwardClock() as clock:
                 runs.append(
-                    (timed(lambda: stepper.step(images, labels, tokens, cfg.lr, seed=step + 1), device), clock.seconds)
+                    (timed(partial(stepper.step, images, labels, tokens, cfg.lr, seed=step + 1), device), clock.seconds)
                 )
         seconds, in_forwards = min(runs)  # the fastest step: contention only adds time
         base = base or seconds

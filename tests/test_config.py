@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from zocli.config import MOZO_EPS_VISION, PRESETS_DIR, Config, ConfigError, from_json, list_presets, resolve
+from zocli.config import MOZO_EPS_VISION, PRESETS_DIR, Config, ConfigError, list_presets, resolve, saved_config
 from zocli.data import catalogue
 
 
@@ -197,10 +197,11 @@ def test_unknown_flag_is_a_config_error():
 
 def test_config_round_trips_through_json():
     cfg = resolve(["digits-demo"], {"vision": "zo", "mozo": True}).config
-    assert from_json(json.dumps(cfg.as_dict())) == cfg
-    assert Config(**json.loads(json.dumps(cfg.as_dict()))) == cfg
-    with pytest.raises(ConfigError):
-        from_json(json.dumps({**cfg.as_dict(), "from_the_future": 1}))
+    assert saved_config(json.loads(json.dumps(cfg.as_dict()))) == cfg
+    with pytest.raises(ConfigError, match="from_the_future"):
+        saved_config({**cfg.as_dict(), "from_the_future": 1})
+    with pytest.raises(ConfigError, match="not a JSON object"):
+        saved_config([])
 
 
 # ---------------------------------------------------------------------------------------------- shipped presets

@@ -442,7 +442,7 @@ def test_corrupt_manifest(damaged):
     assert_one_line_error(invoke(["eval", str(damaged)]), 1, str(path))
 
 
-# ---------------------------------------------------------------------------------------------- issue 15: the crashes that were left
+# ---------------------------------------------------------------------------------------------- crashes
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -599,3 +599,44 @@ def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
     monkeypatch.setattr(rundir, "atomic_write", failing)
     args = [a.format(**paths) for a in DEMO + ["--inc", "5", "--json"]]  # --json: no progress lines
     assert_one_line_error(invoke(args), 1, os.strerror(code))
+
+
+# What the CLI handles itself rather than reports as an error: a requested stop (exit 130, resumable).
+NOT_REPORTED = {"zocli.run.rundir.Interrupted"}
+
+
+def _exception_classes() -> dict[str, type]:
+    import importlib
+    import inspect
+    import pkgutil
+
+    import zocli
+
+    found = {}
+    for module in pkgutil.walk_packages(zocli.__path__, "zocli."):
+        loaded = importlib.import_module(module.name)
+        for cls in vars(loaded).values():
+            if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == loaded.__name__:
+                found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return found
+
+
+def test_every_reported_exception_is_a_zocli_error():
+    """The CLI maps errors by type (ZocliError.exit_code): a class outside that tree would be reported
+    as an internal error."""
+    from zocli.errors import ZocliError
+
+    classes = _exception_classes()
+    assert set(classes) >= NOT_REPORTED  # the exemption names a class that exists
+    outside = [name for name, cls in classes.items() if name not in NOT_REPORTED and not issubclass(cls, ZocliError)]
+    assert not outside, f"not ZocliErrors: {outside}"
+
+
+def test_usage_errors_exit_2_and_runtime_errors_exit_1():
+    from zocli.cli._shared import classify
+    from zocli.errors import UsageError
+
+    for name, cls in _exception_classes().items():
+        if name in NOT_REPORTED or cls.__init__ is not Exception.__init__:
+            continue
+        assert classify(cls("what went wrong")) == (2 if issubclass(cls, UsageError) else 1, "what went wrong"), name

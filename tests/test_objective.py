@@ -76,7 +76,7 @@ def test_cached_loss_equals_plain_forward(model, batch, which):
 @pytest.mark.parametrize("which", list(UNIT_SETS))
 def test_restart_sees_in_place_perturbations(model, batch, which):
     """The closure is built once (caching what precedes the first perturbed layer), then the units
-    are moved in place, as perturb_ does: it must compute the loss at the moved parameters."""
+    are moved in place, as move_ does: it must compute the loss at the moved parameters."""
     units = UNIT_SETS[which](model)
     loss = objective(model, batch).loss_fn(units)
     before = loss()

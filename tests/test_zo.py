@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from zocli.method import zo
-from zocli.method.zo import Block, ZOAdam, ZOSettings, estimate, hybrid_step, perturb_
+from zocli.method.zo import Block, ZOAdam, ZOSettings, direction, estimate_flat, hybrid_step, move_
 from zocli.rng import derive_seed
 
 # ---------------------------------------------------------------------------------------------- toy
@@ -118,6 +118,12 @@ def directions(block: Block, seed: int) -> list[torch.Tensor]:
     return block.split(zo.direction(block, seed))
 
 
+def _estimate(block: Block, loss, seed: int, settings: ZOSettings) -> tuple[list[torch.Tensor], float]:
+    """ĝ per parameter of `block`, and the loss at θ."""
+    grad, value = estimate_flat(block, loss, seed, settings)
+    return block.split(grad), value
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
 
@@ -134,7 +140,7 @@ def test_estimator_is_unbiased():
     d = g.numel()
     assert 190 <= d <= 230
     # estimate with q = N is exactly the mean of N single-direction estimates (seeded per query).
-    grads, _ = estimate(block, toy.loss, seed=123, settings=ZOSettings(two_sided=True, queries=N_UNBIASED))
+    grads, _ = _estimate(block, toy.loss, seed=123, settings=ZOSettings(two_sided=True, queries=N_UNBIASED))
     mean = flat(grads)
     rel, floor = float((mean - g).norm() / g.norm()), math.sqrt((d + 2) / N_UNBIASED)
     print(f"unbiasedness: d={d} N={N_UNBIASED} rel_err={rel:.4f} floor={floor:.4f} cos={cosine(mean, g):.4f}")
@@ -150,7 +156,7 @@ def test_cosine_grows_with_queries():
     for q in (1, 4, 16, 64):
         cosines = []
         for trial in range(COSINE_TRIALS):
-            grads, _ = estimate(
+            grads, _ = _estimate(
                 block, toy.loss, seed=derive_seed("trial", q, trial), settings=ZOSettings(two_sided=True, queries=q)
             )
             cosines.append(cosine(flat(grads), g))
@@ -173,24 +179,24 @@ def test_directional_derivative_matches_autograd():
     theta = [p.clone() for p in block.params]
     checked, worst = 0, {"two": 0.0, "one": 0.0}
     for seed in range(40):
-        s = derive_seed(seed, block.name, 0)  # the direction estimate() uses for query 0
+        s = derive_seed(seed, block.name, 0)  # the direction the estimate uses for query 0
         z = directions(block, s)
         gz = float(g.double() @ flat(z).double())
         if abs(gz) < 0.5 * float(g.norm()):  # near-orthogonal directions make a relative error meaningless
             continue
         base = toy.loss()
-        perturb_(block, s, +1.0)
+        move_(block, direction(block, s), +1.0)
         plus = toy.loss()
-        perturb_(block, s, -2.0)
+        move_(block, direction(block, s), -2.0)
         minus = toy.loss()
         for p, t in zip(block.params, theta):
             p.copy_(t)
         two, one = (plus - minus) / 2 / 1e-3, (plus - base) / 1e-3
         worst["two"] = max(worst["two"], abs(two - gz) / abs(gz))
         worst["one"] = max(worst["one"], abs(one - gz) / abs(gz))
-        # estimate() with q = 1 is exactly that finite difference times z
+        # the estimate with q = 1 is exactly that finite difference times z
         for two_sided, d in ((True, (plus - minus) / 2.0), (False, plus - base)):
-            grads, _ = estimate(block, toy.loss, seed=seed, settings=ZOSettings(two_sided=two_sided))
+            grads, _ = _estimate(block, toy.loss, seed=seed, settings=ZOSettings(two_sided=two_sided))
             for p, t in zip(block.params, theta):
                 p.copy_(t)
             for got, zi in zip(grads, z):
@@ -209,9 +215,9 @@ def test_estimate_returns_loss_at_theta_and_restores_params():
     block = toy.block()
     before = [p.clone() for p in block.params]
     base = toy.loss()
-    _, one = estimate(block, toy.loss, 7, ZOSettings(two_sided=False, queries=3))
+    _, one = _estimate(block, toy.loss, 7, ZOSettings(two_sided=False, queries=3))
     assert one == base  # measured at θ
-    _, two = estimate(block, toy.loss, 7, ZOSettings(two_sided=True, queries=3))
+    _, two = _estimate(block, toy.loss, 7, ZOSettings(two_sided=True, queries=3))
     assert abs(two - base) < 1e-4  # mean of the ±εz losses: L(θ) + O(ε²)
     for p, b in zip(block.params, before):
         assert torch.allclose(p, b, rtol=0, atol=1e-6)
@@ -224,10 +230,10 @@ def test_seed_replay_restores_params():
     toy = Toy(torch.float32)
     block = toy.block(eps=1e-3)
     theta = [p.clone() for p in block.params]
-    perturb_(block, 5, +1.0)
+    move_(block, direction(block, 5), +1.0)
     assert not any(torch.equal(p, t) for p, t in zip(block.params, theta))  # it did move
-    perturb_(block, 5, -2.0)
-    perturb_(block, 5, +1.0)
+    move_(block, direction(block, 5), -2.0)
+    move_(block, direction(block, 5), +1.0)
 
     def worst():  # elementwise error relative to max(1, |θ|)
         return max(float(((p - t).abs() / t.abs().clamp(min=1)).max()) for p, t in zip(block.params, theta))
@@ -235,7 +241,7 @@ def test_seed_replay_restores_params():
     assert worst() <= 1e-6
     for cycle in range(100):
         for scale in (1.0, -2.0, 1.0):
-            perturb_(block, derive_seed("cycle", cycle), scale)
+            move_(block, direction(block, derive_seed("cycle", cycle)), scale)
     # roundoff random-walks: ~√(300 ops)·ulp/2 ≈ 1e-6 relative after 100 cycles
     assert worst() <= 5e-6, worst()
 
@@ -249,9 +255,9 @@ def test_directions_replay_bit_identical():
     assert [x.dtype for x in a] == [p.dtype for p in block.params]
     c = directions(block, 100)
     assert not any(torch.equal(x, y) for x, y in zip(a, c))
-    # perturb_ adds exactly scale·ε·z
+    # move_ adds exactly scale·ε·z
     theta = [p.clone() for p in block.params]
-    perturb_(block, 99, 1.0)
+    move_(block, direction(block, 99), 1.0)
     for p, t, z in zip(block.params, theta, a):
         assert torch.equal(p, t.add(z, alpha=1e-3))
 
@@ -330,7 +336,7 @@ def test_step_leaves_global_rng_and_is_reproducible(settings, zo_units):
 def _after_estimate(toy: Toy, seed: int, settings: ZOSettings):
     """(ĝ, θ') from a copy: θ' is θ after the estimate's ±εz replay, where the ZO update starts."""
     ref = copy.deepcopy(toy)
-    grads, _ = estimate(ref.block(), ref.loss, seed, settings)
+    grads, _ = _estimate(ref.block(), ref.loss, seed, settings)
     return grads, [p.clone() for p in ref.zo_params()]
 
 
@@ -341,11 +347,12 @@ def test_mozo_sign_q1_moves_every_coordinate_by_lr(dtype):
     toy = Toy(dtype)
     block = toy.block()
     theta = [p.clone() for p in block.params]
-    probe = copy.deepcopy(toy)  # d measured independently of estimate()
+    probe = copy.deepcopy(toy)  # d measured independently of the estimate
     s = derive_seed(seed, block.name, 0)
-    perturb_(probe.block(), s, +1.0)
+    z = direction(probe.block(), s)
+    move_(probe.block(), z, +1.0)
     plus = probe.loss()
-    perturb_(probe.block(), s, -2.0)
+    move_(probe.block(), z, -2.0)
     d = plus - probe.loss()
     assert d != 0
     _, start = _after_estimate(toy, seed, settings)
@@ -619,7 +626,7 @@ def test_flat_block_falls_back_when_its_parameters_are_rebound():
     toy.params[("vision", 1)][0].data = toy.params[("vision", 1)][0].detach().clone()  # as model.to(device) does
     assert not block.is_flat()
     theta = [p.clone() for p in block.params]
-    perturb_(block, 3, 1.0)
+    move_(block, direction(block, 3), 1.0)
     assert all(not torch.equal(p, t) for p, t in zip(block.params, theta))  # every tensor moved, not the stale buffer
 
 

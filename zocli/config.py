@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 import tomllib
@@ -17,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from zocli.errors import UsageError
 from zocli.flags import flag, given, options
 
 BRANCH_MODES = ("fo", "zo", "frozen")
@@ -40,7 +40,7 @@ DATA, MODEL, OPTIMISATION, ZO, EXECUTION, TRACKING = (
 )  # the panels of --help
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A usage error in the configuration: the CLI reports it in one line and exits 2."""
 
 
@@ -457,11 +457,16 @@ def did_you_mean(word: str, options) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def from_json(text: str) -> Config:
-    """Rebuild a Config from the JSON saved in config.json or a checkpoint's metadata."""
-    data = json.loads(text)
-    data = data.get("config", data)
-    unknown = set(data) - set(KEYS)
+# Keys that say where a run ran, not what it was: a resume may change them, and comparisons ignore them.
+PLACE_KEYS = ("device", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
+
+
+def saved_config(values: Any) -> Config:
+    """The Config a run saved (config.json's `config`, or a checkpoint's); a ConfigError says what is wrong."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"the saved config is not a JSON object but {type(values).__name__}")
+    unknown = set(values) - set(KEYS)
     if unknown:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)} (written by a newer zocli?)")
-    return Config(**data)
+    # Runs from before --input-pipeline decoded and cropped on the CPU: read back, they keep doing so.
+    return Config(**{"input_pipeline": "cpu", **values})

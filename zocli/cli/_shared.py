@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import sys
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ from rich.markup import escape
 
 from zocli import __version__
 from zocli.config import KEYS, OPTIONS
+from zocli.errors import ZocliError
 from zocli.flags import NONE_GIVEN
 
 app = typer.Typer(
@@ -30,28 +30,6 @@ app = typer.Typer(
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line in logs
 STATE = {"debug": False}
-
-USAGE_ERRORS = {"zocli.config": ("ConfigError",), "zocli.method.backbone": ("UnknownModel",)}
-RUNTIME_ERRORS = {
-    "zocli.method.backbone": ("WeightsUnavailable",),
-    "zocli.run.checkpoint": ("CheckpointError",),
-    "zocli.data.store": ("DataMissing", "SourceError"),
-    "zocli.run.rundir": ("RunDirError",),
-    "zocli.method.step": ("DeviceUnavailable",),
-    "zocli.run.train": ("Diverged",),
-    "zocli.data.location": ("NotReady",),
-    "zocli.data.loader": ("CorruptImage",),
-    "zocli.run.tracking": ("TrackingUnavailable",),
-    "zocli.sweep.grid": ("SweepError",),
-}
-
-
-def _classes(table: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
-    # Only modules already imported: an exception's class was imported with it, and importing the rest
-    # here would cost the seconds of torch/datasets imports that the fast checks exist to avoid.
-    return tuple(
-        getattr(sys.modules[module], name) for module, names in table.items() if module in sys.modules for name in names
-    )
 
 
 @contextmanager
@@ -73,11 +51,9 @@ def errors():
 
 
 def classify(exc: Exception) -> tuple[int, str]:
-    """(exit code, message): 2 for usage errors, 1 for everything else."""
-    if isinstance(exc, _classes(USAGE_ERRORS)):
-        return 2, str(exc)
-    if isinstance(exc, _classes(RUNTIME_ERRORS)):
-        return 1, str(exc)
+    """(exit code, message): a ZocliError's own code, 1 for everything else."""
+    if isinstance(exc, ZocliError):
+        return exc.exit_code, str(exc)
     if isinstance(exc, OSError):  # disk full, I/O error, read-only filesystem, a file where a folder goes
         where = f"{exc.filename}: " if exc.filename else ""
         return 1, f"{where}{exc.strerror or exc}"
@@ -209,8 +185,4 @@ def plots_check(path) -> None:
 def plot_to(draw) -> None:
     from zocli.study import plots
 
-    try:
-        draw(plots)
-    except plots.PlotUnavailable as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
+    draw(plots)

@@ -422,9 +422,6 @@ def latex(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: in
     return "\n".join(lines)
 
 
-SWEEP_STYLES = {"finished": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "dim"}
-
-
 def sweep_state(state: dict) -> _Whole:
     """One row per run of a sweep: state, tasks done, attempts, error."""
     header = ["run", "state", "tasks", "attempts", "error"]

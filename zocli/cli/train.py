@@ -14,7 +14,7 @@ import typer
 from zocli.cli import render
 from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out, precheck
 from zocli.cli.signals import graceful_stop
-from zocli.config import ConfigError
+from zocli.config import PLACE_KEYS, ConfigError
 
 
 @app.command("train")
@@ -75,31 +75,28 @@ def train_cmd(
         )
 
 
-RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
-
-
 def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where):
     # Every usage check runs before torch, open_clip and datasets are imported.
     from zocli.config import Config
     from zocli.run.tracking import check_available
 
     if resume is not None:
-        changed = [k for k, v in flags.items() if v is not None and k not in RESUMABLE_FLAGS]
+        changed = [k for k, v in flags.items() if v is not None and k not in PLACE_KEYS]
         if changed or preset or out_dir or overwrite:
             what = ", ".join(f"--{k.replace('_', '-')}" for k in changed) or "--preset/--out/--overwrite"
             raise ConfigError(
                 f"--resume continues a run with its saved config; {what} cannot change "
-                f"(only {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_FLAGS)} can)"
+                f"(only {', '.join('--' + k.replace('_', '-') for k in PLACE_KEYS)} can)"
             )
         from zocli.run.preflight import check_run
 
-        check_run(resume, overrides={k: flags[k] for k in RESUMABLE_FLAGS})
+        check_run(resume, overrides={k: flags[k] for k in PLACE_KEYS})
         check_available(Config(report_to=flags["report_to"] or "").trackers)
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from zocli.run.train import resume as resume_run
 
         where["run"] = resume
-        return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
+        return resume_run(resume, {k: flags[k] for k in PLACE_KEYS}, on_event, should_stop)
     from zocli.config import resolve
 
     resolved = resolve(preset or [], flags)

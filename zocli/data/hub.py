@@ -13,10 +13,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 PROBE_SECONDS = 3.0
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def reachable(timeout: float = PROBE_SECONDS) -> bool:
@@ -64,3 +66,14 @@ def offline_unless_reachable() -> Iterator[bool]:
     finally:
         for module, value in zip(flags, saved):
             module.HF_HUB_OFFLINE = value
+
+
+def is_weights_tag(pretrained: str) -> bool:
+    """Whether --pretrained names an open_clip tag, weights the hub serves: not none, a local dir or a file."""
+    return not (pretrained == "none" or pretrained.startswith("local-dir:") or is_weights_file(pretrained))
+
+
+def is_weights_file(pretrained: str) -> bool:
+    """Whether --pretrained names a weights file: a path, a weights suffix, or a name that exists here."""
+    path = Path(pretrained).expanduser()
+    return "/" in pretrained or path.suffix in WEIGHT_SUFFIXES or path.exists()

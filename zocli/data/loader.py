@@ -15,13 +15,14 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zocli.errors import ZocliError
 from zocli.rng import derive_seed
 
 CROP_SCALE = (0.9, 1.0)  # MoE-Adapters' RandomResizedCrop(224, scale=(0.9, 1.0), bicubic)
 CROP_RATIO = (3 / 4, 4 / 3)
 
 
-class CorruptImage(RuntimeError):
+class CorruptImage(ZocliError, RuntimeError):
     """An image of the prepared copy cannot be decoded: the copy on disk is damaged."""
 
 
@@ -174,18 +175,6 @@ class DeviceBatches:
     def __iter__(self):
         for keys in self.sampler:
             yield self.images.batch(keys)
-
-
-def device_train_batches(
-    images: DeviceImages,
-    rows: Sequence[int],
-    batch_size: int,
-    epochs: int,
-    seed: tuple,
-    start: int = 0,
-    max_steps: int | None = None,
-) -> DeviceBatches:
-    return DeviceBatches(images, EpochBatches(rows, batch_size, epochs, seed, start, max_steps))
 
 
 def device_eval_batches(images: DeviceImages, rows: Sequence[int], batch_size: int) -> DeviceBatches:

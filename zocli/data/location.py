@@ -10,11 +10,12 @@ from pathlib import Path
 from zocli.config import Config, ConfigError
 from zocli.data import catalogue
 from zocli.data.catalogue import Benchmark, canonical_name, is_user, storage_name
+from zocli.errors import ZocliError
 
 RECORD = "zocli_benchmark.json"  # beside a prepared folder:/hf: copy: its spec, classes and prompt names
 
 
-class NotReady(RuntimeError):
+class NotReady(ZocliError, RuntimeError):
     """A runtime precondition fails (no CUDA, data not prepared): one line, exit 1."""
 
 

@@ -26,6 +26,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from zocli.data import dirswap, hub, testbed
 from zocli.data.catalogue import GENERATED, Benchmark
 from zocli.data.location import dataset_dir, prepare_command
+from zocli.errors import ZocliError
 
 Progress = Callable[[str], None]
 PRESIZE = 256  # imgr's stored shorter side: train crops keep ≥ 90 % of the area, so they still shrink to 224
@@ -40,11 +41,11 @@ LAYOUTS = {  # what `--source DIR` must look like, quoted in error messages
 }
 
 
-class DataMissing(RuntimeError):
+class DataMissing(ZocliError, RuntimeError):
     """The benchmark is not prepared (or is stale); the message names the `zocli prepare` command to run."""
 
 
-class SourceError(RuntimeError):
+class SourceError(ZocliError, RuntimeError):
     """The data source cannot be used: an unrecognised --source folder, or the hub is unreachable."""
 
 
@@ -113,12 +114,9 @@ def prepare(
     classes in the shipped order, so a missing class would only surface tasks later, mid-run.
     """
     target = dataset_dir(data_root, bench.name)
-    dirswap.recover(target)
-    if target.exists() and not overwrite:
+    if not needs_writing(target, overwrite):
         return target
-    if on_progress is None:
-        datasets.disable_progress_bars()
-    progress = on_progress or (lambda _line: None)
+    progress = progress_or_quiet(on_progress)
     with dirswap.staging(target) as tmp:
         dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress)
         _check_complete(bench, dd, allow_partial, progress)
@@ -127,6 +125,21 @@ def prepare(
         del dd  # drop the memory maps on tmp/work before it is deleted
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
+
+
+def needs_writing(target: Path, overwrite: bool) -> bool:
+    """Whether a prepared copy is to be written at `target`: one already there stands unless `overwrite`
+    (after recovering from a swap that was interrupted)."""
+    dirswap.recover(target)
+    return overwrite or not target.exists()
+
+
+def progress_or_quiet(on_progress: Progress | None) -> Progress:
+    """`on_progress`, or else silence: no lines, and none of datasets' progress bars either."""
+    if on_progress is None:
+        datasets.disable_progress_bars()
+        return lambda _line: None
+    return on_progress
 
 
 def class_counts(bench: Benchmark, ds: Dataset) -> np.ndarray:

@@ -27,7 +27,17 @@ from zocli.config import ConfigError, did_you_mean
 from zocli.data import dirswap, hub
 from zocli.data.catalogue import Benchmark, canonical_name, from_record
 from zocli.data.location import RECORD, dataset_dir
-from zocli.data.store import IMAGE_SUFFIXES, SPLIT_SEED, Progress, SourceError, class_counts, normalize, per_class_split
+from zocli.data.store import (
+    IMAGE_SUFFIXES,
+    SPLIT_SEED,
+    Progress,
+    SourceError,
+    class_counts,
+    needs_writing,
+    normalize,
+    per_class_split,
+    progress_or_quiet,
+)
 
 TEST_SPLITS = ("test", "validation", "valid", "val")  # tried in this order when --test-split is not given
 FOLDER_LAYOUT = "DIR/train/<class>/*.png and DIR/test/<class>/*.png, or DIR/<class>/*.png (split 80/20 per class)"
@@ -54,12 +64,9 @@ def prepare(
     Idempotent like `data.prepare`: an existing copy is returned unchanged unless `overwrite`."""
     spec = canonical_name(spec)
     target = dataset_dir(data_root, spec)
-    dirswap.recover(target)
-    if target.exists() and not overwrite:
+    if not needs_writing(target, overwrite):
         return target
-    if on_progress is None:
-        datasets.disable_progress_bars()
-    progress = on_progress or (lambda _line: None)
+    progress = progress_or_quiet(on_progress)
     kind, where = spec.split(":", 1)
     with dirswap.staging(target) as tmp:
         read = _read_folder if kind == "folder" else _read_hf

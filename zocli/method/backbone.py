@@ -23,6 +23,7 @@ import torch
 
 from zocli.config import did_you_mean
 from zocli.data import hub
+from zocli.errors import UsageError, ZocliError
 
 # DESIGN §3: `ViT-B-16` means the QuickGELU variant the OpenAI weights were trained with, for `openai`
 # and for weights open_clip cannot vouch for (none, a file, a local dir). Any other tag of these models
@@ -33,11 +34,11 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 SHIPPED = {("zocli-tiny", "testbed"): "zocli-tiny-testbed"}
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(ZocliError, RuntimeError):
     """Pretrained weights were asked for but are not on this machine."""
 
 
-class UnknownModel(ValueError):
+class UnknownModel(UsageError, ValueError):
     """The model name is not an open_clip config (a usage error)."""
 
 
@@ -63,7 +64,7 @@ def open_clip_name(model: str, pretrained: str = "none") -> str:
     a local dir) the three OpenAI names keep their QuickGELU alias, as before."""
     if model.endswith(".json"):
         return _register_config(Path(model))
-    if not _is_tag(pretrained):
+    if not hub.is_weights_tag(pretrained):
         return MODEL_ALIASES.get(model, model)
     open_clip = _open_clip()
     cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
@@ -95,7 +96,7 @@ def build(model: str, pretrained: str = "none", device: str | torch.device = "cp
         _check_adaptable(name, open_clip.get_model_config(name) or {})
         weights = resolve_weights(name, pretrained)
     # A QuickGELU tag on a model with no -quickgelu config (ViT-H-14 dfn5b): open_clip's own switch.
-    record = open_clip.get_pretrained_cfg(name, pretrained) if _is_tag(pretrained) else {}
+    record = open_clip.get_pretrained_cfg(name, pretrained) if hub.is_weights_tag(pretrained) else {}
     force_quick = bool((record or {}).get("quick_gelu", False))
     with _quiet_random_init_warning():
         clip = _create(open_clip, name, weights, pretrained, device, force_quick)
@@ -125,8 +126,8 @@ def resolve_weights(name: str, pretrained: str) -> str | None:
         return None
     if (name, pretrained) in SHIPPED:
         return str(shipped_weights(name, pretrained))
-    path = Path(pretrained).expanduser()
-    if "/" in pretrained or path.suffix in (".safetensors", ".bin", ".pt", ".pth") or path.exists():
+    if hub.is_weights_file(pretrained):
+        path = Path(pretrained).expanduser()
         if not path.is_file():
             raise WeightsUnavailable(f"weights file {path} does not exist")
         return str(path)
@@ -187,10 +188,6 @@ def download_weights(name: str, tag: str) -> Path:
             ) from None
 
 
-def tower_depths(clip: torch.nn.Module) -> dict[str, int]:
-    return {"vision": len(clip.visual.transformer.resblocks), "language": len(clip.transformer.resblocks)}
-
-
 def _hub_repo(name: str, tag: str) -> str | None:
     cfg = _open_clip().get_pretrained_cfg(name, tag) or {}
     return (cfg.get("hf_hub") or "").rstrip("/") or None
@@ -217,18 +214,6 @@ def _no_such_tag(name: str, tag: str) -> WeightsUnavailable:
         else "; it has no open_clip weights: use --pretrained none, PATH or local-dir:DIR"
     )
     return WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}{did_you_mean(tag, tags)}{listed}")
-
-
-def _is_tag(pretrained: str) -> bool:
-    """Whether --pretrained names an open_clip tag (not none, a file or a local dir): mirrors resolve_weights."""
-    path = Path(pretrained).expanduser()
-    return not (
-        pretrained == "none"
-        or pretrained.startswith("local-dir:")
-        or "/" in pretrained
-        or path.suffix in (".safetensors", ".bin", ".pt", ".pth")
-        or path.exists()
-    )
 
 
 def _register_config(path: Path) -> str:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import torch
 
 from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config
+from zocli.errors import ZocliError
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import Unit, frozen_units, zo_units
 from zocli.method.zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybrid_step
 
 
-class DeviceUnavailable(RuntimeError):
+class DeviceUnavailable(ZocliError, RuntimeError):
     """The requested device does not exist on this machine."""
 
 

@@ -200,11 +200,6 @@ def direction(block: Block, seed: int) -> torch.Tensor:
     return torch.randn(block.size, generator=gen, device=first.device, dtype=first.dtype)
 
 
-def perturb_(block: Block, seed: int, scale: float) -> None:
-    """θ_p += scale · ε_p · z_p in place, z regenerated from `seed`."""
-    move_(block, direction(block, seed), scale)
-
-
 def move_(block: Block, z: torch.Tensor, scale: float) -> None:
     """θ += scale · ε · z: one kernel per equal-ε run of a flat block, else one per tensor."""
     if block.is_flat():
@@ -215,19 +210,12 @@ def move_(block: Block, z: torch.Tensor, scale: float) -> None:
         param.add_(piece.to(param.dtype), alpha=scale * eps)
 
 
-def estimate(
-    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
-) -> tuple[list[torch.Tensor], float]:
-    """ĝ for every parameter of `block` (the mean over q seeded directions of (d / ε) · z), and the
-    loss at θ: measured (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²))."""
-    grad, value = estimate_flat(block, loss, seed, settings)
-    return block.split(grad), value
-
-
 def estimate_flat(
     block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
 ) -> tuple[torch.Tensor, float]:
-    """`estimate` with ĝ as one (N,) tensor: one draw, three moves and one accumulation per query."""
+    """ĝ (N,) for `block`: the mean over q seeded directions of (d / ε) · z; and the loss at θ, measured
+    (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²)). One draw, three moves and one
+    accumulation per query."""
     base = None if settings.two_sided else loss()
     grad, seen = None, []
     for query in range(settings.queries):
@@ -252,7 +240,7 @@ def estimate_flat(
 
 
 def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
-    """The parameter arithmetic of `estimate` without its forwards: +εz, −2εz, +εz is not exact in
+    """The parameter arithmetic of `estimate_flat` without its forwards: +εz, −2εz, +εz is not exact in
     floating point, and a skipped estimate must leave θ bit-identical to a measured one."""
     for scale in (1.0, -2.0, 1.0) if settings.two_sided else (1.0, -1.0):
         move_(block, z, scale)

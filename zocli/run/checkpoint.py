@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from zocli import __version__
+from zocli.errors import ZocliError
 from zocli.run.rundir import CHECKPOINT_FILE, RunDir, read_json
 
 FORMAT_VERSION = 1
@@ -28,7 +29,7 @@ FORMAT_VERSION = 1
 MAX_CHECKPOINT_BYTES = 1 << 31
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ZocliError, RuntimeError):
     """A checkpoint is missing, corrupt, or does not fit the model (one line, names the file)."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zocli.config import Config, ConfigError
+from zocli.config import ConfigError, saved_config
 from zocli.data.loader import select
 from zocli.flags import given
 from zocli.method.objective import deterministic
@@ -129,7 +129,7 @@ def open_run(
     tasks = tuple(range(done)) if task is None else (task,)
     _, meta = load_task(run, tasks[0])
     try:
-        saved = Config(**meta["config"])
+        saved = saved_config(meta["config"])
     except (KeyError, TypeError, ConfigError) as exc:  # metadata edited, or written by another version
         raise CheckpointError(f"{run.task_file(tasks[0])}: its metadata holds no valid config ({exc})") from None
     safe = {k: v for k, v in given(overrides or {}).items() if k not in MODEL_KEYS}

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 
 from zocli.config import DEFAULT_ZO_CHUNK, Config, ConfigError, Resolved
-from zocli.data.loader import select
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import zo_units
@@ -27,7 +26,7 @@ from zocli.method.precision import zo_default
 from zocli.method.step import make_blocks
 from zocli.method.zo import Block, direction, move_
 from zocli.rng import derive_seed
-from zocli.run.session import train_batches
+from zocli.run.session import task_batches
 
 MAX_REL_ERROR = 0.10  # ‖d_p − d_fp32‖ / ‖d_fp32‖: beyond this the finite difference is mostly rounding
 MIN_COSINE = 0.99  # cos(ĝ_p, ĝ_fp32): the estimate must point where fp32's does
@@ -170,7 +169,7 @@ def probe(session, task: int, precisions: Sequence[str], batches: int, direction
     return measure(
         session.model,
         cfg,
-        _batches(session, cfg, task, batches),
+        task_batches(session, task, (cfg.seed, task, "fidelity"), max_steps=batches, workers=0),
         precisions,
         directions,
         derive_seed(cfg.seed, "fidelity-probe"),
@@ -200,7 +199,7 @@ def choose_zo_precision(session, resolved: Resolved) -> tuple[Resolved, Fidelity
         report = measure(
             session.model,
             cfg,
-            first_batch(session, cfg),
+            first_batch(session),
             measured,
             TRAIN_DIRECTIONS,
             derive_seed(cfg.seed, "fidelity"),
@@ -219,19 +218,9 @@ def choose_zo_precision(session, resolved: Resolved) -> tuple[Resolved, Fidelity
     return replace(resolved, config=replace(cfg, zo_precision=chosen), sources=sources), report
 
 
-def first_batch(session, cfg: Config):
+def first_batch(session):
     """Task 0's first training batch, exactly as `train` will draw it."""
-    return _batches(session, cfg, 0, 1, (cfg.seed, 0))
-
-
-def _batches(session, cfg: Config, task: int, count: int, key: tuple | None = None):
-    first, last = session.split.bounds(task)
-    rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_batches(
-        session, rows, cfg.batch_size, cfg.epochs, key or (cfg.seed, task, "fidelity"), max_steps=count, workers=0
-    )
-    for images, labels in loader:
-        yield images.to(session.device), (labels - first).to(session.device), session.tokens[first:last]
+    return task_batches(session, 0, (session.cfg.seed, 0), max_steps=1, workers=0)
 
 
 def notes(report: FidelityReport | None, chosen: str) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from zocli.config import Config, ConfigError
 from zocli.data.catalogue import GENERATED, canonical_name
+from zocli.data.hub import is_weights_tag
 from zocli.data.location import NotReady, dataset_dir, prepare_command
 from zocli.flags import given
 from zocli.run.rundir import RunDir, read_json
@@ -34,7 +35,7 @@ def check_data(cfg: Config) -> None:
         return
     weights = (
         ""
-        if not _is_weights_tag(cfg.pretrained)
+        if not is_weights_tag(cfg.pretrained)
         else (
             f"; add --weights --model {cfg.model} --pretrained {cfg.pretrained} if those weights are not downloaded yet"
         )
@@ -54,7 +55,7 @@ def check_run(root: Path, task: int | None = None, overrides: dict[str, Any] | N
     """An existing run with committed tasks (and `task` among them), whose data and device are there."""
     run = RunDir.open(root)
     if task is not None:
-        done = _tasks_done(run)
+        done = run.tasks_done()
         if done and not 0 <= task < done:
             raise ConfigError(f"--task {task} is out of range: {run.root} has tasks 0..{done - 1}")
     saved = read_json(run.config).get("config", {})
@@ -70,23 +71,3 @@ def check_run(root: Path, task: int | None = None, overrides: dict[str, Any] | N
             )
         )
     return run
-
-
-def _tasks_done(run: RunDir) -> int:
-    # The manifest's strict reader lives with the checkpoints (torch); a count is all this needs.
-    if not run.manifest.is_file():
-        return 0
-    done = read_json(run.manifest).get("tasks_done", 0)
-    return done if isinstance(done, int) else 0
-
-
-def _is_weights_tag(pretrained: str) -> bool:
-    # Mirrors backbone.resolve_weights: none, a file path or a local-dir need no download.
-    path = Path(pretrained).expanduser()
-    return not (
-        pretrained == "none"
-        or pretrained.startswith("local-dir:")
-        or "/" in pretrained
-        or path.suffix in (".safetensors", ".bin", ".pt", ".pth")
-        or path.exists()
-    )

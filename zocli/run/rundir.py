@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from zocli.errors import ZocliError
 
-class RunDirError(RuntimeError):
+
+class RunDirError(ZocliError, RuntimeError):
     """The run directory cannot be used as asked (exists, not writable, not a run, in use, gone)."""
 
 
@@ -34,7 +36,7 @@ class Interrupted(Exception):
 LOCK_NAME = ".zocli.lock"
 # Everything a run ever writes. --overwrite deletes only these names, and refuses a directory holding
 # anything else: it replaces a run, never a user's files that happen to sit next to one.
-ROOT_FILES = ("config.json", "metrics.jsonl", "summary.json", LOCK_NAME, ".write-test")
+ROOT_FILES = ("config.json", "metrics.jsonl", "summary.json", LOCK_NAME)
 TRACKER_DIRS = ("tensorboard", "wandb")  # --report-to output, replaced with the run by --overwrite
 CHECKPOINT_FILE = re.compile(r"task_\d{2,}\.safetensors|manifest\.json|resume\.safetensors")
 TEMP_FILE = re.compile(r"\.[\w.-]+\.[\w]+\.tmp")  # atomic_write's mkstemp names: .NAME.XXXXXXXX.tmp
@@ -160,7 +162,7 @@ def foreign_files(root: Path) -> list[Path]:
 
 def _never_started(root: Path) -> bool:
     """Only what a run leaves before its config.json exists: a lock, temp files, an empty checkpoints/."""
-    leftover = lambda f: f.name in (LOCK_NAME, ".write-test") or bool(TEMP_FILE.fullmatch(f.name))  # noqa: E731
+    leftover = lambda f: f.name == LOCK_NAME or bool(TEMP_FILE.fullmatch(f.name))  # noqa: E731
     return (
         not foreign_files(root)
         and all(leftover(f) or f.name == "checkpoints" for f in root.iterdir())
@@ -204,7 +206,7 @@ def _clear(root: Path) -> None:
         root / "checkpoints" / "resume.safetensors",
         *checkpoints,
         root / "metrics.jsonl",
-        *(f for f in root.iterdir() if TEMP_FILE.fullmatch(f.name) or f.name == ".write-test"),
+        *(f for f in root.iterdir() if TEMP_FILE.fullmatch(f.name)),
     ]
     for path in doomed:
         path.unlink(missing_ok=True)
@@ -397,6 +399,15 @@ class RunDir:
         return self.metrics.stat().st_size if self.metrics.is_file() else 0
 
     # ------------------------------------------------------------------------------------------ reading
+
+    def tasks_done(self) -> int:
+        """The tasks the manifest counts as committed (0 before the first commit, or for a count that is not
+        one), read as plain JSON: checkpoint's strict reader would import torch into the fast checks."""
+        if not self.manifest.is_file():
+            return 0
+        manifest = read_json(self.manifest)
+        done = manifest.get("tasks_done") if isinstance(manifest, dict) else None
+        return done if isinstance(done, int) else 0
 
     def saved(self) -> dict[str, Any]:
         """config.json: the resolved config, its sources, the zocli version and the ZO plan."""

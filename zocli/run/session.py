@@ -14,12 +14,12 @@ from zocli.data import catalogue, location, store
 from zocli.data.catalogue import Benchmark, Split
 from zocli.data.loader import (
     DEVICE_BENCHMARKS,
+    DeviceBatches,
     DeviceImages,
     EpochBatches,
     ImageSpec,
     TaskImages,
     device_eval_batches,
-    device_train_batches,
     eval_loader,
     pipeline_for,
     positions_of,
@@ -31,9 +31,10 @@ from zocli.method.plan import zo_units
 from zocli.method.step import resolve_device
 
 
-@dataclass
+@dataclass(frozen=True)
 class Session:
-    """Everything a run needs, built once: model, data, prompts and protocol."""
+    """Everything a run needs, built once: model, data, prompts and protocol. What a run accumulates
+    (accuracy rows, peaks) is the trainer's own state, not the session's."""
 
     cfg: Config
     bench: Benchmark
@@ -46,38 +47,47 @@ class Session:
     test_labels: list[int]
     tokens: torch.Tensor  # (n_classes, T): prompts in class-order position
     workers: int
-    acc_matrix: list[list[float]] = field(default_factory=list)
-    task_sizes: list[int] = field(default_factory=list)
-    zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy", "test_loss"} of the untouched model
-    peaks: list[dict[str, int]] = field(default_factory=list)  # per task: training and evaluation peak bytes
     pipeline: str = "cpu"  # cpu: decode, crop and resize in loader workers; device: on the device, in batches
-    held: dict[str, DeviceImages] = field(default_factory=dict)  # the device pipeline's images, per split
+    # The device pipeline's images, per split: decoded on first use (a cache, so filled in place).
+    held: dict[str, DeviceImages] = field(default_factory=dict)
 
 
-def train_batches(
-    session: Session,
-    rows,
-    batch_size: int,
-    epochs: int,
-    seed: tuple,
-    start: int = 0,
-    max_steps: int | None = None,
-    workers: int | None = None,
-):
-    """(images, positions) batches of `rows` with seeded crops, through the session's input pipeline."""
+class TaskBatches:
+    """Task t's training batches on the session's device: (images, labels local to the task, the task's
+    prompts), with seeded crops, through the session's input pipeline."""
+
+    def __init__(self, session: Session, task: int, loader):
+        self.session, self.loader = session, loader
+        self.first, self.last = session.split.bounds(task)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        device, tokens = self.session.device, self.session.tokens[self.first : self.last]
+        for images, positions in self.loader:  # local labels: cross-entropy over this task's classes only
+            yield images.to(device, non_blocking=True), (positions - self.first).to(device), tokens
+
+
+def task_batches(
+    session: Session, task: int, seed: tuple, start: int = 0, max_steps: int | None = None, workers: int | None = None
+) -> TaskBatches:
+    """`task`'s batches of the session's batch size over its epochs, from step `start`, with crops seeded by
+    `seed` (`train` draws them with (seed, task)); `workers` overrides the session's."""
+    cfg, rows = session.cfg, task_rows(session, task)
     if session.pipeline == "device":
-        return device_train_batches(_held(session, "train"), rows, batch_size, epochs, seed, start, max_steps)
-    return train_loader(
-        session.train,
-        rows,
-        batch_size,
-        epochs,
-        seed,
-        session.workers if workers is None else workers,
-        start=start,
-        max_steps=max_steps,
-        pin=session.device.type == "cuda",
-    )
+        held = _held(session, "train")
+        loader = DeviceBatches(held, EpochBatches(rows, cfg.batch_size, cfg.epochs, seed, start, max_steps))
+    else:
+        workers = session.workers if workers is None else workers
+        pin = session.device.type == "cuda"
+        loader = train_loader(session.train, rows, cfg.batch_size, cfg.epochs, seed, workers, start, max_steps, pin)
+    return TaskBatches(session, task, loader)
+
+
+def task_rows(session: Session, task: int) -> list[int]:
+    """The training rows of `task`'s classes."""
+    return select(session.train_labels, session.train.position, *session.split.bounds(task))
 
 
 def eval_batches(session: Session, rows, batch_size: int):
@@ -141,7 +151,7 @@ def overview(session: Session) -> dict[str, Any]:
     }
     steps = [
         EpochBatches(
-            select(session.train_labels, session.train.position, *session.split.bounds(t)),
+            task_rows(session, t),
             cfg.batch_size,
             cfg.epochs,
             (),

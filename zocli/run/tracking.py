@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zocli.config import Config
+from zocli.errors import ZocliError
 from zocli.run.rundir import read_json
 
 MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the package it needs
@@ -32,7 +33,7 @@ STEP_SCALARS = (
 )
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(ZocliError, RuntimeError):
     """A tracker's package is not installed."""
 
 

@@ -11,15 +11,15 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from zocli import __version__
-from zocli.config import Config, ConfigError, Resolved
-from zocli.data.loader import select
+from zocli.config import Config, ConfigError, Resolved, saved_config
+from zocli.errors import ZocliError
 from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
@@ -30,14 +30,24 @@ from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
 from zocli.run.metrics import Summary, seen_accuracy, summarize
 from zocli.run.rundir import Interrupted, RunDir, RunDirError, read_json
-from zocli.run.session import Session, open_session, overview, train_batches
+from zocli.run.session import Session, open_session, overview, task_batches
 from zocli.run.tracking import Tracking, tee
 
 Event = dict[str, Any]
 
 
-class Diverged(RuntimeError):
+class Diverged(ZocliError, RuntimeError):
     """A non-finite loss or parameter: the task stops, the last committed checkpoint stays intact."""
+
+
+@dataclass
+class Progress:
+    """What a run has measured so far: recorded in the manifest at every commit, restored by a resume."""
+
+    zero_shot: dict | None = None  # {"acc", "task_sizes", "seen_accuracy", "test_loss"} of the untouched model
+    acc_matrix: list[list[float]] = field(default_factory=list)
+    task_sizes: list[int] = field(default_factory=list)
+    peaks: list[dict[str, int]] = field(default_factory=list)  # per task: training and evaluation peak bytes
 
 
 @dataclass(frozen=True)
@@ -79,7 +89,8 @@ def run(
     # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
     # the first batch) must not leave a half-created run behind.
     resolved, fidelity = choose_zo_precision(session, resolved)
-    cfg = session.cfg = resolved.config
+    session = replace(session, cfg=resolved.config)  # with the ZO precision the check chose
+    cfg = session.cfg
     notes = fidelity_notes(fidelity, cfg.zo_precision) + _zo_notes(session)
     identity = {
         **resolved.as_dict(),
@@ -95,7 +106,7 @@ def run(
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})
         torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
-        return _train_from(session, run_dir, 0, None, on_event, should_stop)
+        return _train_from(session, Progress(), run_dir, 0, None, on_event, should_stop)
 
 
 def resume(
@@ -119,23 +130,23 @@ def resume(
             if done
             else {"metrics_bytes": int(manifest.get("metrics_bytes", 0))}
         )
-        session.zero_shot = manifest.get("zero_shot")
-        session.peaks = list(manifest.get("peaks", [])) if done else []
+        progress = Progress(manifest.get("zero_shot"))
         torch.manual_seed(cfg.seed)
         if done:
             restore(run_dir, session, done - 1)
-            session.acc_matrix, session.task_sizes = committed["acc_matrix"], committed["task_sizes"]
+            progress.acc_matrix, progress.task_sizes = committed["acc_matrix"], committed["task_sizes"]
+            progress.peaks = list(manifest.get("peaks", []))
             _set_rng(committed["rng"])
         state = checkpoint.load_state(run_dir)
         state = state if state is not None and state.task == done else None  # older states are stale
         run_dir.truncate_log(state.metrics_bytes if state else committed["metrics_bytes"])
-        return _train_from(session, run_dir, done, state, on_event, should_stop, committed.get("wall_seconds", 0.0))
+        elapsed = committed.get("wall_seconds", 0.0)
+        return _train_from(session, progress, run_dir, done, state, on_event, should_stop, elapsed)
 
 
 def _saved_config(run_dir: RunDir) -> Config:
     try:
-        # runs from before --input-pipeline decoded and cropped on the CPU: a resume keeps that
-        return Config(**{"input_pipeline": "cpu", **run_dir.saved()["config"]})
+        return saved_config(run_dir.saved()["config"])
     except (TypeError, ConfigError) as exc:  # unknown or missing keys, bad values: the file was edited
         raise RunDirError(f"{run_dir.config}: the saved config is not valid ({exc})") from None
 
@@ -163,6 +174,7 @@ def _recorded(run_dir: RunDir) -> RunResult:
 
 def _train_from(
     session: Session,
+    progress: Progress,
     run_dir: RunDir,
     first_task: int,
     state: checkpoint.TrainState | None,
@@ -172,13 +184,15 @@ def _train_from(
 ) -> RunResult:
     tracking = Tracking(session.cfg, run_dir.root)  # --report-to: the trackers hear every event
     try:
-        return _train_tasks(session, run_dir, first_task, state, tee(on_event, tracking), should_stop, elapsed)
+        emit = tee(on_event, tracking)
+        return _train_tasks(session, progress, run_dir, first_task, state, emit, should_stop, elapsed)
     finally:
         tracking.close()
 
 
 def _train_tasks(
     session: Session,
+    progress: Progress,
     run_dir: RunDir,
     first_task: int,
     state: checkpoint.TrainState | None,
@@ -189,26 +203,26 @@ def _train_tasks(
     stop = should_stop or (lambda: False)
     emit({"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session)})
     began = time.perf_counter() - elapsed
-    if session.zero_shot is None:
-        _evaluate_zero_shot(session, run_dir, emit)
+    if progress.zero_shot is None:
+        _evaluate_zero_shot(session, progress, run_dir, emit)
     for task in range(first_task, session.split.n_tasks):
         _reset_peak(session.device)
         run_dir.log(train_task(session, run_dir, task, state, emit, stop))
         state = None
         train_bytes = _peak(session.device)
         _reset_peak(session.device)  # evaluation (batch --eval-batch-size) must not pass for training's peak
-        _evaluate_and_commit(session, run_dir, task, emit, time.perf_counter() - began, train_bytes)
+        _evaluate_and_commit(session, progress, run_dir, task, emit, time.perf_counter() - began, train_bytes)
         if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
             raise Interrupted(run_dir.root)
-    zero_shot = session.zero_shot or {}
-    summary = summarize(session.acc_matrix, session.task_sizes, zero_shot.get("acc"))
+    zero_shot = progress.zero_shot or {}
+    summary = summarize(progress.acc_matrix, progress.task_sizes, zero_shot.get("acc"))
     result = RunResult(
         run_dir.root,
-        session.acc_matrix,
-        session.task_sizes,
+        progress.acc_matrix,
+        progress.task_sizes,
         summary,
         time.perf_counter() - began,
-        _peak_memory(session.device, session.peaks),
+        _peak_memory(session.device, progress.peaks),
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
     )
@@ -216,29 +230,31 @@ def _train_tasks(
     return result
 
 
-def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
+def _evaluate_zero_shot(session: Session, progress: Progress, run_dir: RunDir, emit) -> None:
     """The untouched model (adapters at init are exactly zero-shot CLIP) on every task's test set,
     softmax over all classes: the row every method is compared with. Recorded in the manifest, so a
     resumed run reports it without measuring again."""
     accuracy = evaluate_seen(session, session.split.n_tasks - 1)
-    session.zero_shot = {
+    progress.zero_shot = {
         "acc": list(accuracy.row),
         "task_sizes": list(accuracy.sizes),
         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2),
         "test_loss": accuracy.loss,
     }
-    event = {"event": "zero_shot", **session.zero_shot}
+    event = {"event": "zero_shot", **progress.zero_shot}
     run_dir.log(event)
-    checkpoint.record(run_dir, {"zero_shot": session.zero_shot, "metrics_bytes": run_dir.log_size()})
+    checkpoint.record(run_dir, {"zero_shot": progress.zero_shot, "metrics_bytes": run_dir.log_size()})
     emit(event)
 
 
-def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, elapsed: float, train_bytes: int) -> None:
+def _evaluate_and_commit(
+    session: Session, progress: Progress, run_dir: RunDir, task: int, emit, elapsed: float, train_bytes: int
+) -> None:
     accuracy = evaluate_row(session, task)
-    session.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
-    session.acc_matrix.append(list(accuracy.row))
-    session.task_sizes = list(accuracy.sizes)
-    so_far = summarize(session.acc_matrix, session.task_sizes)
+    progress.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
+    progress.acc_matrix.append(list(accuracy.row))
+    progress.task_sizes = list(accuracy.sizes)
+    so_far = summarize(progress.acc_matrix, progress.task_sizes)
     event = {
         "event": "eval",
         "task": task,
@@ -247,13 +263,13 @@ def _evaluate_and_commit(session: Session, run_dir: RunDir, task: int, emit, ela
         "seen_accuracy": so_far.seen_accuracy[-1],
         "avg": so_far.avg,
         "test_loss": accuracy.loss,
-        **session.peaks[-1],
+        **progress.peaks[-1],
     }
     run_dir.log(event)
     results = {
-        "acc_matrix": session.acc_matrix,
-        "task_sizes": session.task_sizes,
-        "peaks": session.peaks,
+        "acc_matrix": progress.acc_matrix,
+        "task_sizes": progress.task_sizes,
+        "peaks": progress.peaks,
         "metrics_bytes": run_dir.log_size(),
         "wall_seconds": round(elapsed, 3),
         "rng": checkpoint.encode_rng(_get_rng()),
@@ -273,18 +289,15 @@ def train_task(
 ) -> Event:
     """Train the adapters on one task's classes (from `state` if resuming); returns its statistics."""
     cfg, model = session.cfg, session.model
-    first, last = session.split.bounds(task)
-    stepper, tokens = Stepper(model, cfg), session.tokens[first:last]
+    stepper = Stepper(model, cfg)
     start, history = _restore_state(session, run_dir, stepper, state)
-    rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_batches(session, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), start, cfg.max_steps)
-    total = start + len(loader)
-    emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": last - first})
+    batches = task_batches(session, task, (cfg.seed, task), start, cfg.max_steps)
+    total = start + len(batches)
+    classes = batches.last - batches.first
+    emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": classes})
     model.train()
-    for step, (images, labels) in enumerate(loader, start=start):
+    for step, (images, labels, tokens) in enumerate(batches, start=start):
         began = time.perf_counter()
-        images = images.to(session.device, non_blocking=True)
-        labels = (labels - first).to(session.device)  # local labels: CE over this task's classes only
         probe = cfg.probe_every > 0 and (step + 1) % cfg.probe_every == 0
         lr = lr_at(step, total, cfg.warmup_steps, cfg.lr)
         stats = stepper.step(images, labels, tokens, lr, derive_seed(cfg.seed, "zo", task, step), probe)

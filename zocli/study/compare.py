@@ -10,14 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zocli.config import KEYS
+from zocli.config import KEYS, PLACE_KEYS
 from zocli.data import catalogue
 from zocli.run.checkpoint import read_manifest
 from zocli.run.metrics import seen_accuracy, summarize
 from zocli.run.rundir import RunDir, read_json
-
-# Keys that say where a run ran, not what it was: never a reason for a column.
-PLACE_KEYS = ("data_root", "device", "workers", "eval_batch_size", "save_every", "report_to", "log_every")
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,13 @@ import itertools
 from pathlib import Path
 
 from zocli.config import ConfigError
+from zocli.errors import ZocliError
 
 # What matplotlib's Agg backend writes, by file suffix; any other suffix fails only after the work is done.
 FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".webp", ".eps", ".ps", ".tif", ".tiff")
 
 
-class PlotUnavailable(RuntimeError):
+class PlotUnavailable(ZocliError, RuntimeError):
     """matplotlib is not installed."""
 
 

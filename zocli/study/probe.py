@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config, ConfigError
-from zocli.data.loader import select, train_loader
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective, exact_gradient
 from zocli.method.step import Stepper, make_blocks, settings
 from zocli.method.zo import estimate_flat
 from zocli.rng import derive_seed
-from zocli.run.session import Session
+from zocli.run.session import Session, task_batches
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HIST_BINS = 80  # over ~10 decades: 8 bins per decade
@@ -122,7 +121,7 @@ def _probe(session: Session, task: int, batches: int, draws: int, queries: int) 
     sizes = {b: sum(p.numel() for p in blocks[b].params) for b in BRANCHES}
     zo, fo = ({b: _Welford(sizes[b]) for b in BRANCHES} for _ in range(2))
     cosines = {b: [] for b in BRANCHES}
-    for index, (images, labels, tokens) in enumerate(_batches(session, cfg, task, batches)):
+    for index, (images, labels, tokens) in enumerate(_batches(session, task, batches)):
         fo_grads = _fo_gradients(model, images, labels, tokens)
         objective = ClipObjective(model, images, labels, tokens, units, cfg.zo_chunk or DEFAULT_ZO_CHUNK)
         for branch in BRANCHES:
@@ -171,7 +170,7 @@ def _mean_change(session: Session, stepper: Stepper, cfg: Config, task: int, bat
     with torch.random.fork_rng(devices=devices):  # FO dropout and gating noise: seeded here, restored after
         torch.manual_seed(derive_seed(cfg.seed, "probe-step"))
         deltas = []
-        for index, (images, labels, tokens) in enumerate(_batches(session, cfg, task, batches)):
+        for index, (images, labels, tokens) in enumerate(_batches(session, task, batches)):
             before = stepper.objective(images, labels, tokens).loss_fn(())()
             stepper.step(images, labels, tokens, cfg.lr, derive_seed(cfg.seed, "probe-step", index))
             deltas.append(stepper.objective(images, labels, tokens).loss_fn(())() - before)
@@ -182,14 +181,8 @@ def _estimate(block, loss, seed: int, cfg: Config):
     return estimate_flat(block, loss, seed, settings(cfg))  # ĝ (N,): the branch's parameters in order
 
 
-def _batches(session: Session, cfg: Config, task: int, count: int):
-    first, last = session.split.bounds(task)
-    rows = select(session.train_labels, session.train.position, first, last)
-    loader = train_loader(
-        session.train, rows, cfg.batch_size, max(1, cfg.epochs), (cfg.seed, task, "probe"), 0, max_steps=count
-    )
-    for images, labels in loader:
-        yield images.to(session.device), (labels - first).to(session.device), session.tokens[first:last]
+def _batches(session: Session, task: int, count: int):
+    return task_batches(session, task, (session.cfg.seed, task, "probe"), max_steps=count, workers=0)
 
 
 def _fo_gradients(model: AdaptedCLIP, images, labels, tokens) -> dict[str, torch.Tensor]:

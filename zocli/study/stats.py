@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from zocli.config import KEYS
-from zocli.study.compare import PLACE_KEYS, Comparison, RunRow
+from zocli.config import KEYS, PLACE_KEYS
+from zocli.study.compare import Comparison, RunRow
 from zocli.study.paper import published
 
 METRICS = ("last", "avg", "forgetting", "bwt", "wall_seconds", "peak_memory_bytes")

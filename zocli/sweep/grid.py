@@ -24,14 +24,15 @@ from typing import Any
 
 from zocli.config import KEYS, OPTIONS, ConfigError, did_you_mean, resolve, suggest_key
 from zocli.data import catalogue
+from zocli.errors import ZocliError
 from zocli.flags import NONE_GIVEN
-from zocli.run.rundir import RunDirError, is_run, read_json, write_json
+from zocli.run.rundir import RunDir, RunDirError, is_run, read_json, write_json
 
 MANIFEST = "sweep.json"
 FORMAT = 1
 
 
-class SweepError(RuntimeError):
+class SweepError(ZocliError, RuntimeError):
     """The sweep directory cannot be used as asked (another sweep's runs, damaged manifest)."""
 
 
@@ -269,11 +270,9 @@ def state(sweep: Sweep, name: str) -> RunState:
 
 
 def _tasks_done(root: Path) -> int:
-    # the manifest's JSON read directly: the checkpoint module would import torch (seconds) into the sweep
-    manifest = root / "checkpoints" / "manifest.json"
     try:
-        return int(read_json(manifest)["tasks_done"]) if manifest.is_file() else 0
-    except (RunDirError, KeyError, TypeError, ValueError):
+        return RunDir(root).tasks_done()
+    except RunDirError:  # an unreadable manifest: the run shows as not started, its resume says why
         return 0
 
 

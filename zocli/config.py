@@ -79,6 +79,10 @@ class Config:
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # one run on several processes (DESIGN §11): how many (torchrun's ranks; where it runs, like --device)
+    # and what they split: auto deals ZO loss evaluations among them and shards the FO pass's batch
+    nproc: int = 1
+    parallel: Literal["auto", "directions", "data"] = "auto"
     workers: int | None = None  # data-loading processes; None: 0 on CPU, up to 8 on CUDA
     eval_batch_size: int = 256
     eval_future: bool = False  # also evaluate the tasks not trained yet: the matrix's upper triangle
@@ -154,6 +158,7 @@ def _validate(cfg: Config) -> None:
         "max_steps",
         "layers_n",
         "zo_chunk",
+        "nproc",
     ):
         value = getattr(cfg, name)
         if value is not None and value <= 0:

@@ -160,7 +160,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "zocli", *argv])
+    args = parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "zocli", "--", *argv])
     try:
         torchrun(args)
     except ChildFailedError as failed:

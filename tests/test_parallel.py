@@ -3,8 +3,8 @@
 - Direction parallelism, in one process: W ranks as W threads, each with its own copy of the model and a
   barrier standing in for the all-reduce (the collectives are injected, so the step code is the real
   one). Dual ZO at q = 8 must give bit-identical adapters at W = 1, 2, 3 (3 divides nothing evenly).
-- End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU): a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose
-  rank 1 is killed mid-task, resumed at W = 1, equals the uninterrupted one-process run tensor for tensor;
+- End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU):
+  a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose rank 1 is killed mid-task, resumed at W = 1, equals the uninterrupted one-process run tensor for tensor;
   an FO run on 2 ranks (data parallel) equals it within the stated tolerance, with the same accuracies.
 """
 
@@ -71,7 +71,7 @@ def _steps(cfg, size: int, seed_of=lambda rank, step: step) -> list[dict[str, to
             for step in range(2):
                 stats = stepper.step(images, labels, tokens, 1e-2, seed_of(rank, step))
                 assert stats.forwards == 35  # every rank's evaluations: 2 blocks x 2q, and 3 candidates
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+        except BaseException as exc:  # reported by the main thread
             errors.append(exc)
             group.barrier.abort()
 

@@ -169,7 +169,8 @@ def train_cmd(
         int | None,
         CfgOpt(
             "nproc",
-            "Processes of this one run, started through torchrun (one GPU each on CUDA; gloo on a CPU); or launch with torchrun --nproc-per-node N -m zocli train.",
+            "Processes of this one run, started through torchrun (one GPU each on CUDA; gloo on a CPU); "
+            "or launch with torchrun --nproc-per-node N -m zocli train.",
             panel=X,
         ),
     ] = None,
@@ -177,7 +178,8 @@ def train_cmd(
         str | None,
         CfgOpt(
             "parallel",
-            "What several processes split: auto (ZO loss evaluations and the FO pass's batch), directions (ZO evaluations only: bit-identical to one process) or data (the FO batch only).",
+            "What several processes split: auto (ZO loss evaluations and the FO pass's batch), directions "
+            "(ZO evaluations only: bit-identical to one process) or data (the FO batch only).",
             panel=X,
         ),
     ] = None,

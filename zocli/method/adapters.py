@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 _SHARD: list[tuple[slice, int]] = []  # (rows, batch size) while a data-parallel FO pass runs on some rows
 
 

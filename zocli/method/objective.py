@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from zocli.config import BRANCHES
+from zocli.method.adapters import batch_shard
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.plan import Unit
-from zocli.method.adapters import batch_shard
 from zocli.method.precision import at_least_fp32, full_precision, matmuls
 from zocli.method.ranks import SOLO, Ranks
 from zocli.method.zo import scalar

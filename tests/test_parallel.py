@@ -5,7 +5,8 @@
   one). Dual ZO at q = 8 must give bit-identical adapters at W = 1, 2, 3 (3 divides nothing evenly).
 - End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU):
   a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose rank 1 is killed mid-task, resumed at
-  W = 1, equals the uninterrupted one-process run tensor for tensor; an FO run on 2 ranks (data parallel) equals it within the stated tolerance, with the same accuracies.
+  W = 1, equals the uninterrupted one-process run tensor for tensor; an FO run on 2 ranks (data
+  parallel) equals it within the stated tolerance, with the same accuracies.
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def worker(args) -> None:
         ranks, sent = distributed.ranks(cfg), [0]
         if ranks.size > 1:
 
-            def counted(fn):
+            def counted(fn, sent=sent):
                 def wrapped(tensor, *rest):
                     sent[0] += tensor.numel() * tensor.element_size()
                     return fn(tensor, *rest)

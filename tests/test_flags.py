@@ -48,6 +48,7 @@ SAMPLES = {
     "zo_chunk": [8, 16],
     "seed": [3, 2**40],
     "device": ["cpu", "cuda:1"],
+    "nproc": [2, 3],
     "workers": [0, 2],
     "eval_batch_size": [64, 100],
     "save_every": [10, 20],

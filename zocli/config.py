@@ -19,9 +19,6 @@ from typing import Any, Literal, get_args, get_origin
 from zocli.errors import UsageError
 from zocli.flags import flag, given, options
 
-BRANCH_MODES = ("fo", "zo", "frozen")
-ZO_RULES = ("sgd", "adam", "noise", "random-search")
-LAYER_SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 BRANCHES = ("vision", "language")
 TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
@@ -141,6 +138,19 @@ class Config:
     # execution
     seed: int = flag(0, "Seed of adapter init, data order, crops and ZO directions.", EXECUTION)
     device: str = flag("auto", "auto (CUDA when present), cpu, cuda or cuda:N.", EXECUTION)
+    # One run on several processes (DESIGN §11): where it runs, like --device, so a resume may change it.
+    nproc: int = flag(
+        1,
+        "Processes of this one run, started through torchrun (one GPU each on CUDA; gloo on a CPU); "
+        "or launch with torchrun --nproc-per-node N -m zocli train.",
+        EXECUTION,
+    )
+    parallelism: Literal["auto", "directions", "data"] = flag(
+        "auto",
+        "What several processes split: auto (ZO loss evaluations and the FO pass's batch), directions "
+        "(ZO evaluations only: bit-identical to one process) or data (the FO batch only).",
+        EXECUTION,
+    )
     workers: int | None = flag(
         None, "Data-loading processes.", EXECUTION, shown_default=f"0 on CPU, ≤ {CUDA_WORKERS} on CUDA"
     )
@@ -243,6 +253,7 @@ def _validate(cfg: Config) -> None:
         "max_steps",
         "layers_n",
         "zo_chunk",
+        "nproc",
     ):
         value = getattr(cfg, name)
         if value is not None and value <= 0:
@@ -458,7 +469,7 @@ def did_you_mean(word: str, options) -> str:
 
 
 # Keys that say where a run ran, not what it was: a resume may change them, and comparisons ignore them.
-PLACE_KEYS = ("device", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
+PLACE_KEYS = ("device", "nproc", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
 
 
 def saved_config(values: Any) -> Config:

@@ -54,6 +54,8 @@ def train_cmd(
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
+    leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints progress and results
+    as_json = as_json or not leader
     with errors(), graceful_stop(lambda: _abort(where)) as should_stop:
         from zocli.run.rundir import Interrupted
 
@@ -66,6 +68,10 @@ def train_cmd(
         except KeyboardInterrupt:  # a Ctrl-C before the stop handler was in place
             err.print(_aborted(where), highlight=False)
             raise typer.Exit(130) from None
+    if isinstance(result, int):  # --nproc: the ranks ran, and printed, in their own processes
+        raise typer.Exit(result)
+    if not leader:
+        return
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
@@ -92,6 +98,8 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
 
         check_run(resume, overrides={k: flags[k] for k in PLACE_KEYS})
         check_available(Config(report_to=flags["report_to"] or "").trackers)
+        if _launches(flags["nproc"] or _saved_nproc(resume)):
+            return _launch(flags["nproc"] or _saved_nproc(resume))
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from zocli.run.train import resume as resume_run
 
@@ -106,11 +114,36 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     from zocli.run.preflight import check_fresh_run
 
     check_fresh_run(resolved.config, target, overwrite)
+    if _launches(resolved.config.nproc):
+        return _launch(resolved.config.nproc)
     on_event({"event": "starting", "what": "training into", "run_dir": str(target)})
     from zocli.run.train import run
 
     where["run"] = target
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
+
+
+def _launches(nproc: int) -> bool:
+    """Whether this process starts the ranks itself (`--nproc N`, N > 1, outside torchrun)."""
+    from zocli.run.distributed import under_launcher
+
+    return nproc > 1 and not under_launcher()
+
+
+def _launch(nproc: int) -> int:
+    """The same command line on `nproc` ranks through torchrun's launcher; its exit code."""
+    import sys
+
+    from zocli.run.distributed import launch
+
+    return launch(nproc, sys.argv[1:])
+
+
+def _saved_nproc(run_root: Path) -> int:
+    """The ranks a run was started with, where a resume gives no --nproc (as a resume keeps --device)."""
+    from zocli.run.rundir import RunDir
+
+    return int(RunDir.open(run_root).saved()["config"].get("nproc", 1))
 
 
 def _aborted(where: dict[str, Path]) -> str:

@@ -7,10 +7,41 @@ Both are exact no-ops at initialisation, so step 0 is zero-shot CLIP.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_SHARD: list[tuple[slice, int]] = []  # (rows, batch size) while a data-parallel FO pass runs on some rows
+
+
+@contextmanager
+def batch_shard(rows: slice, total: int):
+    """Forwards inside draw gating noise and dropout masks for the whole `total`-row batch and keep
+    `rows`: the global RNG advances as for the whole batch, and each row gets the noise it would get
+    in one process (DESIGN §11). Dropout follows CPU's `F.dropout` (a Bernoulli mask, scaled by 1/(1−p))."""
+    _SHARD.append((rows, total))
+    try:
+        yield
+    finally:
+        _SHARD.pop()
+
+
+def _randn_like(x: torch.Tensor) -> torch.Tensor:
+    if not _SHARD:
+        return torch.randn_like(x)
+    rows, total = _SHARD[-1]
+    return torch.randn((total, *x.shape[1:]), dtype=x.dtype, device=x.device)[rows]
+
+
+def _dropout(module: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    p = module.p
+    if not _SHARD or not module.training or p == 0 or x.numel() == 0:
+        return module(x)
+    rows, total = _SHARD[-1]
+    mask = torch.empty((total, *x.shape[1:]), dtype=x.dtype, device=x.device).bernoulli_(1 - p).div_(1 - p)
+    return x * mask[rows]
 
 
 class AdapterUnit(nn.Module):
@@ -33,7 +64,7 @@ class Expert(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.dropout(F.relu(self.down(x)))) * self.scale
+        return self.up(_dropout(self.dropout, F.relu(self.down(x)))) * self.scale
 
 
 class MoEAdapter(AdapterUnit):
@@ -65,7 +96,7 @@ class MoEAdapter(AdapterUnit):
         logits = x0 @ self.router  # (B, E)
         if self.training:
             std = F.softplus(x0 @ self.noise) + 0.01  # (B, E)
-            logits = logits + torch.randn_like(logits) * std
+            logits = logits + _randn_like(logits) * std
         top, index = logits.topk(self.top_k, dim=-1)  # (B, k)
         return torch.zeros_like(logits).scatter(-1, index, top.softmax(dim=-1))  # (B, E)
 

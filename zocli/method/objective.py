@@ -17,9 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from zocli.config import BRANCHES
+from zocli.method.adapters import batch_shard
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.plan import Unit
 from zocli.method.precision import at_least_fp32, full_precision, matmuls
+from zocli.method.ranks import SOLO, Ranks
 from zocli.method.zo import scalar
 
 
@@ -36,10 +38,12 @@ class ClipObjective:
         chunk: int,
         precision: str = "fp32",
         zo_precision: str = "fp32",
+        ranks: Ranks = SOLO,
     ):
         """`not_fo`: the units that take no backprop step (ZO and frozen ones); `precision` and
-        `zo_precision`: the backbone's matmuls in the FO pass and in the ZO forwards."""
-        self.model, self.labels, self.chunk = model, labels, chunk
+        `zo_precision`: the backbone's matmuls in the FO pass and in the ZO forwards; `ranks`: with
+        `ranks.shards_rows`, the FO pass runs on this rank's rows (`_fo_backward_shard`)."""
+        self.model, self.labels, self.chunk, self.ranks = model, labels, chunk, ranks
         self.precision, self.zo_precision = precision, zo_precision
         self.inputs = {"vision": images, "language": tokens}
         self.fo_branches = {unit[0] for unit, _ in model.unit_items() if unit not in not_fo}
@@ -50,6 +54,8 @@ class ClipObjective:
     def fo_backward(self) -> float | None:
         if not self.fo_branches:
             return None
+        if self.ranks.shards_rows and "vision" in self.fo_branches:
+            return self._fo_backward_shard()
         self.model.train()
         features = {}
         with matmuls(self.precision, self.labels.device):
@@ -62,6 +68,34 @@ class ClipObjective:
         loss.backward()
         self.features = {b: f.detach() for b, f in features.items()}
         return scalar(loss)
+
+    def _fo_backward_shard(self) -> float:
+        """The FO pass on this rank's rows (data parallelism, DESIGN §11): its cross-entropy sum over the
+        whole batch size, backward, and the FO gradients, the loss and the image features summed or
+        gathered over the ranks, so the AdamW step is one process's to fp32 round-off. Gating noise and
+        dropout are drawn for the whole batch and sliced (`batch_shard`): every rank's global RNG moves as
+        one process's, and each row gets the noise it would get there (on CPU; CUDA's fused dropout draws
+        differently, so there the noise is another draw of the same law)."""
+        self.model.train()
+        n, rows = len(self.labels), self.ranks.rows(len(self.labels))
+        features = {}
+        with matmuls(self.precision, self.labels.device):
+            with batch_shard(rows, n):
+                features["vision"] = self.model.encode("vision", self.inputs["vision"][rows])
+            if "language" in self.fo_branches:
+                features["language"] = self.model.encode("language", self.inputs["language"])
+            else:
+                features["language"] = self._features("language")
+        logits = self._logits(features["vision"], features["language"])
+        loss_sum = F.cross_entropy(logits, self.labels[rows], reduction="sum")
+        (loss_sum / n).backward()
+        grads = [p.grad for _, m in self.model.unit_items() for p in m.parameters() if p.grad is not None]
+        total = loss_sum.detach().double().reshape(1)
+        self.ranks.sum_tensors_(grads)
+        self.ranks.sum_(total)
+        vision = self.ranks.gather(features["vision"].detach(), self.ranks.counts(n))
+        self.features = {"vision": vision, "language": features["language"].detach()}
+        return float(total) / n
 
     # -- ZO --------------------------------------------------------------------------------------
 

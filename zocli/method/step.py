@@ -13,6 +13,7 @@ from zocli.errors import ZocliError
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import Unit, frozen_units, zo_units
+from zocli.method.ranks import SOLO, Ranks
 from zocli.method.zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybrid_step
 
 
@@ -95,8 +96,9 @@ def _block(model: AdaptedCLIP, name: str, group: list[Unit], cfg: Config) -> Blo
 class Stepper:
     """Owns the FO/ZO/frozen partition, the FO optimizer and the ZO rule's state of one task."""
 
-    def __init__(self, model: AdaptedCLIP, cfg: Config):
-        self.model, self.cfg = model, cfg
+    def __init__(self, model: AdaptedCLIP, cfg: Config, ranks: Ranks = SOLO):
+        """`ranks`: this process's share of each step when a run spans several (DESIGN §11)."""
+        self.model, self.cfg, self.ranks = model, cfg, ranks
         self.units = zo_units(cfg, model.depth())
         self.frozen = frozen = frozen_units(cfg, model.depth())
         self.not_fo = self.units | frozen  # what takes no backprop step: the objective's graph skips it
@@ -116,7 +118,15 @@ class Stepper:
 
     def objective(self, images: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor) -> ClipObjective:
         return ClipObjective(
-            self.model, images, labels, tokens, self.not_fo, self.chunk, self.cfg.precision, zo_precision(self.cfg)
+            self.model,
+            images,
+            labels,
+            tokens,
+            self.not_fo,
+            self.chunk,
+            self.cfg.precision,
+            zo_precision(self.cfg),
+            self.ranks,
         )
 
     def step(
@@ -143,4 +153,5 @@ class Stepper:
             seed,
             self.adam,
             probe and bool(self.blocks),
+            self.ranks,
         )

@@ -27,6 +27,7 @@ from typing import Protocol
 import torch
 
 from zocli.method.plan import Unit
+from zocli.method.ranks import SOLO, Ranks
 from zocli.rng import derive_seed
 
 
@@ -230,13 +231,53 @@ def estimate_flat(
         else:
             move_(block, z, -1.0)
             d = plus - base
-        for start, stop, eps in block.runs:
-            if grad is None:  # the first query's z becomes ĝ in place: no zeros, no extra pass
-                z[start:stop].mul_(d / (eps * settings.queries))
-            else:
-                grad[start:stop].add_(z[start:stop], alpha=d / (eps * settings.queries))
-        grad = z if grad is None else grad  # (N,)
+        grad = _accumulate(block, grad, z, d, settings.queries)
     return grad, (base if base is not None else sum(seen) / len(seen))
+
+
+def _accumulate(block: Block, grad: torch.Tensor | None, z: torch.Tensor, d: float, q: int) -> torch.Tensor:
+    """ĝ += d/(ε·q) · z; the first query's z becomes ĝ in place: no zeros, no extra pass."""
+    for start, stop, eps in block.runs:
+        if grad is None:
+            z[start:stop].mul_(d / (eps * q))
+        else:
+            grad[start:stop].add_(z[start:stop], alpha=d / (eps * q))
+    return z if grad is None else grad  # (N,)
+
+
+def _estimate_shared(
+    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings, ranks: Ranks, first: int
+) -> tuple[torch.Tensor, float, int]:
+    """`estimate_flat` with its loss evaluations dealt among the ranks (evaluation `first + i` is
+    rank (first + i) mod W's): every rank makes every move (±εz rounds θ, and the next query's losses
+    are measured at that rounded θ), measures its own losses, shares them, and then accumulates ĝ from
+    the same z, in the same order, with the same values as one process: bit for bit its ĝ.
+    Returns ĝ, the loss at θ, and the evaluations the other ranks made."""
+    q, two = settings.queries, settings.two_sided
+    n, measured, zs = (2 * q if two else q + 1), {}, []
+
+    def measure(i: int) -> None:
+        if ranks.owns(first + i):
+            measured[i] = loss()
+
+    if not two:
+        measure(0)
+    for query in range(q):
+        # the direction's seed is derive_seed(step seed, block, query): the same on every rank, never drawn per rank
+        zs.append(direction(block, derive_seed(seed, block.name, query)))
+        move_(block, zs[-1], +1.0)
+        measure(2 * query if two else 1 + query)
+        if two:
+            move_(block, zs[-1], -2.0)
+            measure(2 * query + 1)
+            move_(block, zs[-1], +1.0)
+        else:
+            move_(block, zs[-1], -1.0)
+    values, grad = ranks.share(measured, n), None
+    for query, z in enumerate(zs):
+        d = (values[2 * query] - values[2 * query + 1]) / 2.0 if two else values[1 + query] - values[0]
+        grad = _accumulate(block, grad, z, d, q)
+    return grad, (sum(values) / n if two else values[0]), n - len(measured)
 
 
 def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
@@ -255,17 +296,26 @@ def hybrid_step(
     seed: int,
     adam: ZOAdam | None = None,
     probe: bool = False,
+    ranks: Ranks = SOLO,
 ) -> StepStats:
     """One step of DESIGN §6 on the objective's batch; `seed` names this step's directions.
 
     `adam` holds the moments when settings.rule is "adam" (`ZOAdam.for_blocks`); `probe` also measures the
-    cosine between the applied ZO update and the exact gradient of the ZO units (one forward + backward)."""
+    cosine between the applied ZO update and the exact gradient of the ZO units (one forward + backward);
+    `ranks`: this process's share of the loss evaluations (DESIGN §11; `forwards` counts every rank's)."""
     counter = _Counter(objective)
     fo_loss = counter.fo_backward()
     fo_grad_norm = _grad_norm(fo_optimizer)  # a tensor: read with the ZO norm, in one host sync
     zo_losses, updates = [], []  # updates: one (N,) tensor per block
     for block in blocks:
-        if settings.estimates(len(blocks)):
+        if settings.estimates(len(blocks)) and ranks.splits_evaluations:
+            grad, zo_loss, others = _estimate_shared(
+                block, counter.loss_fn(block.units), seed, settings, ranks, counter.count + counter.others
+            )
+            counter.others += others
+            zo_losses.append(zo_loss)
+            updates.append(grad.sign_() if settings.sign else grad)
+        elif settings.estimates(len(blocks)):
             grad, zo_loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
             zo_losses.append(zo_loss)
             updates.append(grad.sign_() if settings.sign else grad)
@@ -280,7 +330,7 @@ def hybrid_step(
         fo_optimizer.step()
         fo_optimizer.zero_grad(set_to_none=True)
         objective.reset()
-    zo = _apply_zo(counter, blocks, updates, zo_lr, settings, probe) if blocks else _ZOResult()
+    zo = _apply_zo(counter, blocks, updates, zo_lr, settings, probe, ranks) if blocks else _ZOResult()
     loss = fo_loss if fo_loss is not None else (sum(zo_losses) / len(zo_losses) if zo_losses else zo.before)
     if loss is None:  # nothing measured a loss (every unit frozen, or an unprobed noise step): measure it
         loss = counter.loss_fn(())()
@@ -290,7 +340,7 @@ def hybrid_step(
         fo_grad_norm,
         zo_lr * zo_norm,
         zo.moved,
-        counter.count,
+        counter.count + counter.others,
         zo.delta,
         zo.cosine,
         "train_mode" if fo_loss is not None else "deterministic",
@@ -312,6 +362,7 @@ def _apply_zo(
     lr: float,
     settings: ZOSettings,
     probe: bool,
+    ranks: Ranks = SOLO,
 ) -> _ZOResult:
     """Move the ZO units by −η·u (or keep the best candidate); measure what the move did where it is free
     (conservative) or asked for (`probe`)."""
@@ -320,7 +371,19 @@ def _apply_zo(
     gradient = objective.gradient([p for block in blocks for p in block.params]) if probe else None
     targets, steps = _targets(blocks, updates)
     theta = [t.detach().clone() for t in targets]
-    if settings.keeps_best:
+    if settings.keeps_best and ranks.splits_evaluations:  # the three candidates dealt among the ranks
+        first, measured = objective.count + objective.others, {}
+        for i, k in enumerate((0.0, -1.0, 1.0)):
+            if ranks.owns(first + i):
+                if k:
+                    _set_candidate_(targets, theta, steps, k * lr)
+                measured[i] = loss()
+        losses = dict(zip((0.0, -1.0, 1.0), ranks.share(measured, 3)))
+        objective.others += 3 - len(measured)
+        best = min(losses, key=losses.get)  # as below; every rank then sets the same candidate
+        _set_candidate_(targets, theta, steps, best * lr)
+        moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
+    elif settings.keeps_best:
         losses = {0.0: loss()}  # at θ, where the parameters are
         for k in (-1.0, 1.0):
             _set_candidate_(targets, theta, steps, k * lr)
@@ -388,6 +451,7 @@ class _Counter:
 
     def __init__(self, objective: Objective):
         self.objective, self.count = objective, 0
+        self.others = 0  # evaluations of this step that other ranks made (direction parallelism)
 
     def fo_backward(self) -> float | None:
         loss = self.objective.fo_backward()

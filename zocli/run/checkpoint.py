@@ -266,4 +266,4 @@ def decode_rng(encoded: dict[str, str]) -> dict[str, torch.Tensor]:
 
 
 def drop_state(run: RunDir) -> None:
-    run.state_file.unlink(missing_ok=True)
+    run.remove(run.state_file)

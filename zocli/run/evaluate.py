@@ -19,6 +19,7 @@ from zocli.data.loader import select
 from zocli.flags import given
 from zocli.method.objective import deterministic
 from zocli.method.precision import at_least_fp32, matmuls
+from zocli.run import distributed
 from zocli.run.checkpoint import CheckpointError, load_task, read_manifest
 from zocli.run.metrics import summarize
 from zocli.run.rundir import RunDir
@@ -76,7 +77,10 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
     bounds = torch.tensor([split.bounds(j)[1] for j in tasks])  # class-position end of each task
     correct = torch.zeros(len(tasks), dtype=torch.long)
     total = torch.zeros(len(tasks), dtype=torch.long)
-    loss_sum = 0.0
+    # several ranks: each takes every W-th batch (the same batches as one process), then the counts and
+    # the per-batch loss sums are summed over the ranks and the losses added in batch order, as here
+    rows, n_batches, batch = distributed.share_rows(rows, session.cfg.eval_batch_size)
+    losses = torch.zeros(n_batches, dtype=torch.float64)
     precision = session.cfg.precision
     with deterministic(model):
         with matmuls(precision, device):
@@ -86,11 +90,16 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
             with matmuls(precision, device):
                 image = at_least_fp32(model.encode("vision", images.to(device, non_blocking=True)))  # (B, E)
             logits = model.logits(image, text)  # (B, classes), fp32
-            loss_sum += float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
+            losses[batch] = float(F.cross_entropy(logits.float(), positions.to(device), reduction="sum"))
+            batch += distributed.world()
             predicted = logits.argmax(dim=-1).cpu()  # (B,)
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) index in `tasks` of each true class
             correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=len(tasks)).long()
             total += torch.bincount(owner, minlength=len(tasks))
+    distributed.sum_counts_(correct, total, losses)
+    loss_sum = 0.0
+    for value in losses.tolist():
+        loss_sum += value
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
     return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6))
 

@@ -355,6 +355,10 @@ class RunDir:
     def write_json(self, path: Path, obj: Any) -> None:
         self.write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
+    def remove(self, path: Path) -> None:
+        self.check_in_place()
+        path.unlink(missing_ok=True)
+
     def log(self, event: dict[str, Any]) -> None:
         """Append one event to metrics.jsonl, flushed to disk before returning."""
         self.check_in_place()

@@ -24,7 +24,7 @@ from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
-from zocli.run import checkpoint
+from zocli.run import checkpoint, distributed
 from zocli.run.evaluate import evaluate_row, evaluate_seen, restore
 from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
@@ -83,12 +83,14 @@ def run(
 ) -> RunResult:
     """Train every task of the sequence into a fresh run directory `out`."""
     cfg = resolved.config
-    RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
-    session = open_session(cfg)
+    if distributed.leads():
+        RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
+    session = open_session(distributed.setup(cfg))
     # Everything config.json holds is computed before the directory is touched: a bad value found
     # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
     # the first batch) must not leave a half-created run behind.
     resolved, fidelity = choose_zo_precision(session, resolved)
+    resolved = distributed.recorded(resolved)
     session = replace(session, cfg=resolved.config)  # with the ZO precision the check chose
     cfg = session.cfg
     notes = fidelity_notes(fidelity, cfg.zo_precision) + _zo_notes(session)
@@ -102,7 +104,7 @@ def run(
         "benchmark": _benchmark_record(session),
         "zo_fidelity": fidelity.as_dict() if fidelity is not None else None,
     }
-    with RunDir.create(out, identity, overwrite) as run_dir:
+    with distributed.created(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
             on_event({"event": "notes", "notes": notes})
         torch.manual_seed(cfg.seed)  # gating noise and dropout of FO passes; seeded once per run
@@ -116,12 +118,12 @@ def resume(
     should_stop: Callable[[], bool] | None = None,
 ) -> RunResult:
     """Continue a run from its last commit point: the end of a task, or a mid-task state."""
-    with RunDir.open(run_root).locked() as run_dir:  # validated and locked before anything is touched
+    with distributed.opened(run_root) as run_dir:  # validated and locked (by rank 0) before anything is touched
         run_dir.clean_partial_writes()
         if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
             return _recorded(run_dir)
         cfg = replace(_saved_config(run_dir), **given(overrides or {}))
-        session = open_session(cfg)
+        session = open_session(distributed.setup(cfg))
         manifest = checkpoint.read_manifest(run_dir)
         done = manifest["tasks_done"]
         # before task 0's commit, the manifest holds at most the zero-shot row and the log length after it
@@ -183,9 +185,10 @@ def _train_from(
     elapsed: float = 0.0,
 ) -> RunResult:
     tracking = Tracking(session.cfg, run_dir.root)  # --report-to: the trackers hear every event
+    listen = tee(on_event, tracking) if distributed.leads() else tee(on_event)  # one rank reports
+    stop = distributed.agreed(should_stop)
     try:
-        emit = tee(on_event, tracking)
-        return _train_tasks(session, progress, run_dir, first_task, state, emit, should_stop, elapsed)
+        return _train_tasks(session, progress, run_dir, first_task, state, listen, stop, elapsed)
     finally:
         tracking.close()
 
@@ -289,7 +292,7 @@ def train_task(
 ) -> Event:
     """Train the adapters on one task's classes (from `state` if resuming); returns its statistics."""
     cfg, model = session.cfg, session.model
-    stepper = Stepper(model, cfg)
+    stepper = Stepper(model, cfg, distributed.ranks(cfg))
     start, history = _restore_state(session, run_dir, stepper, state)
     batches = task_batches(session, task, (cfg.seed, task), start, cfg.max_steps)
     total = start + len(batches)
@@ -399,6 +402,7 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
         "fo_grad_norm": mean("fo_grad_norm"),
         "forwards_per_step": mean("forwards"),
         "step_seconds": mean("seconds"),
+        "ranks": distributed.world(),
     }
 
 

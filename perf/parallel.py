@@ -1,0 +1,115 @@
+"""Step time at W = 1 and W = 2 ranks (DESIGN §11), and the bytes the ranks exchange per step (prints a table).
+
+The exact step `train` runs (`Stepper` with `run.distributed.ranks`), on a synthetic batch of the
+test-bed's shape (32 images, 10 prompts) with the test-bed's tiny CLIP, at the default q = 8, `--parallelism
+auto`. Each W is one torchrun launch (gloo on a CPU, one thread per rank; NCCL, one GPU per rank on CUDA);
+each configuration's time is the median of `--steps` timed steps after one warm-up, measured on rank 0
+between two barriers. Bytes: the payload of the all-reduces and all-gathers of one step, per rank.
+    python perf/parallel.py                       # dual, vision, fo at W = 1, 2 on this machine's CPU
+    python perf/parallel.py --model ViT-B-16 --pretrained none --batch-size 8 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def worker(args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from zocli.config import resolve
+    from zocli.data import catalogue
+    from zocli.method.attach import build_model
+    from zocli.method.step import Stepper
+    from zocli.run import distributed
+    from zocli.study.memory import plan_for, synthetic_batch
+
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.configs.split(","):
+        flags = {"model": args.model, "pretrained": args.pretrained, "device": args.device, **plan_for(name)}
+        cfg = distributed.setup(resolve(["demo"], flags).config)
+        model = build_model(cfg, cfg.device if cfg.device != "auto" else "cpu")
+        device = next(model.units.parameters()).device
+        images, labels, tokens = synthetic_batch(model, catalogue.get("testbed"), args.batch_size, 10, device)
+        ranks, sent = distributed.ranks(cfg), [0]
+        if ranks.size > 1:
+
+            def counted(fn, sent=sent):
+                def wrapped(tensor, *rest):
+                    sent[0] += tensor.numel() * tensor.element_size()
+                    return fn(tensor, *rest)
+
+                return wrapped
+
+            ranks = replace(ranks, sum_=counted(ranks.sum_), gather=counted(ranks.gather))
+        stepper, times = Stepper(model, cfg, ranks), []
+        for step in range(args.steps + 1):
+            if dist.is_initialized():
+                dist.barrier()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            sent[0], began = 0, time.perf_counter()
+            stats = stepper.step(images, labels, tokens, cfg.lr, step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if dist.is_initialized():
+                dist.barrier()
+            if step:  # the first step warms up
+                times.append(time.perf_counter() - began)
+        results[name] = {"seconds": statistics.median(times), "forwards": stats.forwards, "bytes": sent[0]}
+    if distributed.leads():
+        print("RESULT " + json.dumps({"world": distributed.world(), "results": results}), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="zocli-tiny")
+    parser.add_argument("--pretrained", default="testbed")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--configs", default="dual,vision,fo")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
+    parser.add_argument("--worlds", default="1,2")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    passed = [a for a in sys.argv[1:] if a != "--worker"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    found = {}
+    for world in map(int, args.worlds.split(",")):
+        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)]
+        done = subprocess.run(
+            [*launch, __file__, "--worker", *passed], env=env, capture_output=True, text=True, check=False
+        )
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.exit(f"W={world} failed:\n{done.stderr[-3000:]}")
+        found[world] = json.loads(line[7:])["results"]
+    base = found[min(found)]
+    print(f"{args.model}, batch {args.batch_size}, q = 8, {args.device}, {args.threads} thread(s) per rank")
+    print("| config | W | forwards/step | s/step | speed-up | bytes/step per rank |")
+    print("|---|---|---|---|---|---|")
+    for name in base:
+        for world, results in found.items():
+            r = results[name]
+            speedup = base[name]["seconds"] / r["seconds"]
+            row = [name, world, r["forwards"], f"{r['seconds']:.4f}", f"{speedup:.2f}x", r["bytes"]]
+            print("| " + " | ".join(map(str, row)) + " |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""One run on several ranks (DESIGN §11): the same seed gives the same run at W = 1, 2 and 3.
+
+- Direction parallelism, in one process: W ranks as W threads, each with its own copy of the model and a
+  barrier standing in for the all-reduce (the collectives are injected, so the step code is the real
+  one). Dual ZO at q = 8 must give bit-identical adapters at W = 1, 2, 3 (3 divides nothing evenly).
+- End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU):
+  a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose rank 1 is killed mid-task, resumed at
+  W = 1, equals the uninterrupted one-process run tensor for tensor; an FO run on 2 ranks (data
+  parallel) equals it within the stated tolerance, with the same accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from zocli.method.adapters import MoEAdapter, batch_shard
+from zocli.method.attach import build_model
+from zocli.method.ranks import Ranks
+from zocli.method.step import Stepper
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ---------------------------------------------------------------------------------------------- in process
+
+
+class Group:
+    """An all-reduce (sum) over W threads: what torch.distributed does over W processes."""
+
+    def __init__(self, size: int):
+        self.size, self.barrier, self.slots = size, threading.Barrier(size), [None] * size
+
+    def sum_for(self, rank: int):
+        def sum_(tensor: torch.Tensor) -> None:
+            self.slots[rank] = tensor.clone()
+            self.barrier.wait()
+            total = self.slots[0].clone()
+            for other in self.slots[1:]:
+                total += other
+            self.barrier.wait()
+            tensor.copy_(total)
+
+        return sum_
+
+
+def _steps(cfg, size: int, seed_of=lambda rank, step: step) -> list[dict[str, torch.Tensor]]:
+    """Two dual-ZO steps on W thread-ranks; each rank's adapters after them. `seed_of(rank, step)`:
+    the step seed a rank uses (train passes every rank derive_seed(cfg.seed, "zo", task, step))."""
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(8, 3, 32, 32, generator=g), torch.randint(0, 2, (8,), generator=g)
+    models = [build_model(cfg, "cpu") for _ in range(size)]  # built one after another: init forks the RNG
+    tokens = models[0].tokenizer(["a bad photo of a zero.", "a bad photo of a one."])
+    group, errors = Group(size), []
+
+    def rank_main(rank: int) -> None:
+        try:
+            ranks = Ranks(rank, size, True, True, group.sum_for(rank)) if size > 1 else Ranks()
+            stepper = Stepper(models[rank], cfg, ranks)
+            for step in range(2):
+                stats = stepper.step(images, labels, tokens, 1e-2, seed_of(rank, step))
+                assert stats.forwards == 35  # every rank's evaluations: 2 blocks x 2q, and 3 candidates
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return [{k: v.clone() for k, v in m.units.state_dict().items()} for m in models]
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def dual():
+    return replace(tiny_config(vision="zo", language="zo"), queries=8)
+
+
+def test_direction_parallelism_is_bit_identical_at_w_1_2_3(dual):
+    (one,) = _steps(dual, 1)
+    assert not _same(one, build_model(dual, "cpu").units.state_dict())  # the steps moved θ
+    for size in (2, 3):
+        assert all(_same(one, adapters) for adapters in _steps(dual, size)), f"W={size} differs from W=1"
+
+
+def test_a_rank_drawing_its_own_seed_would_be_caught(dual):
+    """What guards against it: every rank gets the step seed train derives from the run's config alone
+    (`derive_seed(cfg.seed, "zo", task, step)` in run/train.py's `train_task`), and `_estimate_shared`
+    draws each direction from `derive_seed(seed, block.name, query)`, never from anything per rank.
+    Here rank 1 is given its own seed: its ±εz forwards are then along other directions, so the shared
+    losses no longer match anyone's z, and the adapters leave W = 1's (the check above would fail)."""
+    (one,) = _steps(dual, 1)
+    diverged = _steps(dual, 2, seed_of=lambda rank, step: step + 1000 * rank)
+    assert not _same(one, diverged[0]) and not _same(one, diverged[1])
+
+
+def test_a_data_shard_gets_the_noise_its_rows_get_in_one_process():
+    """batch_shard: gating noise and dropout drawn for the whole batch, each rank keeping its rows."""
+    torch.manual_seed(0)
+    moe = MoEAdapter(16, bottleneck=8).train()
+    for expert in moe.experts:
+        torch.nn.init.normal_(expert.up.weight)  # non-zero, so dropout shows in the output
+    x = torch.randn(6, 3, 16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        whole = moe(x)
+    ranks = Ranks(0, 3)
+    pieces = []
+    for r in range(3):
+        rows = replace(ranks, rank=r).rows(6)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            with batch_shard(rows, 6):
+                pieces.append(moe(x[rows]))
+    torch.testing.assert_close(torch.cat(pieces), whole, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+
+TINY = ["--preset", "digits-demo", "--inc", "5", "--max-steps", "4", "--seed", "3", "--json"]
+
+
+def _tensors(run: Path, task: int) -> dict[str, torch.Tensor]:
+    return load_file(run / "checkpoints" / f"task_{task:02d}.safetensors")
+
+
+def _reference(tmp_path: Path, digits_root: Path, **flags) -> Path:
+    """The one-process run, in this process."""
+    from zocli.config import resolve
+    from zocli.run.train import run
+
+    presets = ["digits-demo"]
+    overrides = {"inc": 5, "max_steps": 4, "seed": 3, "data_root": str(digits_root), **flags}
+    out = tmp_path / "reference"
+    run(resolve(presets, overrides), out)
+    return out
+
+
+def _ranks_of(parent: int) -> dict[int, int]:
+    """{rank: pid} of the torchrun workers below `parent` (read from /proc: their RANK)."""
+    found, todo = {}, [parent]
+    while todo:
+        pid = todo.pop()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        todo += [int(c) for c in children]
+        rank = next((e[5:] for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None and pid != parent:
+            found.setdefault(int(rank), pid)
+    return found
+
+
+@pytest.mark.slow  # two launches of torchrun with 2 ranks: ~50 s on the shared 2-core machine
+def test_a_killed_rank_stops_the_job_and_resume_at_w1_finishes_the_same_run(tmp_path, digits_root):
+    ref = _reference(tmp_path, digits_root, vision="zo", queries=2)
+    out = tmp_path / "ranks2"
+    args = [*TINY, "--vision", "zo", "--queries", "2", "--save-every", "1", "--data-root", str(digits_root)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "zocli", "train", *args, "--nproc", "2", "--out", str(out)],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 180
+    while not (out / "checkpoints" / "task_00.safetensors").is_file() and proc.poll() is None:
+        assert time.monotonic() < deadline, "no task committed in time"
+        time.sleep(0.05)
+    ranks = _ranks_of(proc.pid)
+    if proc.poll() is None and 1 in ranks:
+        os.kill(ranks[1], signal.SIGKILL)  # mid-run: the job must stop, losing nothing committed
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode != 0 and not (out / "summary.json").exists(), err.decode()[-2000:]
+    else:  # the run outran the poll (a loaded machine): there is nothing to kill, it must have finished
+        proc.communicate(timeout=120)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "zocli", "train", "--resume", str(out), "--nproc", "1", "--json"],
+        env=ENV,
+        capture_output=True,
+        timeout=180,
+    )
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    for task in (0, 1):
+        assert _same(_tensors(ref, task), _tensors(out, task)), f"task {task} adapters differ"
+    assert json.loads(resumed.stdout)["acc_matrix"] == json.loads((ref / "summary.json").read_text())["acc_matrix"]
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["config"]["nproc"] == 2 and saved["config"]["parallelism"] == "auto"
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events] == ["zero_shot", "train", "eval", "train", "eval"]  # one writer
+
+
+# Data parallelism: each rank's FO pass sums its rows' cross-entropy; the sum over ranks reassociates
+# the batch sum in fp32 and the matmuls over fewer rows round differently: ~1e-7 relative per gradient.
+# AdamW divides by √v̂, which for coordinates whose gradient is near zero magnifies that round-off; after
+# 8 steps at lr 1e-2 the adapters differ by ~1e-4 at most (measured), so the bound is 1e-3: a tenth of one
+# AdamW step (lr) per coordinate, far below what a different batch or different noise moves (~lr per step).
+FO_ATOL = 1e-3
+
+
+@pytest.mark.slow  # one launch of torchrun with 2 ranks: ~35 s on the shared 2-core machine
+def test_fo_data_parallel_matches_one_process_within_round_off(tmp_path, digits_root):
+    ref = _reference(tmp_path, digits_root)
+    out = tmp_path / "fo2"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*torchrun, "-m", "zocli", "train", *TINY, "--data-root", str(digits_root), "--out", str(out)],
+        env=ENV,
+        capture_output=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout)["acc_matrix"] == json.loads((ref / "summary.json").read_text())["acc_matrix"]
+    for task in (0, 1):
+        a, b = _tensors(ref, task), _tensors(out, task)
+        assert a.keys() == b.keys()
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst <= FO_ATOL, f"task {task}: adapters differ by {worst}"
+    assert done.stdout.decode().count("acc_matrix") == 1  # only rank 0 prints

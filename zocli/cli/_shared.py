@@ -72,6 +72,10 @@ def errors():
 
 def classify(exc: Exception) -> tuple[int, str]:
     """(exit code, message): 2 for usage errors, 1 for everything else."""
+    from zocli.errors import ZocliError
+
+    if isinstance(exc, ZocliError):
+        return exc.exit_code, str(exc)
     if isinstance(exc, _classes(USAGE_ERRORS)):
         return 2, str(exc)
     if isinstance(exc, _classes(RUNTIME_ERRORS)):

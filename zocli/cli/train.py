@@ -46,6 +46,15 @@ def train_cmd(
         Path | None, Opt("--resume", metavar="RUN_DIR", help="Continue RUN_DIR from its last commit point.")
     ] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
+    allow_changed_inputs: Annotated[
+        bool,
+        Opt(
+            "--allow-changed-inputs",
+            metavar="",
+            help="With --resume: continue even though an input the run recorded (class order, model config, "
+            "data, weights) changed; the run logs it.",
+        ),
+    ] = False,
     benchmark: Annotated[
         str | None,
         CfgOpt(
@@ -206,7 +215,7 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Train a class-incremental sequence: per task train, evaluate on all seen classes, checkpoint."""
-    flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
+    flags = {k: v for k, v in locals().items() if k not in NOT_CONFIG}
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
@@ -215,7 +224,9 @@ def train_cmd(
 
         try:
             with _progress(enabled=not as_json) as on_event:
-                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where)
+                result = _train_or_resume(
+                    flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed_inputs
+                )
         except Interrupted as stop:
             err.print(str(stop), highlight=False)
             raise typer.Exit(130) from None
@@ -231,10 +242,11 @@ def train_cmd(
         )
 
 
+NOT_CONFIG = ("preset", "out_dir", "overwrite", "as_json", "resume", "allow_changed_inputs")
 RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_every", "report_to", "log_every")
 
 
-def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where):
+def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed=False):
     # Every usage check runs before torch, open_clip and datasets are imported.
     from zocli.config import Config
     from zocli.run.tracking import check_available
@@ -255,9 +267,11 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         from zocli.run.train import resume as resume_run
 
         where["run"] = resume
-        return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
+        return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop, allow_changed)
     from zocli.config import resolve
 
+    if allow_changed:
+        raise ConfigError("--allow-changed-inputs applies to --resume (and eval): a fresh run records its inputs")
     resolved = resolve(preset or [], flags)
     precheck(resolved.config)
     check_available(resolved.config.trackers)

@@ -23,7 +23,7 @@ import numpy as np
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-from zocli.data import dirswap, hub, testbed
+from zocli.data import dirswap, fingerprint, hub, testbed
 from zocli.data.catalogue import GENERATED, Benchmark
 from zocli.data.location import dataset_dir, prepare_command
 
@@ -124,6 +124,8 @@ def prepare(
         _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
+        record = fingerprint.of_dataset(tmp / "out", list(bench.classes), dd)
+        fingerprint.write(tmp / "out", {**record, "partial": allow_partial})
         del dd  # drop the memory maps on tmp/work before it is deleted
         dirswap.swap_in(tmp, tmp / "out", target)
     return target

@@ -23,7 +23,7 @@ from zocli.data.loader import select
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
-from zocli.run import checkpoint
+from zocli.run import checkpoint, inputs
 from zocli.run.evaluate import evaluate_row, evaluate_seen, restore
 from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
@@ -73,6 +73,7 @@ def run(
     """Train every task of the sequence into a fresh run directory `out`."""
     cfg = resolved.config
     RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
+    model_config = inputs.pin_model_config(cfg)  # the model JSON read once: what is built is what is recorded
     session = open_session(cfg)
     # Everything config.json holds is computed before the directory is touched: a bad value found
     # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
@@ -88,6 +89,7 @@ def run(
         "zo_rule": cfg.zo_rule_name,
         "zo_notes": notes,
         "benchmark": _benchmark_record(session),
+        "inputs": inputs.record(session, model_config),  # what eval and --resume verify (DESIGN §8)
         "zo_fidelity": fidelity.as_dict() if fidelity is not None else None,
     }
     with RunDir.create(out, identity, overwrite) as run_dir:
@@ -102,13 +104,21 @@ def resume(
     overrides: dict[str, Any] | None = None,
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    allow_changed_inputs: bool = False,
 ) -> RunResult:
-    """Continue a run from its last commit point: the end of a task, or a mid-task state."""
-    with RunDir.open(run_root).locked() as run_dir:  # validated and locked before anything is touched
+    """Continue a run from its last commit point: the end of a task, or a mid-task state.
+
+    A finished run is reported as recorded, without the lock (a read-only copy reports too). The inputs
+    the run recorded are verified (zocli.run.inputs) before anything is written."""
+    opened = RunDir.open(run_root)
+    if opened.summary.is_file():  # written last: the run is complete, report it unchanged
+        return _recorded(opened)
+    cfg = replace(_saved_config(opened), **{k: v for k, v in (overrides or {}).items() if v is not None})
+    changes = inputs.verify(opened.saved(), cfg, allow_changed_inputs)
+    with opened.locked() as run_dir:  # validated and locked before anything is touched
         run_dir.clean_partial_writes()
-        if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
+        if run_dir.summary.is_file():  # finished meanwhile
             return _recorded(run_dir)
-        cfg = replace(_saved_config(run_dir), **{k: v for k, v in (overrides or {}).items() if v is not None})
         session = open_session(cfg)
         manifest = checkpoint.read_manifest(run_dir)
         done = manifest["tasks_done"]
@@ -128,6 +138,8 @@ def resume(
         state = checkpoint.load_state(run_dir)
         state = state if state is not None and state.task == done else None  # older states are stale
         run_dir.truncate_log(state.metrics_bytes if state else committed["metrics_bytes"])
+        if changes:  # --allow-changed-inputs: the run records what it continued with
+            run_dir.log({"event": "inputs_changed", "changes": [c.as_dict() for c in changes]})
         return _train_from(session, run_dir, done, state, on_event, should_stop, committed.get("wall_seconds", 0.0))
 
 

@@ -418,7 +418,14 @@ def latex(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: in
     return "\n".join(lines)
 
 
-SWEEP_STYLES = {"finished": "green", "failed": "red", "running": "cyan", "partial": "yellow", "pending": "dim"}
+SWEEP_STYLES = {
+    "finished": "green",
+    "failed": "red",
+    "running": "cyan",
+    "unknown": "magenta",
+    "partial": "yellow",
+    "pending": "dim",
+}
 
 
 def sweep_state(state: dict) -> _Whole:

@@ -152,7 +152,9 @@ def sweep_cmd(
     with errors():
         from zocli.sweep import grid as core
 
-        root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
+        if out_dir is not None and str(out_dir) in ("", "."):
+            raise ConfigError(f"--out {str(out_dir)!r} names the current directory; give a sweep directory")
+        root = (out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")).expanduser()
         asked = grid_file or preset or grid or seeds
         if not asked and not (root / core.MANIFEST).is_file():
             raise ConfigError(
@@ -162,6 +164,7 @@ def sweep_cmd(
         if asked and not status:
             runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds))
             where = data_root or os.environ.get("ZOCLI_DATA")
+            where = str(Path(where).expanduser().resolve()) if where else None  # recorded absolute
             if dry_run:
                 _print_plan(core, root, runs, where, as_json)
                 return

@@ -249,6 +249,10 @@ RESUMABLE_FLAGS = ("device", "workers", "data_root", "eval_batch_size", "save_ev
 def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed=False):
     # Every usage check runs before torch, open_clip and datasets are imported.
     from zocli.config import Config
+
+    out_dir, resume = _user_path(out_dir, "--out"), _user_path(resume, "--resume")
+    if flags["data_root"]:  # from --data-root or ZOCLI_DATA: recorded absolute, so a resume from elsewhere finds it
+        flags["data_root"] = str(_user_path(Path(flags["data_root"]), "--data-root").resolve())
     from zocli.run.tracking import check_available
 
     if resume is not None:
@@ -284,6 +288,15 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
 
     where["run"] = target
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
+
+
+def _user_path(path: Path | None, flag: str) -> Path | None:
+    """A directory as the user meant it: `~` expanded (also when quoted), never '' (the current directory)."""
+    if path is None:
+        return None
+    if str(path) in ("", "."):
+        raise ConfigError(f"{flag} {str(path)!r} names the current directory; give a run directory (e.g. runs/NAME)")
+    return path.expanduser()
 
 
 def _aborted(where: dict[str, Path]) -> str:

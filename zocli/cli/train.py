@@ -295,7 +295,9 @@ def _user_path(path: Path | None, flag: str) -> Path | None:
     if path is None:
         return None
     if str(path) in ("", "."):
-        raise ConfigError(f"{flag} {str(path)!r} names the current directory; give a run directory (e.g. runs/NAME)")
+        from zocli.run.rundir import RunDirError
+
+        raise RunDirError(f"{flag} {str(path)!r} is the current directory; give a run directory (e.g. runs/NAME)")
     return path.expanduser()
 
 

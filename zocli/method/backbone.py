@@ -243,7 +243,7 @@ def use_recorded_config(model: str, content: dict) -> None:
 
 def read_model_config(path: Path) -> dict:
     """A model-config JSON file, read and checked (modelcheck) before anything is allocated."""
-    from zocli.method.modelcheck import check_model_config, parse
+    from zocli.method.modelcheck import ModelConfigError, check_model_config, parse
 
     if not path.expanduser().is_file():
         raise UnknownModel(f"--model {path}: no such model-config file")
@@ -251,7 +251,10 @@ def read_model_config(path: Path) -> dict:
         cfg = parse(path.expanduser().read_bytes())
     except (OSError, ValueError, RecursionError) as exc:
         raise UnknownModel(f"--model {path} is not a readable JSON model config ({exc})") from None
-    check_model_config(cfg, f"--model {path}")
+    try:
+        check_model_config(cfg, f"--model {path}")
+    except ModelConfigError as exc:
+        raise UnknownModel(str(exc)) from None
     return cfg
 
 
@@ -261,7 +264,10 @@ def _register_config(path: Path) -> str:
 
     recorded = RECORDED_CONFIGS.get(str(path))
     if recorded is not None:
-        check_model_config(recorded, f"--model {path} (as the run recorded it)")
+        try:
+            check_model_config(recorded, f"--model {path} (as the run recorded it)")
+        except ValueError as exc:
+            raise UnknownModel(str(exc)) from None
         cfg = recorded
     else:
         cfg = read_model_config(path)

@@ -168,10 +168,9 @@ TRACKER_FILES = {
 def _foreign_tracker_files(folder: Path, written: re.Pattern) -> list[Path]:
     found = []
     for entry in sorted(folder.iterdir()):
-        if folder.name == "wandb" and written.fullmatch(entry.name) and not entry.is_symlink():
-            continue  # a wandb run folder: wandb's own files, whatever they are
-        if entry.name == "latest-run" and folder.name == "wandb":
-            continue  # wandb's symlink to the newest run folder
+        if folder.name == "wandb" and written.fullmatch(entry.name):
+            if not entry.is_symlink() or folder.resolve() in entry.resolve().parents:
+                continue  # a wandb run folder (its own files, whatever they are), or wandb's link into one
         if entry.is_symlink():
             found.append(entry)
         elif entry.is_dir():

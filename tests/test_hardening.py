@@ -149,7 +149,7 @@ def test_overwrite_refuses_the_users_files_inside_the_tracker_folders(tmp_path):
     (run / "tensorboard" / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"")
     RunDir.check_available(run, overwrite=True)  # what the tracker wrote is the run's
     (run / "tensorboard" / "my-notes.txt").write_text("keep me\n")
-    with pytest.raises(RunDirError, match="tensorboard/my-notes.txt"):
+    with pytest.raises(RunDirError, match=r"tensorboard/my-notes\.txt"):
         RunDir.check_available(run, overwrite=True)
     assert (run / "tensorboard" / "my-notes.txt").is_file()
 

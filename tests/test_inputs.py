@@ -129,7 +129,7 @@ def test_allow_changed_inputs_goes_on_and_the_run_records_it(world, unfinished):
     finally:
         order.write_bytes(saved)
     events = [json.loads(line) for line in (unfinished / "metrics.jsonl").read_text().splitlines()]
-    assert [e for e in events if e["event"] == "inputs_changed"][0]["changes"][0]["what"] == "the class order"
+    assert next(e for e in events if e["event"] == "inputs_changed")["changes"][0]["what"] == "the class order"
 
 
 def test_allow_changed_inputs_is_refused_without_resume(world):

@@ -168,9 +168,9 @@ TRACKER_FILES = {
 def _foreign_tracker_files(folder: Path, written: re.Pattern) -> list[Path]:
     found = []
     for entry in sorted(folder.iterdir()):
-        if folder.name == "wandb" and written.fullmatch(entry.name):
-            if not entry.is_symlink() or folder.resolve() in entry.resolve().parents:
-                continue  # a wandb run folder (its own files, whatever they are), or wandb's link into one
+        inside = not entry.is_symlink() or folder.resolve() in entry.resolve().parents
+        if folder.name == "wandb" and written.fullmatch(entry.name) and inside:
+            continue  # a wandb run folder (its own files, whatever they are), or wandb's link into one
         if entry.is_symlink():
             found.append(entry)
         elif entry.is_dir():

@@ -518,6 +518,13 @@ DAMAGE = {  # how to damage the copied run before the command runs
         _edit_metadata(run / "checkpoints" / "task_00.safetensors", config="[]"),
         _rehash(run, 0),
     ),
+    "metadata-config-unknown-benchmark": lambda run: (
+        _edit_metadata(
+            run / "checkpoints" / "task_00.safetensors",
+            config=json.dumps({**json.loads((run / "config.json").read_text())["config"], "benchmark": "nope"}),
+        ),
+        _rehash(run, 0),
+    ),
 }
 
 # (id, argv, exit code, substrings of the one stderr line, damage to the copied run)
@@ -571,6 +578,7 @@ HOSTILE = [
             ("commit-record-damaged", "resume", "damaged commit record"),
             ("state-damaged", "resume", "not a zocli training state"),
             ("metadata-config-damaged", "eval", "holds no valid config"),
+            ("metadata-config-unknown-benchmark", "eval", "holds no valid config"),
         )
     ],
 ]

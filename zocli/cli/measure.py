@@ -104,7 +104,7 @@ def _run_session(run_dir: Path, task: int | None, measuring: dict):
     check_run(run_dir, task, measuring)  # before the heavy imports
     from zocli.run.evaluate import open_run, restore
 
-    run, session, tasks = open_run(run_dir, task, measuring)
+    run, session, tasks, _ = open_run(run_dir, task, measuring)
     restore(run, session, tasks[-1])
     return session, tasks[-1] if task is not None else 0
 

@@ -45,6 +45,14 @@ def eval_cmd(
     by_run: Annotated[
         bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")
     ] = False,
+    allow_changed_inputs: Annotated[
+        bool,
+        Opt(
+            "--allow-changed-inputs",
+            metavar="",
+            help="Evaluate even though an input the run recorded (class order, model config, data, weights) changed.",
+        ),
+    ] = False,
     *,
     flags: ConfigFlags,
 ) -> None:
@@ -77,7 +85,13 @@ def eval_cmd(
         check_run(paths[0], task, overrides)
         from zocli.run.evaluate import reevaluate
 
-        result = reevaluate(paths[0], task, overrides)
+        result = reevaluate(paths[0], task, overrides, allow_changed_inputs)
+        for change in result.changed_inputs:
+            err.print(
+                f"note: {change['file']}: {change['what']} changed (recorded {change['recorded']}, now "
+                f"{change['now']}); evaluated with it as it is now",
+                highlight=False,
+            )
         if plot is not None:
             plot_to(lambda plots: plots.accuracy_heatmap(result.acc_matrix, plot, Path(result.run_dir).name))
     if as_json:

@@ -98,6 +98,24 @@ def sweep_cmd(
             rich_help_panel=S,
         ),
     ] = False,
+    slurm_local: Annotated[
+        bool,
+        Opt(
+            "--slurm-local",
+            metavar="",
+            help="Run the --slurm jobs through submitit's local executor on this machine (debugging).",
+            rich_help_panel=S,
+        ),
+    ] = False,
+    takeover: Annotated[
+        bool,
+        Opt(
+            "--takeover",
+            metavar="",
+            help="Also continue runs whose last attempt is on another host and cannot be checked (state unknown: "
+            "a lost allocation).",
+        ),
+    ] = False,
     partition: Annotated[
         str | None, Opt("--slurm-partition", metavar="NAME", help="sbatch --partition.", rich_help_panel=S)
     ] = None,
@@ -144,7 +162,9 @@ def sweep_cmd(
     with errors():
         from zocli.sweep import grid as core
 
-        root = out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")
+        if out_dir is not None and str(out_dir) in ("", "."):
+            raise ConfigError(f"--out {str(out_dir)!r} names the current directory; give a sweep directory")
+        root = (out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")).expanduser()
         asked = grid_file or preset or grid or seeds or fixed
         if not asked and not (root / core.MANIFEST).is_file():
             raise ConfigError(
@@ -154,6 +174,7 @@ def sweep_cmd(
         if asked and not status:
             runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds, fixed))
             where = data_root or os.environ.get("ZOCLI_DATA")
+            where = str(Path(where).expanduser().resolve()) if where else None  # recorded absolute
             if dry_run:
                 _print_plan(core, root, runs, where, as_json)
                 return
@@ -166,10 +187,11 @@ def sweep_cmd(
         if status:
             _print_state(core.as_json(sweep), as_json)
             return
-        if slurm:
-            _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra or [])
+        if slurm or slurm_local:
+            options = (partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra or [])
+            _submit(sweep, *options, cluster="local" if slurm_local else "slurm", takeover=takeover)
             return
-        final = _run_local(sweep, devices, jobs, quiet=as_json)
+        final = _run_local(sweep, devices, jobs, quiet=as_json, takeover=takeover)
     state = core.as_json(sweep)
     _print_state(state, as_json)
     if final["stopped"]:
@@ -211,7 +233,7 @@ def _print_state(state: dict, as_json: bool) -> None:
         out.print(render.sweep_state(state))
 
 
-def _run_local(sweep, devices: str | None, jobs: int, quiet: bool) -> dict:
+def _run_local(sweep, devices: str | None, jobs: int, quiet: bool, takeover: bool = False) -> dict:
     from zocli.sweep.launch import local_slots, run_local
 
     slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs)
@@ -221,7 +243,7 @@ def _run_local(sweep, devices: str | None, jobs: int, quiet: bool) -> dict:
     def on_event(event: dict) -> None:
         if event["event"] == "skipped":
             counter["done"] += event["state"] == "finished"
-            line = f"skip {event['name']}: {event['state']}"
+            line = f"skip {event['name']}: {event['state']}" + (f" ({event['error']})" if event.get("error") else "")
         elif event["event"] == "started":
             line = f"{event['action']} {event['name']} on {event['slot']}"
         else:
@@ -235,7 +257,7 @@ def _run_local(sweep, devices: str | None, jobs: int, quiet: bool) -> dict:
             err.print(line, highlight=False)
 
     with graceful_stop(_abort) as should_stop:
-        run_local(sweep, slots, on_event, should_stop)
+        run_local(sweep, slots, on_event, should_stop, takeover=takeover)
         return {"stopped": should_stop()}
 
 
@@ -246,7 +268,9 @@ def _abort() -> None:
     os._exit(130)
 
 
-def _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra) -> None:
+def _submit(
+    sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra, cluster, takeover
+) -> None:
     from zocli.sweep.launch import SlurmOptions, submit
 
     pairs = [item.partition("=") for item in extra]
@@ -264,7 +288,7 @@ def _submit(sweep, partition, time_min, gpus, cpus, mem_gb, account, qos, constr
         parallel,
         {key.replace("-", "_"): value for key, _, value in pairs},
     )
-    jobs = submit(sweep, options)
+    jobs = submit(sweep, options, cluster, takeover)
     for name, job in jobs:
         err.print(f"submitted {name}: job {job.job_id}", highlight=False)
     err.print(

@@ -45,6 +45,15 @@ def train_cmd(
         Path | None, Opt("--resume", metavar="RUN_DIR", help="Continue RUN_DIR from its last commit point.")
     ] = None,
     as_json: Annotated[bool, Opt("--json", metavar="", help="Print the summary as JSON on stdout.")] = False,
+    allow_changed_inputs: Annotated[
+        bool,
+        Opt(
+            "--allow-changed-inputs",
+            metavar="",
+            help="With --resume: continue even though an input the run recorded (class order, model config, "
+            "data, weights) changed; the run logs it.",
+        ),
+    ] = False,
     *,
     flags: ConfigFlags,
 ) -> None:
@@ -61,7 +70,9 @@ def train_cmd(
 
         try:
             with _progress(enabled=not as_json) as on_event:
-                result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where)
+                result = _train_or_resume(
+                    flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed_inputs
+                )
         except Interrupted as stop:
             err.print(str(stop), highlight=False)
             raise typer.Exit(130) from None
@@ -81,9 +92,13 @@ def train_cmd(
         )
 
 
-def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where):
+def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed=False):
     # Every usage check runs before torch, open_clip and datasets are imported.
     from zocli.config import Config
+
+    out_dir, resume = _user_path(out_dir, "--out"), _user_path(resume, "--resume")
+    if flags["data_root"]:  # from --data-root or ZOCLI_DATA: recorded absolute, so a resume from elsewhere finds it
+        flags["data_root"] = str(_user_path(Path(flags["data_root"]), "--data-root").resolve())
     from zocli.run.tracking import check_available
 
     if resume is not None:
@@ -104,9 +119,11 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         from zocli.run.train import resume as resume_run
 
         where["run"] = resume
-        return resume_run(resume, {k: flags[k] for k in PLACE_KEYS}, on_event, should_stop)
+        return resume_run(resume, {k: flags[k] for k in PLACE_KEYS}, on_event, should_stop, allow_changed)
     from zocli.config import resolve
 
+    if allow_changed:
+        raise ConfigError("--allow-changed-inputs applies to --resume (and eval): a fresh run records its inputs")
     resolved = resolve(preset or [], flags)
     precheck(resolved.config)
     check_available(resolved.config.trackers)
@@ -144,6 +161,17 @@ def _saved_nproc(run_root: Path) -> int:
     from zocli.run.rundir import RunDir
 
     return int(RunDir.open(run_root).saved()["config"].get("nproc", 1))
+
+
+def _user_path(path: Path | None, flag: str) -> Path | None:
+    """A directory as the user meant it: `~` expanded (also when quoted), never '' (the current directory)."""
+    if path is None:
+        return None
+    if str(path) in ("", "."):
+        from zocli.run.rundir import RunDirError
+
+        raise RunDirError(f"{flag} {str(path)!r} is the current directory; give a run directory (e.g. runs/NAME)")
+    return path.expanduser()
 
 
 def _aborted(where: dict[str, Path]) -> str:

@@ -57,7 +57,17 @@ def read_record(data_root: Path | str, name: str) -> dict:
     return {**record, "spec": name}
 
 
+# --class-order FILE whose order a run recorded (zocli.run.inputs), used when the file is gone
+RECORDED_ORDERS: dict[str, list] = {}
+
+
+def use_recorded_order(path: str, order: list) -> None:
+    RECORDED_ORDERS[str(path)] = list(order)
+
+
 def _read_order(path: Path) -> list:
+    if str(path) in RECORDED_ORDERS and not path.is_file():
+        return RECORDED_ORDERS[str(path)]
     try:
         order = json.loads(path.read_text())
     except OSError as exc:

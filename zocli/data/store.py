@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import PIL.Image
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
-from zocli.data import dirswap, hub, testbed
+from zocli.data import dirswap, fingerprint, hub, testbed
 from zocli.data.catalogue import GENERATED, Benchmark
 from zocli.data.location import dataset_dir, prepare_command
 from zocli.errors import ZocliError
@@ -122,6 +123,8 @@ def prepare(
         _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
+        record = fingerprint.of_dataset(tmp / "out", list(bench.classes), dd)
+        fingerprint.write(tmp / "out", {**record, "partial": allow_partial})
         del dd  # drop the memory maps on tmp/work before it is deleted
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
@@ -189,29 +192,38 @@ def normalize(
     ds = ds.select_columns([image_col, label_col])
     ds = ds.cast_column(image_col, Image(decode=False))  # cells stay encoded: RGB ones are copied as-is
 
-    def convert(batch: dict) -> dict:
+    def convert(batch: dict, rows: list[int]) -> dict:
         labels = batch[label_col] if lookup is None else [lookup[v] for v in batch[label_col]]
-        return {"image": [_rgb(cell, shorter) for cell in batch[image_col]], "label": labels}
+        where = lambda row: f"row {row} of the {cache.stem} split ({image_col!r} column)"  # noqa: E731
+        return {"image": [_rgb(cell, shorter, where(r)) for cell, r in zip(batch[image_col], rows)], "label": labels}
 
     cache.parent.mkdir(parents=True, exist_ok=True)
     ds = ds.map(
-        convert, batched=True, remove_columns=ds.column_names, features=raw, cache_file_name=str(cache)
+        convert,
+        batched=True,
+        with_indices=True,
+        remove_columns=ds.column_names,
+        features=raw,
+        cache_file_name=str(cache),
     )  # on disk in the temp dir, not in RAM
     return ds.cast_column("image", Image())
 
 
-def _rgb(cell: dict, shorter: int | None = None) -> dict:
+def _rgb(cell: dict, shorter: int | None = None, where: str = "") -> dict:
     """The encoded image unchanged if it is RGB (and its shorter side ≤ `shorter`), else re-encoded as an
-    RGB PNG (lossless), or, shrunk to `shorter` px on the shorter side, as a quality-95 JPEG."""
+    RGB PNG (lossless), or, shrunk to `shorter` px on the shorter side, as a quality-95 JPEG. Every image
+    is decoded in full here: a truncated file whose header reads fine is refused at prepare, not mid-run."""
     try:
-        # PIL.Image.open reads only the header, so checking the mode and size costs no decode.
         with PIL.Image.open(io.BytesIO(cell["bytes"]) if cell["bytes"] else cell["path"]) as im:
+            im.load()  # the whole image: PIL.Image.open reads only the header
             large = shorter is not None and min(im.size) > shorter
             if im.mode == "RGB" and not large:
                 return cell
             rgb = im.convert("RGB")
-    except (OSError, ValueError, PIL.Image.DecompressionBombError) as exc:
-        raise SourceError(f"cannot read image {cell.get('path') or '<bytes>'}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, PIL.Image.DecompressionBombError) as exc:
+        name = cell.get("path") or where or "an image"
+        reason = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "these bytes", str(exc))
+        raise SourceError(f"cannot read image {name}: {reason}; remove or replace it and prepare again") from None
     buffer = io.BytesIO()
     if large:
         scale = shorter / min(rgb.size)

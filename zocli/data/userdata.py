@@ -16,6 +16,7 @@ classes and names, so `train` and `eval` rebuild the Benchmark from the prepared
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 from zocli.config import ConfigError, did_you_mean
-from zocli.data import dirswap, hub
+from zocli.data import dirswap, fingerprint, hub
 from zocli.data.catalogue import Benchmark, canonical_name, from_record
 from zocli.data.location import RECORD, dataset_dir
 from zocli.data.store import (
@@ -79,6 +80,7 @@ def prepare(
         dd.save_to_disk(str(tmp / "out"))
         record = {"format": 1, "spec": spec, "classes": list(bench.classes), "names": list(bench.names), "split": how}
         (tmp / "out" / RECORD).write_text(json.dumps(record, indent=1))
+        fingerprint.write(tmp / "out", fingerprint.of_dataset(tmp / "out", list(bench.classes), dd))
         del dd  # drop the memory maps on tmp/work before it is deleted
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
@@ -131,6 +133,11 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
     """{class folder name: its image files}; anything but class folders of images is an error."""
     out = {}
     for entry in _visible(folder):
+        if not _utf8(entry.name):
+            raise SourceError(
+                f"class folder {os.fsdecode(entry)!a} has a name that is not UTF-8: class names become "
+                f"prompts and JSON records; rename it"
+            )
         if not entry.is_dir():
             raise SourceError(f"{entry} is a file where class folders are expected; expected {FOLDER_LAYOUT}")
         images = []
@@ -145,6 +152,14 @@ def _class_files(folder: Path) -> dict[str, list[Path]]:
     if not out:
         raise SourceError(f"{folder} has no class folders; expected {FOLDER_LAYOUT}")
     return out
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates (PEP 383)
+        return False
+    return True
 
 
 def _visible(folder: Path) -> list[Path]:

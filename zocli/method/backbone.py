@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -70,6 +71,12 @@ def open_clip_name(model: str, pretrained: str = "none") -> str:
     cfg = open_clip.get_pretrained_cfg(model, pretrained) or {}
     quick = f"{model}-quickgelu"
     return quick if cfg.get("quick_gelu") and quick in open_clip.list_models() else model
+
+
+def declared_depths(model: str, pretrained: str = "none") -> dict[str, int | None]:
+    """Each tower's block count as the model's config declares it, without building the model."""
+    config = _open_clip().get_model_config(open_clip_name(model, pretrained)) or {}
+    return {"vision": config.get("vision_cfg", {}).get("layers"), "language": config.get("text_cfg", {}).get("layers")}
 
 
 def pretrained_tags(model: str) -> list[str]:
@@ -216,22 +223,61 @@ def _no_such_tag(name: str, tag: str) -> WeightsUnavailable:
     return WeightsUnavailable(f"open_clip has no pretrained tag {tag!r} for {name}{did_you_mean(tag, tags)}{listed}")
 
 
-def _register_config(path: Path) -> str:
-    """A user's model-config JSON (open_clip's format): registered under its file stem, which is returned."""
+# --model FILE.json whose content a run recorded (zocli.run.inputs): built from the record, not the file
+RECORDED_CONFIGS: dict[str, dict] = {}
+
+
+def use_recorded_config(model: str, content: dict) -> None:
+    """Build `--model FILE.json` from `content` (what the run recorded) whether or not the file is there."""
+    RECORDED_CONFIGS[str(model)] = content
+
+
+def read_model_config(path: Path) -> dict:
+    """A model-config JSON file, read and checked (modelcheck) before anything is allocated."""
+    from zocli.method.modelcheck import ModelConfigError, check_model_config, parse
+
     if not path.expanduser().is_file():
         raise UnknownModel(f"--model {path}: no such model-config file")
-    open_clip = _open_clip()
     try:
-        cfg = json.loads(path.expanduser().read_text())
-    except (OSError, ValueError) as exc:
+        cfg = parse(path.expanduser().read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
         raise UnknownModel(f"--model {path} is not a readable JSON model config ({exc})") from None
-    if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
-        raise UnknownModel(
-            f"--model {path}: a model config needs embed_dim, vision_cfg and text_cfg "
-            f"(open_clip's format, e.g. its model_configs/ViT-B-16.json)"
-        )
-    open_clip.add_model_config(path.expanduser())
+    try:
+        check_model_config(cfg, f"--model {path}")
+    except ModelConfigError as exc:
+        raise UnknownModel(str(exc)) from None
+    return cfg
+
+
+def _register_config(path: Path) -> str:
+    """A user's model-config JSON (open_clip's format): registered under its file stem, which is returned."""
+    from zocli.method.modelcheck import check_model_config
+
+    recorded = RECORDED_CONFIGS.get(str(path))
+    if recorded is not None:
+        try:
+            check_model_config(recorded, f"--model {path} (as the run recorded it)")
+        except ValueError as exc:
+            raise UnknownModel(str(exc)) from None
+        cfg = recorded
+    else:
+        cfg = read_model_config(path)
+    open_clip = _open_clip()
+    with tempfile.TemporaryDirectory() as folder:  # open_clip registers files: the checked content, by stem
+        copy = Path(folder) / f"{path.stem}.json"
+        copy.write_text(json.dumps(cfg))
+        open_clip.add_model_config(copy)
     return path.stem
+
+
+def weights_file(model: str, pretrained: str) -> Path | None:
+    """The file `--pretrained` loads for `--model` (None: random init, or a directory open_clip reads)."""
+    if pretrained.startswith("local-dir:"):
+        folder = Path(pretrained.removeprefix("local-dir:")).expanduser()
+        found = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+        return found[0] if found else None
+    weights = resolve_weights(open_clip_name(model, pretrained), pretrained)
+    return Path(weights) if weights else None
 
 
 def _check_known(name: str) -> None:

@@ -15,11 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from zocli.config import ConfigError, saved_config
+from zocli.data import catalogue
 from zocli.data.loader import select
 from zocli.flags import given
 from zocli.method.objective import deterministic
 from zocli.method.precision import at_least_fp32, matmuls
-from zocli.run import distributed
+from zocli.run import distributed, inputs
 from zocli.run.checkpoint import CheckpointError, load_task, read_manifest
 from zocli.run.metrics import summarize
 from zocli.run.rundir import RunDir
@@ -111,6 +112,7 @@ class RunEvaluation:
     acc_matrix: list[list[float]]  # one row per re-evaluated task
     task_sizes: list[int]
     summary: dict | None  # Last/Avg/forgetting/BWT (and the upper triangle's figures) when every task was re-evaluated
+    changed_inputs: tuple[dict, ...] = ()  # with --allow-changed-inputs: what differed from the run's record
 
     def as_dict(self) -> dict:
         return {
@@ -119,13 +121,15 @@ class RunEvaluation:
             "acc_matrix": self.acc_matrix,
             "task_sizes": self.task_sizes,
             **(self.summary or {}),
+            **({"changed_inputs": list(self.changed_inputs)} if self.changed_inputs else {}),
         }
 
 
 def open_run(
-    run_root: Path, task: int | None = None, overrides: dict | None = None
-) -> tuple[RunDir, Session, tuple[int, ...]]:
-    """A run's session rebuilt from the config in its checkpoint metadata, and the committed tasks.
+    run_root: Path, task: int | None = None, overrides: dict | None = None, allow_changed_inputs: bool = False
+) -> tuple[RunDir, Session, tuple[int, ...], list]:
+    """A run's session rebuilt from the config in its checkpoint metadata, the committed tasks, and the
+    inputs found changed (only with `allow_changed_inputs`; otherwise a change raises InputChanged).
 
     `overrides` may change where things run and how they are measured, never the model itself.
     """
@@ -139,10 +143,13 @@ def open_run(
     _, meta = load_task(run, tasks[0])
     try:
         saved = saved_config(meta["config"])
+        catalogue.canonical_name(saved.benchmark)  # a benchmark zocli knows: else exit 2 would blame the user
     except (KeyError, TypeError, ConfigError) as exc:  # metadata edited, or written by another version
         raise CheckpointError(f"{run.task_file(tasks[0])}: its metadata holds no valid config ({exc})") from None
     safe = {k: v for k, v in given(overrides or {}).items() if k not in MODEL_KEYS}
-    return run, open_session(replace(saved, **safe)), tasks
+    cfg = replace(saved, **safe)
+    changes = inputs.verify(run.saved(), cfg, allow_changed_inputs, meta.get("class_order"))
+    return run, open_session(cfg), tasks, changes
 
 
 def restore(run: RunDir, session: Session, task: int) -> None:
@@ -160,9 +167,11 @@ def restore(run: RunDir, session: Session, task: int) -> None:
     session.model.units.load_state_dict(tensors)
 
 
-def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None = None) -> RunEvaluation:
-    """Rebuild the model from the run's checkpoints alone and evaluate them again."""
-    run, session, tasks = open_run(run_root, task, overrides)
+def reevaluate(
+    run_root: Path, task: int | None = None, overrides: dict | None = None, allow_changed_inputs: bool = False
+) -> RunEvaluation:
+    """Rebuild the model from the run's checkpoints alone and evaluate them again (writing nothing)."""
+    run, session, tasks, changes = open_run(run_root, task, overrides, allow_changed_inputs)
     matrix, sizes = [], []
     for t in tasks:
         restore(run, session, t)
@@ -171,4 +180,4 @@ def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None =
         sizes = list(accuracy.sizes)
     zero_shot = (read_manifest(run).get("zero_shot") or {}).get("acc")  # measured once, by train
     summary = summarize(matrix, sizes, zero_shot).as_dict() if task is None else None
-    return RunEvaluation(str(run.root), tasks, matrix, sizes, summary)
+    return RunEvaluation(str(run.root), tasks, matrix, sizes, summary, tuple(c.as_dict() for c in changes))

@@ -154,8 +154,30 @@ def foreign_files(root: Path) -> list[Path]:
                 or not (CHECKPOINT_FILE.fullmatch(f.name) or TEMP_FILE.fullmatch(f.name))
             ]
         elif entry.name in TRACKER_DIRS and entry.is_dir():
-            continue
+            found += _foreign_tracker_files(entry, TRACKER_FILES[entry.name])
         elif not entry.is_file() or not (entry.name in ROOT_FILES or TEMP_FILE.fullmatch(entry.name)):
+            found.append(entry)
+    return found
+
+
+# What the trackers write in their folders (at any depth for wandb's run folders): anything else is the user's.
+TRACKER_FILES = {
+    "tensorboard": re.compile(r"events\.out\.tfevents\..+"),
+    "wandb": re.compile(r"(offline-)?run-[\w.-]+|latest-run|debug(-internal|-cli\.[\w.-]+)?\.log|settings"),
+}
+
+
+def _foreign_tracker_files(folder: Path, written: re.Pattern) -> list[Path]:
+    found = []
+    for entry in sorted(folder.iterdir()):
+        inside = not entry.is_symlink() or folder.resolve() in entry.resolve().parents
+        if folder.name == "wandb" and written.fullmatch(entry.name) and inside:
+            continue  # a wandb run folder (its own files, whatever they are), or wandb's link into one
+        if entry.is_symlink():
+            found.append(entry)
+        elif entry.is_dir():
+            found += _foreign_tracker_files(entry, written)  # tensorboard's add_hparams: one folder per call
+        elif not written.fullmatch(entry.name):
             found.append(entry)
     return found
 

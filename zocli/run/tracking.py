@@ -42,6 +42,37 @@ def check_available(names: tuple[str, ...]) -> None:
     for name in names:
         if importlib.util.find_spec(MODULES[name]) is None:
             raise TrackingUnavailable(f"--report-to {name} needs the {name} package: pip install 'zocli[{name}]'")
+    if "wandb" in names and os.environ.get("WANDB_MODE", "offline") == "online":
+        _check_reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+
+
+def _check_reachable(url: str, timeout: float = 3.0) -> None:
+    """WANDB_MODE=online needs the wandb server: refused in a few seconds when it cannot be reached, rather
+    than wandb's own minute of retries (the README: training never waits on a network)."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host, port = parts.hostname or url, parts.port or (80 if parts.scheme == "http" else 443)
+    outcome: dict[str, BaseException | None] = {}
+
+    def connect() -> None:  # in a thread: name resolution does not honour a socket timeout
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["error"] = None
+        except OSError as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    error = outcome.get("error", TimeoutError(f"no answer in {timeout:.0f} s"))
+    if error is not None:
+        raise TrackingUnavailable(
+            f"WANDB_MODE=online but {host}:{port} cannot be reached ({error}); unset WANDB_MODE to log offline "
+            f"(then `wandb sync RUN/wandb/...`)"
+        )
 
 
 def scalars(event: dict[str, Any], offsets: list[int]) -> tuple[int, dict[str, float]] | None:
@@ -126,7 +157,15 @@ class _WandB:
 
         # Offline unless WANDB_MODE says otherwise: training never waits on a network; `wandb sync RUN/wandb/...`
         # uploads afterwards.
-        self.run = wandb.init(
+        try:
+            self.run = self._init(wandb, root, hparams)
+        except Exception as exc:  # wandb's own failures (no network, bad key): one line, the run stays resumable
+            text = " ".join(str(exc).split())[:200]
+            raise TrackingUnavailable(f"wandb could not start ({type(exc).__name__}: {text})") from None
+
+    @staticmethod
+    def _init(wandb, root: Path, hparams: dict[str, Any]):
+        return wandb.init(
             project=os.environ.get("WANDB_PROJECT", "zocli"),
             name=root.name,
             dir=str(root),

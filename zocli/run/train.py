@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import platform
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -24,7 +23,7 @@ from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
-from zocli.run import checkpoint, distributed
+from zocli.run import checkpoint, distributed, inputs, peaks
 from zocli.run.evaluate import evaluate_row, evaluate_seen, restore
 from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
@@ -85,6 +84,7 @@ def run(
     cfg = resolved.config
     if distributed.leads():
         RunDir.check_available(out, overwrite)  # fail fast, before the session's expensive build
+    model_config = inputs.pin_model_config(cfg)  # the model JSON read once: what is built is what is recorded
     session = open_session(distributed.setup(cfg))
     # Everything config.json holds is computed before the directory is touched: a bad value found
     # here (a --layers-n too large for the model, or a ZO precision that fails the fidelity check on
@@ -102,6 +102,7 @@ def run(
         "zo_rule": cfg.zo_rule_name,
         "zo_notes": notes,
         "benchmark": _benchmark_record(session),
+        "inputs": inputs.record(session, model_config),  # what eval and --resume verify (DESIGN §8)
         "zo_fidelity": fidelity.as_dict() if fidelity is not None else None,
     }
     with distributed.created(out, identity, overwrite) as run_dir:
@@ -116,13 +117,21 @@ def resume(
     overrides: dict[str, Any] | None = None,
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    allow_changed_inputs: bool = False,
 ) -> RunResult:
-    """Continue a run from its last commit point: the end of a task, or a mid-task state."""
+    """Continue a run from its last commit point: the end of a task, or a mid-task state.
+
+    A finished run is reported as recorded, without the lock (a read-only copy reports too). The inputs
+    the run recorded are verified (zocli.run.inputs) before anything is written."""
+    opened = RunDir.open(run_root)
+    if opened.summary.is_file():  # written last: the run is complete, report it unchanged
+        return _recorded(opened)
+    cfg = replace(_saved_config(opened), **given(overrides or {}))
+    changes = inputs.verify(opened.saved(), cfg, allow_changed_inputs)
     with distributed.opened(run_root) as run_dir:  # validated and locked (by rank 0) before anything is touched
         run_dir.clean_partial_writes()
-        if run_dir.summary.is_file():  # written last: the run is complete, report it unchanged
+        if run_dir.summary.is_file():  # finished meanwhile
             return _recorded(run_dir)
-        cfg = replace(_saved_config(run_dir), **given(overrides or {}))
         session = open_session(distributed.setup(cfg))
         manifest = checkpoint.read_manifest(run_dir)
         done = manifest["tasks_done"]
@@ -142,6 +151,8 @@ def resume(
         state = checkpoint.load_state(run_dir)
         state = state if state is not None and state.task == done else None  # older states are stale
         run_dir.truncate_log(state.metrics_bytes if state else committed["metrics_bytes"])
+        if changes:  # --allow-changed-inputs: the run records what it continued with
+            run_dir.log({"event": "inputs_changed", "changes": [c.as_dict() for c in changes]})
         elapsed = committed.get("wall_seconds", 0.0)
         return _train_from(session, progress, run_dir, done, state, on_event, should_stop, elapsed)
 
@@ -209,11 +220,11 @@ def _train_tasks(
     if progress.zero_shot is None:
         _evaluate_zero_shot(session, progress, run_dir, emit)
     for task in range(first_task, session.split.n_tasks):
-        _reset_peak(session.device)
+        peaks.reset_peak(session.device)
         run_dir.log(train_task(session, run_dir, task, state, emit, stop))
         state = None
-        train_bytes = _peak(session.device)
-        _reset_peak(session.device)  # evaluation (batch --eval-batch-size) must not pass for training's peak
+        train_bytes = peaks.peak(session.device)
+        peaks.reset_peak(session.device)  # evaluation (batch --eval-batch-size) must not pass for training's peak
         _evaluate_and_commit(session, progress, run_dir, task, emit, time.perf_counter() - began, train_bytes)
         if stop() and task + 1 < session.split.n_tasks:  # asked during evaluation: the task commit is the stop
             raise Interrupted(run_dir.root)
@@ -225,7 +236,7 @@ def _train_tasks(
         progress.task_sizes,
         summary,
         time.perf_counter() - began,
-        _peak_memory(session.device, progress.peaks),
+        peaks.peak_memory(session.device, progress.peaks),
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
     )
@@ -254,7 +265,7 @@ def _evaluate_and_commit(
     session: Session, progress: Progress, run_dir: RunDir, task: int, emit, elapsed: float, train_bytes: int
 ) -> None:
     accuracy = evaluate_row(session, task)
-    progress.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": _peak(session.device)})
+    progress.peaks.append({"task": task, "train_bytes": train_bytes, "eval_bytes": peaks.peak(session.device)})
     progress.acc_matrix.append(list(accuracy.row))
     progress.task_sizes = list(accuracy.sizes)
     so_far = summarize(progress.acc_matrix, progress.task_sizes)
@@ -455,41 +466,6 @@ def _zo_notes(session: Session) -> list[str]:
 def _plan(session: Session) -> dict[str, list[int]]:
     depth = session.model.depth()
     return describe(zo_units(session.cfg, depth), depth)
-
-
-def _peak(device: torch.device) -> int:
-    """Bytes at the high-water mark: CUDA allocations since the last reset, or on CPU the process's peak
-    RSS, which cannot be reset (so it is the high-water mark of the whole process so far)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-PEAK_KINDS = {  # what each peak figure is, written beside it
-    "cuda_max_allocated": "torch.cuda.max_memory_allocated, reset before each task's training and before its "
-    "evaluation; bytes = the training peak",
-    "process_max_rss": "process peak RSS (includes ~1 GB of torch and libraries; never reset, so each figure is the "
-    "high-water mark so far); bytes = the training peak",
-}
-
-
-def _peak_memory(device: torch.device, peaks: list[dict[str, int]]) -> dict[str, Any]:
-    kind = "cuda_max_allocated" if device.type == "cuda" else "process_max_rss"
-    train = max((p["train_bytes"] for p in peaks), default=_peak(device))
-    evaluation = max((p["eval_bytes"] for p in peaks), default=None)
-    return {
-        "kind": kind,
-        "what": PEAK_KINDS[kind],
-        "bytes": train,
-        "train_bytes": train,
-        "eval_bytes": evaluation,
-        "per_task": peaks,
-    }
 
 
 def _environment() -> dict[str, Any]:

@@ -13,7 +13,6 @@ attempt under way) or pending. Launching (local queue, SLURM) is in `launch`.
 from __future__ import annotations
 
 import itertools
-import os
 import re
 import sys
 import time
@@ -22,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zocli.config import KEYS, OPTIONS, ConfigError, did_you_mean, resolve, suggest_key
+from zocli.config import KEYS, OPTIONS, Config, ConfigError, did_you_mean, resolve, suggest_key
 from zocli.data import catalogue
 from zocli.errors import ZocliError
 from zocli.flags import NONE_GIVEN
 from zocli.run.rundir import RunDir, RunDirError, is_run, read_json, write_json
+from zocli.sweep.liveness import RUNNING, UNKNOWN, identity, liveness
 
 MANIFEST = "sweep.json"
 FORMAT = 1
+MAX_RUNS = 10_000  # configurations × seeds of one sweep: more is a typo (0-9999999), not a plan
 
 
 class SweepError(ZocliError, RuntimeError):
@@ -88,12 +89,15 @@ def parse_axes(items: list[str]) -> dict[str, list[Any]]:
 def parse_seeds(text: str) -> tuple[int, ...]:
     """`0-4`, `0,2,7` or `3` as seeds."""
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            seeds += range(int(first), int(last or first) + 1)
-    except ValueError:
-        raise ConfigError(f"--seeds {text!r}: write a range (0-4) or a list (0,2,7)") from None
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            span = range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise ConfigError(f"--seeds {text!r}: write a range (0-4) or a list (0,2,7)") from None
+        if len(seeds) + len(span) > MAX_RUNS:
+            raise ConfigError(f"--seeds {text!r}: more than {MAX_RUNS} seeds; a sweep holds at most {MAX_RUNS} runs")
+        seeds += span
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r}: no seeds, or a seed repeated")
     return tuple(seeds)
@@ -133,6 +137,11 @@ def expand(grid: Grid) -> list[RunSpec]:
     so a bad value is a usage error before any run starts. Names hold the values that vary."""
     keys = list(grid.axes)
     varying = [k for k in keys if len(grid.axes[k]) > 1]
+    total = len(grid.seeds)
+    for k in keys:
+        total *= len(grid.axes[k])
+    if total > MAX_RUNS:
+        raise ConfigError(f"the grid has {total} runs (configurations × seeds); a sweep holds at most {MAX_RUNS}")
     runs = []
     for combo in itertools.product(*(grid.axes[k] for k in keys)):
         values = dict(zip(keys, combo))
@@ -142,6 +151,7 @@ def expand(grid: Grid) -> list[RunSpec]:
             cfg = resolve([*grid.presets, *extra], _as_given(flags)).config
             if not catalogue.is_user(cfg.benchmark):  # the user's classes are known once prepared: the run checks
                 catalogue.split(catalogue.get(cfg.benchmark), cfg.inc, cfg.base)  # as `train` checks first
+            _check_layers(cfg)
             label = [
                 _slug(str(values.get(k, "+".join(extra))) if k == "preset" else f"{k}-{_slug(str(values[k]))}")
                 for k in varying
@@ -159,6 +169,18 @@ def _as_given(flags: dict[str, Any]) -> dict[str, Any]:
     return {key: NONE_GIVEN if value is None else value for key, value in flags.items()}
 
 
+def _check_layers(cfg: Config) -> None:
+    """--layers-n against the model's depth, as `train` would find only after a run started."""
+    if cfg.layers_n is None:
+        return
+    from zocli.method import backbone
+    from zocli.method.plan import frozen_units, zo_units
+
+    depth = backbone.declared_depths(cfg.model, cfg.pretrained)
+    if all(isinstance(v, int) for v in depth.values()):
+        zo_units(cfg, depth), frozen_units(cfg, depth)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "x"
 
@@ -169,6 +191,7 @@ class Sweep:
     runs: tuple[RunSpec, ...]
 
     def run_dir(self, name: str) -> Path:
+        check_name(name, self.root / MANIFEST)
         return self.root / name
 
     def status_file(self, name: str) -> Path:
@@ -219,6 +242,12 @@ def open_sweep(root: Path) -> Sweep:
     return _read(Path(root))
 
 
+def repair(sweep: Sweep) -> None:
+    """Folders a sweep writes into, made again if deleted (before any run starts)."""
+    for folder in ("status", "logs"):
+        (sweep.root / folder).mkdir(parents=True, exist_ok=True)
+
+
 def _read(root: Path) -> Sweep:
     if not (root / MANIFEST).is_file():
         raise SweepError(f"{root} is not a sweep directory (no {MANIFEST})")
@@ -227,7 +256,30 @@ def _read(root: Path) -> Sweep:
         runs = tuple(RunSpec(r["name"], tuple(r["presets"]), dict(r["flags"])) for r in saved["runs"])
     except (RunDirError, KeyError, TypeError) as exc:
         raise SweepError(f"{root / MANIFEST} is damaged ({exc})") from None
+    for run in runs:
+        check_name(run.name, root / MANIFEST)
+    names = [run.name for run in runs]
+    if len(set(names)) != len(names):
+        raise SweepError(f"{root / MANIFEST} is damaged (a run name is listed twice)")
     return Sweep(root, runs)
+
+
+def check_name(name: object, where: Path) -> None:
+    """A run name is one plain path component: it names SWEEP/<name>/, status/<name>.json, logs/<name>.log,
+    and nothing outside the sweep (no separator, no leading dot, not absolute, not empty)."""
+    bad = (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or any(c in name for c in "/\\\0")
+        or Path(name).is_absolute()
+        or len(name.encode("utf-8", "surrogateescape")) > 200
+    )
+    if bad:
+        raise SweepError(
+            f"{where}: run name {name!r} is not a plain name (no path separators, no leading dot, at most "
+            f"200 bytes); a sweep reads and writes only inside its directory"
+        )
 
 
 def data_root(sweep: Sweep) -> str | None:
@@ -239,10 +291,13 @@ def data_root(sweep: Sweep) -> str | None:
 # state and commands
 
 
+STATES = ("finished", "partial", "running", "unknown", "failed", "pending")
+
+
 @dataclass(frozen=True)
 class RunState:
     name: str
-    state: str  # finished | partial | failed | running | pending
+    state: str  # finished | partial | failed | running | unknown (another host's attempt) | pending
     tasks_done: int
     attempts: int
     error: str | None = None
@@ -262,8 +317,19 @@ def state(sweep: Sweep, name: str) -> RunState:
     done = _tasks_done(root)
     if (root / "summary.json").is_file():
         return RunState(name, "finished", done, len(tries))
-    if last and "ended" not in last and _alive(last):
-        return RunState(name, "running", done, len(tries))
+    if last and "ended" not in last:
+        alive = liveness(last)
+        if alive == RUNNING:
+            return RunState(name, "running", done, len(tries))
+        if alive == UNKNOWN:
+            return RunState(
+                name,
+                "unknown",
+                done,
+                len(tries),
+                f"an attempt on host {last.get('host')} (pid {last.get('pid')}) has no recorded end and cannot be "
+                f"tested from here; if it is gone, continue it with --takeover",
+            )
     if last.get("error"):
         return RunState(name, "failed", done, len(tries), last["error"])
     return RunState(name, "partial" if is_run(root) else "pending", done, len(tries))
@@ -274,19 +340,6 @@ def _tasks_done(root: Path) -> int:
         return RunDir(root).tasks_done()
     except RunDirError:  # an unreadable manifest: the run shows as not started, its resume says why
         return 0
-
-
-def _alive(attempt: dict[str, Any]) -> bool:
-    """An attempt without an end is running if its process lives (this host), or if a scheduler ran it."""
-    if attempt.get("host") != os.uname().nodename or "pid" not in attempt:
-        return True
-    try:
-        os.kill(attempt["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def states(sweep: Sweep) -> list[RunState]:
@@ -308,7 +361,7 @@ def record_start(sweep: Sweep, name: str, action: str, pid: int, where: str) -> 
     tries = attempts(sweep, name)
     if tries and "ended" not in tries[-1]:  # its sweep died before it could record the end
         tries[-1]["outcome"] = "unrecorded (the sweep that ran it was killed)"
-    tries.append({"action": action, "started": time.time(), "pid": pid, "host": os.uname().nodename, "where": where})
+    tries.append({"action": action, "started": time.time(), **identity(pid), "where": where})
     write_json(sweep.status_file(name), {"name": name, "attempts": tries})
 
 
@@ -323,11 +376,17 @@ def record_end(sweep: Sweep, name: str, returncode: int) -> None:
     write_json(sweep.status_file(name), {"name": name, "attempts": tries})
 
 
+BOX = "╭╮╰╯─│┌┐└┘━┃"  # the characters of the box Click and Rich draw around a usage error
+
+
 def _error_line(log: Path, returncode: int) -> str:
     lines = (
         [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
     )
     errors = [line for line in lines if line.startswith("error:")]
+    # a usage error Click draws in a box: its message, never a border line
+    content = [line.strip(BOX + " ") for line in lines if line[:1] in BOX or line[-1:] in BOX]
+    lines = [line for line in (content if content and not errors else lines) if line.strip(BOX + " ")]
     text = errors[-1] if errors else lines[-1] if lines else ""
     return (
         f"exit {returncode}: {text}"[:500]
@@ -340,9 +399,7 @@ def _error_line(log: Path, returncode: int) -> str:
 
 def as_json(sweep: Sweep) -> dict[str, Any]:
     found = states(sweep)
-    counts = {
-        kind: sum(s.state == kind for s in found) for kind in ("finished", "partial", "running", "failed", "pending")
-    }
+    counts = {kind: sum(s.state == kind for s in found) for kind in STATES}
     return {
         "sweep": str(sweep.root),
         "counts": counts,

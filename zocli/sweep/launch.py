@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from zocli.sweep.grid import (
     open_sweep,
     record_end,
     record_start,
+    repair,
     state,
     states,
 )
@@ -114,16 +116,19 @@ def run_local(
     on_event: Callable[[Event], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     poll: float = 0.2,
+    takeover: bool = False,
 ) -> list[RunState]:
     """Run every unfinished run, one per slot, starting the next as a slot frees; returns the final states.
 
-    Finished runs and runs under way elsewhere are skipped; started ones resume. When `should_stop` turns
-    true, no run starts and the running ones are asked to stop (they commit and stay resumable)."""
+    Finished runs and runs under way are skipped, and so are runs whose last attempt is on another host
+    ("unknown") unless `takeover`; started ones resume. When `should_stop` turns true, no run starts and
+    the running ones are asked to stop (they commit and stay resumable)."""
     emit, stop = on_event or (lambda event: None), should_stop or (lambda: False)
+    repair(sweep)
     todo = []
     for run in sweep.runs:
         now = state(sweep, run.name)
-        if now.state in ("finished", "running"):
+        if not _to_run(now, takeover):
             emit({"event": "skipped", **now.as_dict()})
         else:
             todo.append(run)
@@ -211,19 +216,37 @@ class SlurmRun:
         self.root, self.name, self.attempt = saved["root"], saved["name"], None
 
 
-def submit(sweep: Sweep, options: SlurmOptions, cluster: str | None = None) -> list[tuple[str, Any]]:
+def _to_run(now: RunState, takeover: bool) -> bool:
+    return now.state not in ("finished", "running") and (now.state != "unknown" or takeover)
+
+
+def submit(
+    sweep: Sweep, options: SlurmOptions, cluster: str = "slurm", takeover: bool = False
+) -> list[tuple[str, Any]]:
     """Every unfinished run as one job of a SLURM array; returns (run name, submitit job) pairs.
 
-    `cluster="local"` runs the same jobs through submitit's local executor (tests, a workstation)."""
+    `cluster="slurm"` submits with sbatch or refuses (no silent local fallback: on a login node that
+    would train there); `cluster="local"` runs the same jobs through submitit's local executor, on
+    purpose (`--slurm-local`: tests, debugging)."""
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise SweepError(
+            "--slurm: there is no sbatch on this machine (not a SLURM cluster); run without --slurm for the "
+            "local queue, or with --slurm-local to run the jobs through submitit's local executor here"
+        )
     try:
         import submitit
     except ImportError:
         raise SweepError("--slurm needs submitit: pip install 'zocli[slurm]'") from None
-    todo = [run for run in sweep.runs if state(sweep, run.name).state not in ("finished", "running")]
+    repair(sweep)
+    todo = [run for run in sweep.runs if _to_run(state(sweep, run.name), takeover)]
     if not todo:
         return []
     executor = submitit.AutoExecutor(folder=str(sweep.root / "slurm"), cluster=cluster)
     executor.update_parameters(name=f"zocli-{sweep.root.name}", **options.executor_parameters())
-    with executor.batch():
-        jobs = [executor.submit(SlurmRun(str(sweep.root.resolve()), run.name)) for run in todo]
+    try:
+        with executor.batch():
+            jobs = [executor.submit(SlurmRun(str(sweep.root.resolve()), run.name)) for run in todo]
+    except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:  # sbatch refused, no controller
+        text = " ".join(str(getattr(exc, "output", None) or exc).split())[:300]
+        raise SweepError(f"--slurm: sbatch failed, nothing was submitted ({type(exc).__name__}: {text})") from None
     return [(run.name, job) for run, job in zip(todo, jobs)]

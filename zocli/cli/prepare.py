@@ -83,6 +83,10 @@ def prepare_cmd(
             _check_prepare_flags(name, source, allow_partial, user)
             from zocli.data import store
 
+            if as_json or not err.is_terminal:  # datasets' bars are for a terminal, not a log file
+                import datasets
+
+                datasets.disable_progress_bars()
             note = None if as_json else (lambda line: err.print(line, highlight=False))
             existing = None if overwrite else store.prepared_sizes(name, root)
             if existing is not None:  # kept as it is: say so, or a new --source looks imported
@@ -117,7 +121,16 @@ def prepare_cmd(
         print(json.dumps(report))
     else:
         for kind, path in report.items():
-            out.print(f"{kind}: {path}")
+            if kind != "existing":
+                out.print(f"{kind}: {path}", highlight=False)
+        if benchmark is not None:
+            import shlex
+
+            root_flag = "" if data_root is None and not os.environ.get("ZOCLI_DATA") else f" --data-root {root}"
+            err.print(
+                f"next: zocli train --benchmark {shlex.quote(name)}{shlex.quote(root_flag) if ' ' in str(root) else root_flag}",
+                highlight=False,
+            )
 
 
 def _absolute(benchmark: str) -> str:

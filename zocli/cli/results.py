@@ -87,11 +87,20 @@ def eval_cmd(
 
         result = reevaluate(paths[0], task, overrides)
         if plot is not None:
-            plot_to(lambda plots: plots.accuracy_heatmap(result.acc_matrix, plot, Path(result.run_dir).name))
+            plot_to(lambda plots: plots.run_heatmap(result, plot))
+            err.print(f"plot: {plot}", highlight=False)
     if as_json:
         print(json.dumps(result.as_dict()))
     elif result.summary is not None:
-        out.print(render.accuracy_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}"))
+        out.print(
+            render.accuracy_matrix(
+                result.acc_matrix,
+                result.summary,
+                f"run: {result.run_dir}",
+                result.zero_shot_curve,
+                result.zero_shot_seen,
+            )
+        )
     else:
         row = result.acc_matrix[0]
         out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
@@ -125,15 +134,18 @@ def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> N
 
     for path in paths:  # a missing or foreign directory is named before the heavy imports
         RunDir.open(path)
-    from zocli.study.compare import compare
+    from zocli.study.compare import compare, differences
     from zocli.study.stats import group
 
     comparison = compare(paths)
     grouped = group(comparison)
     seeds = grouped.repeated and not by_run
+    kinds = {r.peak_memory_kind for r in comparison.rows if r.peak_memory_kind}
+    for line in differences(comparison):
+        err.print(f"warning: {line}", highlight=False)
     if plot is not None:
         plot_to(lambda plots: plots.seed_curves(grouped, plot) if seeds else plots.accuracy_curves(comparison, plot))
-    header, rows = render.grouped_cells(grouped) if seeds else render.comparison_cells(comparison)
+    header, rows = render.grouped_cells(grouped, kinds) if seeds else render.comparison_cells(comparison)
     if form == "json":
         print(json.dumps({**comparison.as_dict(), "groups": grouped.as_dict()["groups"]}))
     elif form == "csv":
@@ -141,9 +153,11 @@ def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> N
     elif form == "markdown":
         print(render.markdown(header, rows))
     elif form == "latex":
-        print(render.latex(header, rows, len(grouped.differing) if seeds else 1 + len(comparison.differing)))
+        print(render.latex(header, rows, 1 if seeds else 1 + len(comparison.differing)))
     else:
-        out.print(render.grouped_table(grouped) if seeds else render.comparison(comparison))
+        out.print(render.grouped_table(grouped, kinds) if seeds else render.comparison(comparison))
+    if plot is not None:
+        err.print(f"plot: {plot}", highlight=False)
 
 
 def _print_csv(header, rows) -> None:

@@ -214,7 +214,7 @@ def train_cmd(
         from zocli.run.rundir import Interrupted
 
         try:
-            with _progress(enabled=not as_json) as on_event:
+            with _progress(enabled=True) as on_event:  # stderr: --json only takes stdout
                 result = _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should_stop, where)
         except Interrupted as stop:
             err.print(str(stop), highlight=False)
@@ -225,9 +225,14 @@ def train_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
-        zero_shot = {"acc": result.zero_shot, "seen": result.zero_shot_seen}
         out.print(
-            render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}", zero_shot)
+            render.accuracy_matrix(
+                result.acc_matrix,
+                result.summary.as_dict(),
+                f"run: {result.run_dir}",
+                result.zero_shot_curve,
+                result.zero_shot_seen,
+            )
         )
 
 
@@ -302,8 +307,9 @@ def _default_name(cfg) -> str:
 
 @contextmanager
 def _progress(enabled: bool):
-    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task unless
-    --json; on a terminal also a line while loading, and bars (this task, the whole run) with ETAs."""
+    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task with the
+    ETA (with --json too: it only takes stdout); on a terminal also a line while loading, and bars (this
+    task, the whole run) with ETAs."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

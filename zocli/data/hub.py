@@ -64,3 +64,23 @@ def offline_unless_reachable() -> Iterator[bool]:
     finally:
         for module, value in zip(flags, saved):
             module.HF_HUB_OFFLINE = value
+
+
+_REVISIONS: dict[str, str] = {}  # hub dataset id -> the commit hash last loaded in this process
+
+
+def note_revision(repo_id: str, revision: str | None = None) -> None:
+    """Remember the commit hash `repo_id` resolves to (online only; a failure leaves it unrecorded)."""
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(repo_id, revision=revision, timeout=PROBE_SECONDS * 3).sha
+    except Exception:
+        return
+    if sha:
+        _REVISIONS[repo_id] = sha
+
+
+def last_revision(repo_id: str | None) -> str | None:
+    """The hub commit a dataset was loaded from in this process, if it was resolved."""
+    return _REVISIONS.get(repo_id) if repo_id else None

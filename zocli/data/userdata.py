@@ -27,7 +27,16 @@ from zocli.config import ConfigError, did_you_mean
 from zocli.data import dirswap, hub
 from zocli.data.catalogue import Benchmark, canonical_name, from_record
 from zocli.data.location import RECORD, dataset_dir
-from zocli.data.store import IMAGE_SUFFIXES, SPLIT_SEED, Progress, SourceError, class_counts, normalize, per_class_split
+from zocli.data.store import (
+    IMAGE_SUFFIXES,
+    SPLIT_SEED,
+    Progress,
+    SourceError,
+    class_counts,
+    normalize,
+    per_class_split,
+    record_source,
+)
 
 TEST_SPLITS = ("test", "validation", "valid", "val")  # tried in this order when --test-split is not given
 FOLDER_LAYOUT = "DIR/train/<class>/*.png and DIR/test/<class>/*.png, or DIR/<class>/*.png (split 80/20 per class)"
@@ -73,6 +82,7 @@ def prepare(
         record = {"format": 1, "spec": spec, "classes": list(bench.classes), "names": list(bench.names), "split": how}
         (tmp / "out" / RECORD).write_text(json.dumps(record, indent=1))
         del dd  # drop the memory maps on tmp/work before it is deleted
+        record_source(tmp / "out", spec, hub.last_revision(where) if kind == "hf" else None)
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
 
@@ -209,6 +219,8 @@ def _load(where: str, progress: Progress) -> DatasetDict:
                     else f"the Hugging Face hub is unreachable: looking for {where} in its local cache"
                 )
                 dd = datasets.load_dataset(where)
+                if online:
+                    hub.note_revision(where)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         raise SourceError(f"cannot load hf:{where} ({type(exc).__name__}: {reason})") from None

@@ -43,6 +43,9 @@ class TaskAccuracy:
     row: tuple[float, ...]  # percent accuracy on each seen task's test set, tasks 0..t
     sizes: tuple[int, ...]  # test images per seen task
     loss: float = 0.0  # mean cross-entropy over the seen classes on the seen test sets: comparable across runs
+    # evaluate_untouched only: after each task t, accuracy on tasks 0..t with a softmax over the classes seen
+    # by then — the protocol of the trained rows, so the zero-shot figure beside each A_t is comparable
+    seen_curve: tuple[float, ...] = ()
 
 
 def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
@@ -65,9 +68,16 @@ def evaluate_row(session: Session, task: int) -> TaskAccuracy:
     return TaskAccuracy(seen.row + future.row, seen.sizes + future.sizes, seen.loss)  # loss: the seen classes'
 
 
+def evaluate_untouched(session: Session) -> TaskAccuracy:
+    """The model as it is (before task 0: zero-shot CLIP) on every task's test set, softmax over all classes,
+    and in the same pass its seen-class curve (`seen_curve`: A_t under the trained rows' protocol)."""
+    return _evaluate(session, range(session.split.n_tasks), session.split.seen(session.split.n_tasks - 1), True)
+
+
 @torch.no_grad()
-def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
-    """Accuracy (percent) on each of `tasks`' test sets, classifying among the first `classes` positions."""
+def _evaluate(session: Session, tasks: range, classes: int, curve: bool = False) -> TaskAccuracy:
+    """Accuracy (percent) on each of `tasks`' test sets, classifying among the first `classes` positions;
+    with `curve`, also after each task t the accuracy on tasks 0..t among the classes seen by then."""
     model, test, split, device = session.model, session.test, session.split, session.device
     if not tasks:
         return TaskAccuracy((), (), 0.0)
@@ -75,6 +85,9 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
     bounds = torch.tensor([split.bounds(j)[1] for j in tasks])  # class-position end of each task
     correct = torch.zeros(len(tasks), dtype=torch.long)
     total = torch.zeros(len(tasks), dtype=torch.long)
+    ends = [split.bounds(j)[1] for j in tasks] if curve else []
+    prefix_correct = torch.zeros(len(ends), dtype=torch.long)  # (T,) correct among the first ends[t] classes
+    prefix_total = torch.zeros(len(ends), dtype=torch.long)
     loss_sum = 0.0
     precision = session.cfg.precision
     with deterministic(model):
@@ -90,8 +103,14 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) index in `tasks` of each true class
             correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=len(tasks)).long()
             total += torch.bincount(owner, minlength=len(tasks))
+            for t, end in enumerate(ends):
+                inside = positions < end  # (B,) the images of tasks 0..t
+                hit = logits[:, :end].argmax(dim=-1).cpu() == positions
+                prefix_correct[t] += int((hit & inside).sum())
+                prefix_total[t] += int(inside.sum())
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
-    return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6))
+    seen_curve = tuple(round(100.0 * c / max(n, 1), 2) for c, n in zip(prefix_correct.tolist(), prefix_total.tolist()))
+    return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6), seen_curve)
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,8 @@ class RunEvaluation:
     acc_matrix: list[list[float]]  # one row per re-evaluated task
     task_sizes: list[int]
     summary: dict | None  # Last/Avg/forgetting/BWT (and the upper triangle's figures) when every task was re-evaluated
+    zero_shot_seen: float | None = None  # the untouched model, all classes (measured once, by train)
+    zero_shot_curve: list[float] | None = None  # ... after each task on the seen classes (seen-class softmax)
 
     def as_dict(self) -> dict:
         return {
@@ -109,6 +130,8 @@ class RunEvaluation:
             "acc_matrix": self.acc_matrix,
             "task_sizes": self.task_sizes,
             **(self.summary or {}),
+            "zero_shot_seen": self.zero_shot_seen,
+            "zero_shot_curve": self.zero_shot_curve,
         }
 
 
@@ -159,6 +182,8 @@ def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None =
         accuracy = evaluate_row(session, t)
         matrix.append(list(accuracy.row))
         sizes = list(accuracy.sizes)
-    zero_shot = (read_manifest(run).get("zero_shot") or {}).get("acc")  # measured once, by train
-    summary = summarize(matrix, sizes, zero_shot).as_dict() if task is None else None
-    return RunEvaluation(str(run.root), tasks, matrix, sizes, summary)
+    zero_shot = read_manifest(run).get("zero_shot") or {}  # measured once, by train
+    summary = summarize(matrix, sizes, zero_shot.get("acc")).as_dict() if task is None else None
+    return RunEvaluation(
+        str(run.root), tasks, matrix, sizes, summary, zero_shot.get("seen_accuracy"), zero_shot.get("seen_curve")
+    )

@@ -23,8 +23,8 @@ from zocli.data.loader import select
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
-from zocli.run import checkpoint
-from zocli.run.evaluate import evaluate_row, evaluate_seen, restore
+from zocli.run import checkpoint, provenance
+from zocli.run.evaluate import evaluate_row, evaluate_untouched, restore
 from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
 from zocli.run.metrics import Summary, seen_accuracy, summarize
@@ -49,6 +49,7 @@ class RunResult:
     peak_memory: dict[str, Any]
     zero_shot: list[float] | None = None  # the untouched model on every task's test set, before task 0
     zero_shot_seen: float | None = None  # ... and on the union of all test sets (all classes)
+    zero_shot_curve: list[float] | None = None  # ... after each task t on tasks 0..t, softmax over the seen classes
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class RunResult:
             **self.summary.as_dict(),
             "zero_shot": self.zero_shot,
             "zero_shot_seen": self.zero_shot_seen,
+            "zero_shot_curve": self.zero_shot_curve,
             "wall_seconds": round(self.wall_seconds, 2),
             "peak_memory": self.peak_memory,
         }
@@ -89,6 +91,7 @@ def run(
         "zo_notes": notes,
         "benchmark": _benchmark_record(session),
         "zo_fidelity": fidelity.as_dict() if fidelity is not None else None,
+        "provenance": provenance.record(session),
     }
     with RunDir.create(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
@@ -152,6 +155,7 @@ def _recorded(run_dir: RunDir) -> RunResult:
             recorded["peak_memory"],
             recorded.get("zero_shot"),
             recorded.get("zero_shot_seen"),
+            recorded.get("zero_shot_curve"),
         )
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise RunDirError(
@@ -186,7 +190,10 @@ def _train_tasks(
     elapsed: float,
 ) -> RunResult:
     stop = should_stop or (lambda: False)
-    emit({"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session)})
+    described = {"provenance": read_json(run_dir.config).get("provenance")}  # the banner's second line
+    emit(
+        {"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session), **described}
+    )
     began = time.perf_counter() - elapsed
     if session.zero_shot is None:
         _evaluate_zero_shot(session, run_dir, emit)
@@ -210,20 +217,30 @@ def _train_tasks(
         _peak_memory(session.device, session.peaks),
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
+        zero_shot.get("seen_curve"),
     )
-    run_dir.write_json(run_dir.summary, result.as_dict())
+    run_dir.write_json(run_dir.summary, {**result.as_dict(), **_described(session, run_dir)})
     return result
+
+
+def _described(session: Session, run_dir: RunDir) -> dict[str, Any]:
+    """summary.json's account of what was run: each task's classes by name, and config.json's provenance."""
+    names = session.bench.prompt_names()
+    tasks = [names[slice(*session.split.bounds(t))] for t in range(session.split.n_tasks)]
+    return {"tasks": tasks, "provenance": read_json(run_dir.config).get("provenance")}
 
 
 def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
     """The untouched model (adapters at init are exactly zero-shot CLIP) on every task's test set,
-    softmax over all classes: the row every method is compared with. Recorded in the manifest, so a
-    resumed run reports it without measuring again."""
-    accuracy = evaluate_seen(session, session.split.n_tasks - 1)
+    softmax over all classes: the row every method is compared with; and its seen-class curve, the
+    figure comparable with each A_t. Recorded in the manifest, so a resumed run reports it without
+    measuring again."""
+    accuracy = evaluate_untouched(session)
     session.zero_shot = {
         "acc": list(accuracy.row),
         "task_sizes": list(accuracy.sizes),
         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2),
+        "seen_curve": list(accuracy.seen_curve),
         "test_loss": accuracy.loss,
     }
     event = {"event": "zero_shot", **session.zero_shot}

@@ -105,6 +105,13 @@ class Config:
             return self.log_every
         return DEFAULT_LOG_EVERY if self.trackers else 0
 
+    def log_interval_for(self, steps: int) -> int:
+        """The interval in a task of `steps` steps: --log-every as given, else with a tracker every
+        min(50, steps // 10) steps, so even a short task draws a curve of about 10 points."""
+        if self.log_every is not None or not self.trackers:
+            return self.log_interval
+        return max(1, min(DEFAULT_LOG_EVERY, steps // 10))
+
     def __post_init__(self) -> None:
         _validate(self)
 

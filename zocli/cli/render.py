@@ -523,7 +523,16 @@ SWEEP_STYLES = {"finished": "green", "failed": "red", "running": "cyan", "partia
 def sweep_state(state: dict) -> _Whole:
     """One row per run of a sweep: state, tasks done, attempts, error."""
     header = ["run", "state", "tasks", "attempts", "error"]
-    rows = [[r["name"], r["state"], str(r["tasks_done"]), str(r["attempts"]), r["error"] or ""] for r in state["runs"]]
+    rows = [
+        [
+            r["name"],
+            r["state"],
+            f"{r['tasks_done']}/{r['tasks_total']} tasks" if r.get("tasks_total") else f"{r['tasks_done']} tasks",
+            str(r["attempts"]),
+            r["error"] or "",
+        ]
+        for r in state["runs"]
+    ]
     counts = ", ".join(f"{n} {kind}" for kind, n in state["counts"].items() if n)
     return grid(
         header, rows, left=("run", "state", "error"), wrap=("error",), title=f"sweep {state['sweep']}: {counts}"

@@ -209,7 +209,7 @@ def train_cmd(
     flags = {k: v for k, v in locals().items() if k not in ("preset", "out_dir", "overwrite", "as_json", "resume")}
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
-    where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
+    where: dict = {}  # the run directory and its --save-every, once known: what a resume hint names
     with errors(), graceful_stop(lambda: _abort(where)) as should_stop:
         from zocli.run.rundir import Interrupted
 
@@ -259,7 +259,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from zocli.run.train import resume as resume_run
 
-        where["run"] = resume
+        where["run"], where["save_every"] = resume, flags.get("save_every") or _saved_every(resume)
         return resume_run(resume, {k: flags[k] for k in RESUMABLE_FLAGS}, on_event, should_stop)
     from zocli.config import resolve
 
@@ -273,16 +273,25 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     on_event({"event": "starting", "what": "training into", "run_dir": str(target)})
     from zocli.run.train import run
 
-    where["run"] = target
+    where["run"], where["save_every"] = target, resolved.config.save_every
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
 
 
-def _aborted(where: dict[str, Path]) -> str:
+def _aborted(where: dict) -> str:
     hint = f"; resume from the last commit with: zocli train --resume {where['run']}" if "run" in where else ""
+    if "run" in where and not where.get("save_every"):  # no mid-task commit point: the task restarts
+        hint += " (without --save-every the interrupted task will be redone from its start)"
     return f"aborted{hint}"
 
 
-def _abort(where: dict[str, Path]) -> None:
+def _saved_every(run: Path) -> int:
+    try:
+        return int(json.loads((run / "config.json").read_text())["config"].get("save_every") or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _abort(where: dict) -> None:
     """The second Ctrl-C: exit 130 at once, with no commit; the last commit point stands.
 
     Exiting from the handler, not raising KeyboardInterrupt: an exception raised while a finalizer

@@ -295,6 +295,7 @@ def train_task(
     rows = select(session.train_labels, session.train.position, first, last)
     loader = train_batches(session, rows, cfg.batch_size, cfg.epochs, (cfg.seed, task), start, cfg.max_steps)
     total = start + len(loader)
+    interval = cfg.log_interval_for(total)
     emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": last - first})
     model.train()
     for step, (images, labels) in enumerate(loader, start=start):
@@ -308,8 +309,8 @@ def train_task(
         history.append({**asdict(stats), "seconds": time.perf_counter() - began, "images": len(labels)})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
         done = step + 1
-        if cfg.log_interval and done % cfg.log_interval == 0:
-            record = _step_record(task, step, total, history[-cfg.log_interval :], lr, stepper)
+        if interval and done % interval == 0:
+            record = _step_record(task, step, total, history[-interval:], lr, stepper)
             run_dir.log(record)
             emit(record)
         if done < total and (stop() or (cfg.save_every and done % cfg.save_every == 0)):

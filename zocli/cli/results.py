@@ -144,7 +144,12 @@ def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> N
     for line in differences(comparison):
         err.print(f"warning: {line}", highlight=False)
     if plot is not None:
-        plot_to(lambda plots: plots.seed_curves(grouped, plot) if seeds else plots.accuracy_curves(comparison, plot))
+        configs = [r.config for r in comparison.rows]
+        plot_to(
+            lambda plots: (
+                plots.seed_curves(grouped, plot, configs=configs) if seeds else plots.accuracy_curves(comparison, plot)
+            )
+        )
     header, rows = render.grouped_cells(grouped, kinds) if seeds else render.comparison_cells(comparison)
     if form == "json":
         print(json.dumps({**comparison.as_dict(), "groups": grouped.as_dict()["groups"]}))

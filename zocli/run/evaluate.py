@@ -122,6 +122,7 @@ class RunEvaluation:
     summary: dict | None  # Last/Avg/forgetting/BWT (and the upper triangle's figures) when every task was re-evaluated
     zero_shot_seen: float | None = None  # the untouched model, all classes (measured once, by train)
     zero_shot_curve: list[float] | None = None  # ... after each task on the seen classes (seen-class softmax)
+    zero_shot_row: list[float] | None = None  # ... on each task's test set, softmax over all classes
 
     def as_dict(self) -> dict:
         return {
@@ -132,6 +133,7 @@ class RunEvaluation:
             **(self.summary or {}),
             "zero_shot_seen": self.zero_shot_seen,
             "zero_shot_curve": self.zero_shot_curve,
+            "zero_shot": self.zero_shot_row,
         }
 
 
@@ -185,5 +187,12 @@ def reevaluate(run_root: Path, task: int | None = None, overrides: dict | None =
     zero_shot = read_manifest(run).get("zero_shot") or {}  # measured once, by train
     summary = summarize(matrix, sizes, zero_shot.get("acc")).as_dict() if task is None else None
     return RunEvaluation(
-        str(run.root), tasks, matrix, sizes, summary, zero_shot.get("seen_accuracy"), zero_shot.get("seen_curve")
+        str(run.root),
+        tasks,
+        matrix,
+        sizes,
+        summary,
+        zero_shot.get("seen_accuracy"),
+        zero_shot.get("seen_curve"),
+        zero_shot.get("acc"),
     )

@@ -65,7 +65,7 @@ def steps(cfg: Config, data_root: str | None) -> int | None:
 
 
 def estimate(presets: tuple[str, ...], flags: dict, data_root: str | None) -> Cost:
-    cfg = resolve(list(presets), {k: v for k, v in flags.items()}).config
+    cfg = resolve(list(presets), dict(flags)).config
     try:
         known = steps(cfg, data_root)
     except Exception:  # a user benchmark not prepared, a damaged copy: the cost is unknown, not an error

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from zocli.study import plots  # noqa: E402
+from zocli.study import plots
 
 CONFIG = {"benchmark": "testbed", "inc": 10, "model": "zocli-tiny", "pretrained": "testbed", "adapter": "moe"}
 

@@ -166,10 +166,10 @@ def test_the_report_prints_a_per_layer_table(reports):
 
     from rich.console import Console
 
-    from zocli.cli import render
+    from zocli.cli import render_measure
 
     console = Console(file=io.StringIO(), width=200, color_system=None)
-    console.print(render.variance(reports[1]))
+    console.print(render_measure.variance(reports[1]))
     text = console.file.getvalue()
     assert "mean variance per layer" in text
     vision = next(b for b in reports[1].branches if b.branch == "vision")

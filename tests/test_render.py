@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from zocli.cli import render
+from zocli.cli import render, render_measure
 
 
 def rendered(renderable, width: int) -> str:
@@ -125,7 +125,7 @@ def memory_report(**setting) -> SimpleNamespace:
     ],
 )
 def test_paper_memory_column_only_beside_the_setting_the_paper_measured(setting, shown):
-    text = rendered(render.memory(memory_report(**setting)), 200)
+    text = rendered(render_measure.memory(memory_report(**setting)), 200)
     assert ("paper GB" in text) is shown and ("19.96" in text) is shown
     # found: the paper's 6.93 GB beside zocli's 1.02 GB and nothing said why; elsewhere, nothing said why not
     assert ("differ by design" in text) is shown and ("paper figures not shown" in text) is not shown
@@ -135,7 +135,7 @@ def test_memory_picks_the_unit_that_fits_and_never_prints_minus_zero():
     # found: on the tiny model every cell read 0.00-0.02 GB and FO's own row "-0.0 %"
     report = memory_report(model="zocli-tiny")
     small = SimpleNamespace(**{**vars(report.rows[0]), "peak_bytes": 21_500_000, "reduction_vs_fo": 0.0})
-    text = rendered(render.memory(SimpleNamespace(**{**vars(report), "rows": (small,)})), 200)
+    text = rendered(render_measure.memory(SimpleNamespace(**{**vars(report), "rows": (small,)})), 200)
     assert "peak MB" in text and "21.50" in text and "−0.0" not in text and "-0.0" not in text
 
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from zocli.cli import render
+from zocli.cli import render_measure as render
 from zocli.cli._shared import CfgOpt, Opt, app, err, errors, out, plot_to, plots_check, precheck
 
 

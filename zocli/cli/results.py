@@ -44,6 +44,9 @@ def eval_cmd(
     by_run: Annotated[
         bool, Opt("--by-run", metavar="", help="One row per run even when seeds repeat (no mean ± std over seeds).")
     ] = False,
+    show_tasks: Annotated[
+        bool, Opt("--tasks", metavar="", help="Print each task's classes by name (one run) and exit.")
+    ] = False,
     data_root: Annotated[str | None, Opt(metavar="DIR", help="Prepared data root. \\[default: the run's]")] = None,
     device: Annotated[str | None, Opt(metavar="TEXT", help="auto, cpu, cuda or cuda:N. \\[default: the run's]")] = None,
     workers: Annotated[int | None, Opt(metavar="INT", help="Data-loading processes. \\[default: the run's]")] = None,
@@ -63,6 +66,9 @@ def eval_cmd(
     }
     with errors():
         paths = _expand(run_dirs)
+        if show_tasks:
+            _print_tasks(paths, as_json)
+            return
         plots_check(plot)
         if len(paths) > 1 or as_csv or as_markdown or as_latex:
             _compare(
@@ -104,6 +110,27 @@ def eval_cmd(
     else:
         row = result.acc_matrix[0]
         out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
+
+
+def _print_tasks(paths: list[Path], as_json: bool) -> None:
+    """Which classes make up which task: summary.json's list, or for an unfinished run config.json's record."""
+    from zocli.run.rundir import RunDir, read_json
+
+    for path in paths:
+        run = RunDir.open(path)
+        tasks = read_json(run.summary).get("tasks") if run.summary.is_file() else None
+        if tasks is None:
+            saved = read_json(run.config)
+            record, cfg = saved.get("benchmark") or {}, saved["config"]
+            names = [record["names"][c] for c in record.get("order", [])]
+            first = cfg.get("base") or cfg["inc"]
+            tasks = [names[:first]] + [names[i : i + cfg["inc"]] for i in range(first, len(names), cfg["inc"])]
+        if as_json:
+            print(json.dumps({"run_dir": str(path), "tasks": tasks}))
+            continue
+        out.print(f"run: {path}", highlight=False)
+        for t, classes in enumerate(tasks):
+            out.print(f"T{t} ({len(classes)}): {', '.join(classes)}", highlight=False)
 
 
 def _expand(patterns: list[str]) -> list[Path]:

@@ -50,6 +50,8 @@ class RunResult:
     zero_shot: list[float] | None = None  # the untouched model on every task's test set, before task 0
     zero_shot_seen: float | None = None  # ... and on the union of all test sets (all classes)
     zero_shot_curve: list[float] | None = None  # ... after each task t on tasks 0..t, softmax over the seen classes
+    tasks: list[list[str]] | None = None  # each task's classes by name
+    provenance: dict[str, Any] | None = None  # config.json's protocol and provenance record
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -60,6 +62,8 @@ class RunResult:
             "zero_shot": self.zero_shot,
             "zero_shot_seen": self.zero_shot_seen,
             "zero_shot_curve": self.zero_shot_curve,
+            "tasks": self.tasks,
+            "provenance": self.provenance,
             "wall_seconds": round(self.wall_seconds, 2),
             "peak_memory": self.peak_memory,
         }
@@ -156,6 +160,8 @@ def _recorded(run_dir: RunDir) -> RunResult:
             recorded.get("zero_shot"),
             recorded.get("zero_shot_seen"),
             recorded.get("zero_shot_curve"),
+            recorded.get("tasks"),
+            recorded.get("provenance"),
         )
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise RunDirError(
@@ -218,16 +224,17 @@ def _train_tasks(
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
         zero_shot.get("seen_curve"),
+        _task_classes(session),
+        read_json(run_dir.config).get("provenance"),
     )
-    run_dir.write_json(run_dir.summary, {**result.as_dict(), **_described(session, run_dir)})
+    run_dir.write_json(run_dir.summary, result.as_dict())
     return result
 
 
-def _described(session: Session, run_dir: RunDir) -> dict[str, Any]:
-    """summary.json's account of what was run: each task's classes by name, and config.json's provenance."""
+def _task_classes(session: Session) -> list[list[str]]:
+    """Each task's classes by name, in class order (summary.json; `eval RUN --tasks`)."""
     names = session.bench.prompt_names()
-    tasks = [names[slice(*session.split.bounds(t))] for t in range(session.split.n_tasks)]
-    return {"tasks": tasks, "provenance": read_json(run_dir.config).get("provenance")}
+    return [names[slice(*session.split.bounds(t))] for t in range(session.split.n_tasks)]
 
 
 def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:

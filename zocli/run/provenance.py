@@ -32,6 +32,12 @@ def record(session) -> dict[str, Any]:
     }
 
 
+def task_classes(session) -> list[list[str]]:
+    """Each task's classes by name, in class order (summary.json; `eval RUN --tasks`)."""
+    names = session.bench.prompt_names()
+    return [names[slice(*session.split.bounds(t))] for t in range(session.split.n_tasks)]
+
+
 def protocol(session) -> str:
     """The protocol in words: what a reader must know to compare the numbers with a paper's."""
     cfg, split, bench = session.cfg, session.split, session.bench
@@ -84,6 +90,15 @@ def data(data_root: str, benchmark: str) -> dict[str, Any]:
         "source": recorded.get("source"),
         "revision": recorded.get("revision") or "not recorded (prepared before zocli recorded revisions)",
         "content_sha256": recorded.get("content_sha256"),
+    }
+
+
+def environment() -> dict[str, Any]:
+    """config.json's short environment record (kept for older readers; `provenance` has the full one)."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
 
 

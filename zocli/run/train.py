@@ -7,7 +7,6 @@ The core takes a resolved config and returns a `RunResult`; progress reaches the
 from __future__ import annotations
 
 import math
-import platform
 import resource
 import time
 from collections.abc import Callable
@@ -89,7 +88,7 @@ def run(
     identity = {
         **resolved.as_dict(),
         "zocli_version": __version__,
-        "environment": _environment(),
+        "environment": provenance.environment(),
         "zo_plan": _plan(session),
         "zo_rule": cfg.zo_rule_name,
         "zo_notes": notes,
@@ -224,17 +223,11 @@ def _train_tasks(
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
         zero_shot.get("seen_curve"),
-        _task_classes(session),
+        provenance.task_classes(session),
         read_json(run_dir.config).get("provenance"),
     )
     run_dir.write_json(run_dir.summary, result.as_dict())
     return result
-
-
-def _task_classes(session: Session) -> list[list[str]]:
-    """Each task's classes by name, in class order (summary.json; `eval RUN --tasks`)."""
-    names = session.bench.prompt_names()
-    return [names[slice(*session.split.bounds(t))] for t in range(session.split.n_tasks)]
 
 
 def _evaluate_zero_shot(session: Session, run_dir: RunDir, emit) -> None:
@@ -496,12 +489,4 @@ def _peak_memory(device: torch.device, peaks: list[dict[str, int]]) -> dict[str,
         "train_bytes": train,
         "eval_bytes": evaluation,
         "per_task": peaks,
-    }
-
-
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

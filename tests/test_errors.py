@@ -9,8 +9,6 @@ test runner is checked on its own below.
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import errno
 import functools
 import hashlib
@@ -21,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch

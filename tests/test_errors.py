@@ -603,4 +603,7 @@ def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
     # progress lines (the banner, zero-shot) may come first, even with --json; the error is one line, the last
     progress = ("run ", "protocol: ", "weights sha256 ", "zero-shot ", "task ", "note: ")
     kept = "\n".join(line for line in result.stderr.splitlines() if line.strip() and not line.startswith(progress))
-    assert_one_line_error(SimpleNamespace(**{**vars(result), "stderr": kept, "output": kept}), 1, os.strerror(code))
+    errors_only = SimpleNamespace(
+        exception=result.exception, exit_code=result.exit_code, stderr=kept, output=kept, stdout=result.stdout
+    )
+    assert_one_line_error(errors_only, 1, os.strerror(code))

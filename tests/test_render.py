@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from zocli.cli import render
+from zocli.cli import render, render_measure
 
 
 def rendered(renderable, width: int) -> str:
@@ -55,7 +55,8 @@ def test_comparison_keeps_run_names_and_metrics_whole(width):
 def test_the_comparison_says_what_its_peak_memory_is():
     # Found: on CPU peak_mem_gb was process RSS (~1.2 GB of libraries) and nothing said so.
     text = " ".join(rendered(render.comparison(comparison()), 200).split())
-    assert "peak_mem_gb: training peak, process RSS on CPU (includes ~1 GB of libraries)" in text
+    assert "peak memory: training peak, process RSS on CPU (includes ~1 GB of libraries)" in text
+    assert "peak RSS GB (CPU process)" in text  # the column itself says so too (Markdown, LaTeX, CSV)
 
 
 def test_config_columns_may_wrap_but_lose_nothing():
@@ -124,5 +125,36 @@ def memory_report(**setting) -> SimpleNamespace:
     ],
 )
 def test_paper_memory_column_only_beside_the_setting_the_paper_measured(setting, shown):
-    text = rendered(render.memory(memory_report(**setting)), 200)
-    assert ("paper" in text) is shown and ("19.96" in text) is shown
+    text = rendered(render_measure.memory(memory_report(**setting)), 200)
+    assert ("paper GB" in text) is shown and ("19.96" in text) is shown
+    # found: the paper's 6.93 GB beside zocli's 1.02 GB and nothing said why; elsewhere, nothing said why not
+    assert ("differ by design" in text) is shown and ("paper figures not shown" in text) is not shown
+
+
+def test_memory_picks_the_unit_that_fits_and_never_prints_minus_zero():
+    # found: on the tiny model every cell read 0.00-0.02 GB and FO's own row "-0.0 %"
+    report = memory_report(model="zocli-tiny")
+    small = SimpleNamespace(**{**vars(report.rows[0]), "peak_bytes": 21_500_000, "reduction_vs_fo": 0.0})
+    text = rendered(render_measure.memory(SimpleNamespace(**{**vars(report), "rows": (small,)})), 200)
+    assert "peak MB" in text and "21.50" in text and "−0.0" not in text and "-0.0" not in text
+
+
+def test_train_and_eval_print_one_table_with_zero_shot_beside_seen():
+    # found: a zero-shot row over all 100 classes sat above seen-class rows ("16.0 -> 75.5"), and eval dropped it
+    matrix = [[80.0], [60.0, 70.0]]
+    summary = {"seen_accuracy": [80.0, 65.0], "last": 65.0, "avg": 72.5, "forgetting": 20.0, "bwt": -20.0}
+    text = rendered(render.accuracy_matrix(matrix, summary, "run: x", [40.0, 30.0], 14.35), 120)
+    header = next(line for line in text.splitlines() if "after task" in line)
+    assert header.index("seen") < header.index("zero-shot")
+    row = next(line for line in text.splitlines() if line.lstrip("│ ").startswith("1 "))
+    assert "65.00" in row and "30.00" in row
+    assert "zero-shot on all classes at once" in text and "14.35" in text
+    assert "zero-shot: Last 30.00   Avg 35.00" in text
+
+
+def test_latex_uses_math_minus_and_pm_and_no_python_literals():
+    header = ["configuration", "n", "BWT"]
+    rows = [["demo + fo", "2", "-1.50 ± 0.25"]]
+    text = render.latex(header, rows, 1)
+    assert "$-$1.50 $\\pm$ 0.25" in text and "demo + fo" in text
+    assert "\\toprule" in text and "\\bottomrule" in text

@@ -131,9 +131,14 @@ def test_grouped_table_is_mean_and_std_of_the_summaries(killed_and_resumed):
         peaks = [s["peak_memory"]["bytes"] for s in summaries]
         assert group["peak_memory_bytes"]["mean"] == pytest.approx(statistics.mean(peaks))
     table = cli("eval", root, "--markdown").stdout.splitlines()
-    assert table[0].startswith("| lr | n | Last |") and len(table) == 4
+    # rows named by the flags that vary (found: raw values, Python True/None in Markdown and LaTeX)
+    assert table[0].startswith("| configuration | n | Last |") and len(table) == 4
+    assert any("--lr 0.01" in line for line in table) and any("--lr 0.003" in line for line in table)
     latex = cli("eval", root, "--latex").stdout
     assert latex.startswith("\\begin{tabular}{lrrrrrrr}") and " $\\pm$ " in latex
+    csv_text = cli("eval", root, "--csv").stdout
+    for literal in ("True", "False", "None"):
+        assert literal not in table and literal not in latex and literal not in csv_text
     pytest.importorskip("matplotlib")
     assert cli("eval", root, "--plot", root.parent / "curves.png").exit_code == 0
     assert (root.parent / "curves.png").stat().st_size > 0

@@ -190,7 +190,7 @@ class Config:
         "Every N steps a record (loss, learning rates, ZO acceptance and update norm, step time, images/s) "
         "to metrics.jsonl and the trackers; 0: off.",
         TRACKING,
-        shown_default=f"{DEFAULT_LOG_EVERY} with --report-to, else off",
+        shown_default=f"min({DEFAULT_LOG_EVERY}, a tenth of the task's steps) with --report-to, else off",
     )
 
     @property
@@ -203,6 +203,13 @@ class Config:
         if self.log_every is not None:
             return self.log_every
         return DEFAULT_LOG_EVERY if self.trackers else 0
+
+    def log_interval_for(self, steps: int) -> int:
+        """The interval in a task of `steps` steps: --log-every as given, else with a tracker every
+        min(50, steps // 10) steps, so even a short task draws a curve of about 10 points."""
+        if self.log_every is not None or not self.trackers:
+            return self.log_interval
+        return max(1, min(DEFAULT_LOG_EVERY, steps // 10))
 
     def __post_init__(self) -> None:
         _validate(self)

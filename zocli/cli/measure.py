@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-from zocli.cli import render
+from zocli.cli import render_measure as render
 from zocli.cli._shared import ConfigFlags, Opt, app, config_options, err, errors, out, plot_to, plots_check, precheck
 
 # what a probe of a run's checkpoint may set too; the rest build a fresh model
@@ -35,7 +35,10 @@ def probe_variance_cmd(
     ] = None,
     batches: Annotated[int, Opt(min=1, metavar="N", help="Batches N to draw from the task.")] = 4,
     draws: Annotated[int, Opt(min=2, metavar="R", help="ZO estimates per batch.")] = 8,
-    queries: Annotated[int, Opt(min=1, metavar="Q", help="Directions Q averaged in each estimate.")] = 1,
+    queries: Annotated[
+        int | None,
+        Opt(min=1, metavar="Q", help="Directions Q averaged in each estimate. \\[default: the config's --queries]"),
+    ] = None,
     precision: Annotated[
         str | None,
         Opt(
@@ -71,7 +74,8 @@ def probe_variance_cmd(
         else:
             from zocli.study.probe import probe_variance
 
-            report = probe_variance(session, probe_task, batches, draws, queries)
+            # the estimator the configuration trains with (q = 8 by default), unless asked otherwise
+            report = probe_variance(session, probe_task, batches, draws, queries or session.cfg.queries)
         if plot is not None:
             plot_to(lambda plots: plots.variance_histogram(report, plot))
     if as_json:
@@ -82,7 +86,7 @@ def probe_variance_cmd(
         out.print(f"plot: {plot}")
 
 
-def _precisions(precision: str | None, plot: Path | None, queries: int) -> tuple[str, ...]:
+def _precisions(precision: str | None, plot: Path | None, queries: int | None) -> tuple[str, ...]:
     """The fidelity mode's precisions, checked before anything heavy loads; () in variance mode."""
     from zocli.config import PRECISIONS, ConfigError
 
@@ -92,7 +96,7 @@ def _precisions(precision: str | None, plot: Path | None, queries: int) -> tuple
     bad = [p for p in names if p not in PRECISIONS]
     if bad or not names:
         raise ConfigError(f"--precision takes a comma list of {', '.join(PRECISIONS)}; got {precision!r}")
-    if plot is not None or queries != 1:
+    if plot is not None or queries is not None:
         raise ConfigError("--plot and --queries belong to the variance probe, not to --precision")
     return names
 
@@ -134,7 +138,10 @@ def memory_cmd(
             metavar="LIST",
             help="Comma list: fo, dual, vision, language, each optionally -hop-odd/-hop-even/-prefix/-suffix, +mozo.",
         ),
-    ] = ",".join(("fo", "dual", "vision", "language", "dual-hop-odd", "dual-hop-even", "dual-prefix", "dual-suffix")),
+    ] = ",".join(
+        ("fo", "dual", "vision", "language")  # the paper's rows, then each branch's layer-wise schemes
+        + tuple(f"{b}-{s}" for b in ("dual", "vision", "language") for s in ("hop-odd", "hop-even", "prefix", "suffix"))
+    ),
     device: Annotated[
         str,
         Opt(

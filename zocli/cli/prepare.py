@@ -88,6 +88,10 @@ def prepare_cmd(
             _check_prepare_flags(name, source, allow_partial, user)
             from zocli.data import store
 
+            if as_json or not err.is_terminal:  # datasets' bars are for a terminal, not a log file
+                import datasets
+
+                datasets.disable_progress_bars()
             note = None if as_json else (lambda line: err.print(line, highlight=False))
             existing = None if overwrite else store.prepared_sizes(name, root)
             if existing is not None:  # kept as it is: say so, or a new --source looks imported
@@ -122,7 +126,15 @@ def prepare_cmd(
         print(json.dumps(report))
     else:
         for kind, path in report.items():
-            out.print(f"{kind}: {path}")
+            if kind != "existing":
+                out.print(f"{kind}: {path}", highlight=False)
+        if benchmark is not None:
+            import shlex
+
+            command = ["zocli", "train", "--benchmark", name]
+            if flags["data_root"] is not None or os.environ.get("ZOCLI_DATA"):
+                command += ["--data-root", str(root)]
+            err.print(f"next: {shlex.join(command)}", highlight=False)
 
 
 def _absolute(benchmark: str) -> str:

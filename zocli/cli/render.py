@@ -8,6 +8,7 @@ columns that hold free text (config values, descriptions) may wrap.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,6 @@ from rich.text import Text
 
 from zocli.config import OPTIONS
 
-# The study's table (GB, ViT-B/16, CIFAR-100 at batch 128, 10 prompts), shown only beside that setting.
-PAPER_GB = {
-    "moe": {"fo": 19.96, "dual": 2.17, "vision": 6.93, "language": 12.39},
-    "lora": {"fo": 15.11, "dual": 1.73, "vision": 5.71, "language": 11.09},
-}
-PAPER_SETTING = {"model": "ViT-B-16", "benchmark": "cifar100", "batch_size": 128, "prompts": 10}
 WRAP_FLOOR = 8  # a wrapping column is never squeezed below this many characters
 
 
@@ -73,34 +68,44 @@ def grid(
     return _Whole(table, sum(floors) + 3 * len(floors) + 1)
 
 
-def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_shot: dict | None = None) -> Group:
+def accuracy_matrix(
+    matrix: list[list[float]],
+    summary: dict,
+    title: str,
+    zero_shot_curve: list[float] | None = None,
+    zero_shot_all: float | None = None,
+) -> Group:
     """acc[t][j] with the seen-class accuracy per row, then Last / Avg / forgetting / BWT (and, for a
     complete matrix from --eval-future, whose cells above the diagonal are zero-shot, FWT / transfer /
-    zero-shot retention).
+    zero-shot retention). What `train` and `eval RUN` both print.
 
-    `zero_shot` ({"acc": row, "seen": all-class accuracy}) adds the untouched model's row on top."""
+    Every figure in the table is measured with a softmax over the classes seen after that row's task:
+    `zero_shot_curve` (the untouched model under that protocol) is a column beside "seen"; the
+    all-class zero-shot figure is a different problem and is stated apart, under the table."""
     tasks = max(len(matrix), *(len(row) for row in matrix))
-    header = ["after task", *(f"T{j}" for j in range(tasks)), "seen"]
+    curve = list(zero_shot_curve or [])
+    shot = bool(curve)
+    header = ["after task", *(f"T{j}" for j in range(tasks)), "seen", *(["zero-shot"] if shot else [])]
     rows = [
         [
             str(t),
             *(f"{a:.1f}" if j <= t else f"({a:.1f})" for j, a in enumerate(row)),
             *[""] * (tasks - len(row)),
             f"{summary['seen_accuracy'][t]:.2f}",
+            *([f"{curve[t]:.2f}" if t < len(curve) else ""] if shot else []),
         ]
         for t, row in enumerate(matrix)
     ]
-    lead = None
-    if zero_shot and zero_shot.get("acc"):
-        cells = [f"{a:.1f}" for a in zero_shot["acc"][:tasks]]
-        lead = ["zero-shot", *cells, *[""] * (tasks - len(cells)), f"{zero_shot['seen']:.2f}"]
-    table = grid(header, rows, bold=("seen",), title=title, lead=lead)
+    table = grid(header, rows, bold=("seen",), title=title)
     line = (
         f"Last {summary['last']:.2f}   Avg {summary['avg']:.2f}   "
         f"forgetting {summary['forgetting']:.2f}   BWT {summary['bwt']:.2f}"
     )
-    if zero_shot and zero_shot.get("seen") is not None:
-        line += f"   (zero-shot, all classes: {zero_shot['seen']:.2f})"
+    if shot and len(curve) >= len(matrix):
+        line += f"   (zero-shot: Last {curve[len(matrix) - 1]:.2f}   Avg {sum(curve[: len(matrix)]) / len(matrix):.2f})"
+    notes = ["seen, zero-shot: accuracy on the classes seen after that task, softmax over those classes"]
+    if zero_shot_all is not None:
+        notes.append(f"zero-shot on all classes at once (softmax over all, a harder problem): {zero_shot_all:.2f}")
     upper = [
         (label, summary[key])
         for key, label in (
@@ -111,10 +116,11 @@ def accuracy_matrix(matrix: list[list[float]], summary: dict, title: str, zero_s
         if summary.get(key) is not None
     ]
     if upper:  # (cells) above the diagonal: zero-shot on tasks not trained yet
-        line += "\n(above the diagonal: zero-shot on tasks not trained yet)   " + "   ".join(
-            f"{label} {value:.2f}{'%' if label.endswith('retention') else ''}" for label, value in upper
+        notes.append(
+            "(above the diagonal: zero-shot on tasks not trained yet, softmax over all classes)   "
+            + "   ".join(f"{label} {value:.2f}{'%' if label.endswith('retention') else ''}" for label, value in upper)
         )
-    return Group(table, Text(line))
+    return Group(table, Text(line), *(Text(n, style="dim") for n in notes))
 
 
 def run_banner(event: dict) -> str:
@@ -127,20 +133,62 @@ def run_banner(event: dict) -> str:
         if not event["first_task"]
         else f"tasks {event['first_task']}-{event['tasks'] - 1} of {event['tasks']}"
     )
-    return (
+    line = (
         f"run {event['run_dir']} · {event['device']} · {event['model']} ({event['pretrained']}) {event['adapter']} "
         f"· {event['benchmark']} · {todo} × {per_task} steps · trainable {n['trainable']:,} "
         f"(ZO {n['zo']:,}, FO {n['fo']:,})"
     )
+    return "\n".join([line, *provenance_lines(event.get("provenance"))])
+
+
+def provenance_lines(record: dict | None) -> list[str]:
+    """The protocol in words, then what the numbers depend on: weights and data hashes, versions, device."""
+    if not record:
+        return []
+    weights, data, versions, device = (record.get(k) or {} for k in ("weights", "data", "versions", "device"))
+    sha = weights.get("sha256")
+    stack = ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+    where = device.get("name") or "?"
+    if device.get("cuda"):
+        where += f" (CUDA {device['cuda']}{', driver ' + device['driver'] if device.get('driver') else ''})"
+    return [
+        f"protocol: {record.get('protocol')}",
+        f"weights sha256 {sha[:16] if sha else 'none (random init)'} · data {data.get('source') or '?'} "
+        f"revision {_short_revision(data.get('revision'))} · {stack} · {where}",
+    ]
+
+
+def _short_revision(revision: str | None) -> str:
+    if not revision or revision.startswith("not recorded"):
+        return "not recorded"
+    return revision[: len("content sha256 ") + 16] if revision.startswith("content sha256 ") else revision[:16]
+
+
+def peak_label(kinds) -> str:
+    """The peak-memory column's header: CPU process RSS says so wherever it appears."""
+    return "peak RSS GB (CPU process)" if "process_max_rss" in set(kinds) else "peak GB"
 
 
 def comparison_cells(comparison) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a run comparison, shared by the table and the CSV."""
-    header = ["run", *comparison.differing, "tasks", "last", "avg", "forgetting", "peak_mem_gb", "wall_s"]
+    """Header and rows of a run comparison, shared by the table, Markdown, LaTeX and CSV: the run, the
+    values that differ spelled as flags, then the metrics."""
+    from zocli.study.naming import spell
+
+    kinds = {r.peak_memory_kind for r in comparison.rows}
+    header = [
+        "run",
+        *(f"--{k.replace('_', '-')}" for k in comparison.differing),
+        "tasks",
+        "Last",
+        "Avg",
+        "forgetting",
+        peak_label(kinds),
+        "wall s",
+    ]
     rows = [
         [
             Path(r.run).name,
-            *(str(r.config.get(k)) for k in comparison.differing),
+            *(spell(r.config.get(k)) for k in comparison.differing),
             f"{r.tasks_done}/{r.tasks_total}",
             _fmt(r.last, ".2f"),
             _fmt(r.avg, ".2f"),
@@ -157,8 +205,8 @@ def comparison(comparison) -> _Whole:
     """Run names and metrics stay whole at any width; the differing config values may wrap."""
     header, rows = comparison_cells(comparison)
     kinds = {r.peak_memory_kind for r in comparison.rows if r.peak_memory_kind}
-    title = f"peak_mem_gb: training peak, {' / '.join(PEAK_LABELS[k] for k in sorted(kinds))}" if kinds else None
-    return grid(header, rows, left=("run",), wrap=comparison.differing, title=title)
+    title = f"peak memory: training peak, {' / '.join(PEAK_LABELS[k] for k in sorted(kinds))}" if kinds else None
+    return grid(header, rows, left=("run",), wrap=header[1 : 1 + len(comparison.differing)], title=title)
 
 
 PEAK_LABELS = {
@@ -192,144 +240,6 @@ def preset_toml(resolved) -> str:
     return "\n".join(lines) + "\n"
 
 
-def memory(report) -> _Whole:
-    """The memory table, shaped like the paper's, with its figures alongside for ViT-B/16."""
-    measured_as_paper = all(getattr(report, key) == value for key, value in PAPER_SETTING.items())
-    paper = PAPER_GB.get(report.adapter, {}) if measured_as_paper else {}
-    bound = " (meta: upper bound)" if report.upper_bound else ""
-    header = [
-        "config",
-        "peak",
-        "vs FO",
-        "weights",
-        "adapters",
-        "grads",
-        "optim",
-        "activ.",
-        *(["paper"] if paper else []),
-    ]
-    rows = [
-        [
-            row.config,
-            _gb(row.peak_bytes),
-            _fmt(row.reduction_vs_fo, "+.1f", suffix="%", negate=True),
-            _gb(row.frozen_weights),
-            _gb(row.trainable),
-            _gb(row.gradients),
-            _gb(row.optimizer_state),
-            _gb(row.activations),
-            *([_fmt(paper.get(row.config), ".2f")] if paper else []),
-        ]
-        for row in report.rows
-    ]
-    return grid(
-        header,
-        rows,
-        left=("config",),
-        title=f"GB · {report.model} {report.adapter} · {report.benchmark} · "
-        f"batch {report.batch_size} · {report.prompts} prompts · {report.device}{bound}",
-    )
-
-
-def variance(report) -> Group:
-    header = ["branch", "coords", "ε", "ZO var mean", "ZO median", "ZO q95", "FO var mean", "cos(ZO,FO)"]
-    rows = [
-        [
-            b.branch,
-            str(b.coordinates),
-            f"{b.eps:g}",
-            f"{b.zo.mean:.3e}",
-            f"{b.zo.median:.3e}",
-            f"{b.zo.quantiles['q95']:.3e}",
-            f"{b.fo.mean:.3e}",
-            f"{b.cosine_zo_fo:.4f}",
-        ]
-        for b in report.branches
-    ]
-    table = grid(
-        header,
-        rows,
-        left=("branch",),
-        title=f"{report.model} {report.adapter} · {report.benchmark} task "
-        f"{report.task} · {report.batches} batches × {report.draws} draws · q={report.queries} · {report.estimator}",
-    )
-    ratio = report.ratio_vision_language
-    line = f"vision / language ZO variance: mean {ratio['zo_mean']:.2f}×, median {ratio['zo_median']:.2f}×"
-    return Group(table, Text(line), Text(""), variance_per_layer(report), Text(""), _step_changes(report))
-
-
-def fidelity(report) -> Group:
-    """Per precision and ZO block: d's relative error and cos(ĝ) against fp32 (and fp64 on a CPU)."""
-    header = [
-        "precision",
-        "block",
-        "ε",
-        "rel. err d vs fp32",
-        "cos ĝ vs fp32",
-        "rel. err d vs fp64",
-        "cos ĝ vs fp64",
-        "verdict",
-    ]
-    rows = [
-        [
-            p.precision,
-            b.block,
-            f"{b.eps:g}",
-            "reference" if p.precision == "fp32" else f"{b.rel_error:.2e}",
-            "reference" if p.precision == "fp32" else f"{b.cosine:.5f}",
-            _fmt(b.rel_error_fp64, ".2e"),
-            _fmt(b.cosine_fp64, ".6f"),
-            "pass" if p.passed else "FAIL",
-        ]
-        for p in report.precisions
-        for b in p.blocks
-    ]
-    title = (
-        f"finite-difference fidelity · {report.model} · {report.benchmark} · {report.device} · {report.batches} "
-        f"batches × {report.directions} directions per block"
-    )
-    rule = (
-        f"pass: relative error of d = L(θ+εz) − L(θ−εz) ≤ {report.max_rel_error:g} and cos(ĝ, ĝ_fp32) ≥ "
-        f"{report.min_cosine:g} in every block; train refuses a --zo-precision that fails"
-    )
-    return Group(grid(header, rows, left=("precision", "block", "verdict"), title=title), Text(rule))
-
-
-def variance_per_layer(report) -> _Whole:
-    """Mean per-coordinate variance of each layer, ZO and FO, for each branch (the study's figure is per layer)."""
-    branches = {b.branch: {int(k): v for k, v in b.layers.items()} for b in report.branches}
-    layers = sorted({layer for by_layer in branches.values() for layer in by_layer})
-    header = ["layer", *(f"{name} {kind}" for name in branches for kind in ("ZO", "FO"))]
-    rows = [
-        [
-            str(layer),
-            *(
-                f"{by_layer[layer][key]:.3e}" if layer in by_layer else ""
-                for by_layer in branches.values()
-                for key in ("zo_mean", "fo_mean")
-            ),
-        ]
-        for layer in layers
-    ]
-    return grid(header, rows, title="mean variance per layer")
-
-
-def _step_changes(report) -> _Whole:
-    """Mean loss change per step, per rule and branch (negative: the step lowered the batch loss)."""
-    rules = list(report.branches[0].step_change)
-    rows = [[rule, *(f"{b.step_change[rule]:+.2e}" for b in report.branches)] for rule in rules]
-    return grid(
-        ["rule", *(b.branch for b in report.branches)],
-        rows,
-        left=("rule",),
-        title="loss change per step on its batch (this branch trained alone)",
-    )
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f}"
-
-
 def _fmt(value, spec: str, suffix: str = "", negate: bool = False) -> str:
     if value is None:
         return ""
@@ -344,46 +254,51 @@ GROUP_METRICS = (
     ("avg", "Avg", ".2f", 1),
     ("forgetting", "forgetting", ".2f", 1),
     ("bwt", "BWT", ".2f", 1),
-    ("wall_seconds", "wall_s", ".1f", 1),
-    ("peak_memory_bytes", "peak_mem_gb", ".2f", 1e9),
+    ("wall_seconds", "wall s", ".1f", 1),
+    ("peak_memory_bytes", "peak GB", ".2f", 1e9),
 )
 
 
-def grouped_cells(grouped, pm: str = "±") -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the seed-group table: mean ± std (n) per metric, and the paper's value if any."""
+def grouped_cells(grouped, kinds=()) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the seed-group table: the configuration's name (naming.names), then mean ± std
+    per metric, and the paper's value if any. The same cells feed the terminal, Markdown and LaTeX."""
     paper = any(g.paper for g in grouped.groups)
     header = [
-        *grouped.differing,
+        "configuration",
         "n",
-        *(label for _, label, _, _ in GROUP_METRICS),
+        *(peak_label(kinds) if key == "peak_memory_bytes" else label for key, label, _, _ in GROUP_METRICS),
         *(["paper Last / Avg"] if paper else []),
     ]
     rows = []
     for g in grouped.groups:
-        cells = [str(g.config.get(k)) for k in grouped.differing]
+        cells = [g.name]
         cells.append(f"{len(g.seeds)}" if len(g.seeds) == len(g.runs) else f"{len(g.seeds)} of {len(g.runs)}")
-        cells += [_mean_std(g.stats[key], spec, scale, pm) for key, _, spec, scale in GROUP_METRICS]
+        cells += [_mean_std(g.stats[key], spec, scale) for key, _, spec, scale in GROUP_METRICS]
         if paper:
             cells.append(" / ".join(_fmt(g.paper.get(k), ".2f") or "–" for k in ("last", "avg")) if g.paper else "")
         rows.append(cells)
     return header, rows
 
 
-def _mean_std(stat, spec: str, scale: float, pm: str) -> str:
+def _mean_std(stat, spec: str, scale: float) -> str:
     if stat.mean is None:
         return ""
     mean = format(stat.mean / scale, spec)
-    return mean if stat.std is None else f"{mean} {pm} {format(stat.std / scale, spec)}"
+    return mean if stat.std is None else f"{mean} ± {format(stat.std / scale, spec)}"
 
 
-def grouped_table(grouped) -> _Whole:
-    header, rows = grouped_cells(grouped)
-    return grid(header, rows, wrap=grouped.differing, title="mean ± std over seeds (n: finished runs)")
+def grouped_table(grouped, kinds=()) -> _Whole:
+    header, rows = grouped_cells(grouped, kinds)
+    return grid(header, rows, left=("configuration",), title="mean ± std over seeds (n: finished runs)")
 
 
 def grouped_csv_rows(grouped) -> tuple[list[str], list[list[Any]]]:
-    """Numbers as numbers: a mean, a std and an n column per metric."""
+    """Numbers as numbers: a mean, a std and an n column per metric; names and config values spelled as a
+    user writes them (never True/False/None: an unset number is an empty cell)."""
+    from zocli.study.naming import spell
+
     header = [
+        "configuration",
         *grouped.differing,
         "runs",
         *(f"{key}_{part}" for key, *_ in GROUP_METRICS for part in ("mean", "std", "n")),
@@ -392,10 +307,15 @@ def grouped_csv_rows(grouped) -> tuple[list[str], list[list[Any]]]:
     ]
     rows = [
         [
-            *(g.config.get(k) for k in grouped.differing),
+            g.name,
+            *(spell(g.config.get(k)) for k in grouped.differing),
             len(g.runs),
-            *(v for key, *_ in GROUP_METRICS for v in (g.stats[key].mean, g.stats[key].std, g.stats[key].n)),
-            *((g.paper or {}).get(k) for k in ("last", "avg")),
+            *(
+                "" if v is None else v
+                for key, *_ in GROUP_METRICS
+                for v in (g.stats[key].mean, g.stats[key].std, g.stats[key].n)
+            ),
+            *("" if (g.paper or {}).get(k) is None else g.paper[k] for k in ("last", "avg")),
         ]
         for g in grouped.groups
     ]
@@ -408,14 +328,22 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def latex(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 0) -> str:
-    """A booktabs tabular (\\usepackage{booktabs}), the first `text_columns` left-aligned; ± becomes $\\pm$."""
-    escape = lambda text: "".join("\\" + c if c in "&%$#_{}" else c for c in text).replace(" ± ", " $\\pm$ ")  # noqa: E731
+    """A booktabs tabular (\\usepackage{booktabs}), the first `text_columns` left-aligned; in the number
+    columns a minus sign is $-$ and ± is $\\pm$."""
+
+    def escape(text: str, number: bool) -> str:
+        text = "".join("\\" + c if c in "&%$#_{}" else c for c in text)
+        text = text.replace("~", "\\textasciitilde{}").replace(" ± ", " $\\pm$ ")
+        if number:
+            text = re.sub(r"(?<![\w.])[-−](?=\d)", "$-$", text)
+        return text
+
     lines = [
         f"\\begin{{tabular}}{{{'l' * text_columns}{'r' * (len(header) - text_columns)}}}",
         "\\toprule",
-        " & ".join(map(escape, header)) + " \\\\",
+        " & ".join(escape(h, False) for h in header) + " \\\\",
         "\\midrule",
-        *(" & ".join(map(escape, row)) + " \\\\" for row in rows),
+        *(" & ".join(escape(c, i >= text_columns) for i, c in enumerate(row)) + " \\\\" for row in rows),
         "\\bottomrule",
         "\\end{tabular}",
     ]
@@ -425,7 +353,16 @@ def latex(header: Sequence[str], rows: Sequence[Sequence[str]], text_columns: in
 def sweep_state(state: dict) -> _Whole:
     """One row per run of a sweep: state, tasks done, attempts, error."""
     header = ["run", "state", "tasks", "attempts", "error"]
-    rows = [[r["name"], r["state"], str(r["tasks_done"]), str(r["attempts"]), r["error"] or ""] for r in state["runs"]]
+    rows = [
+        [
+            r["name"],
+            r["state"],
+            f"{r['tasks_done']}/{r['tasks_total']} tasks" if r.get("tasks_total") else f"{r['tasks_done']} tasks",
+            str(r["attempts"]),
+            r["error"] or "",
+        ]
+        for r in state["runs"]
+    ]
     counts = ", ".join(f"{n} {kind}" for kind, n in state["counts"].items() if n)
     return grid(
         header, rows, left=("run", "state", "error"), wrap=("error",), title=f"sweep {state['sweep']}: {counts}"

@@ -53,6 +53,9 @@ def eval_cmd(
             help="Evaluate even though an input the run recorded (class order, model config, data, weights) changed.",
         ),
     ] = False,
+    show_tasks: Annotated[
+        bool, Opt("--tasks", metavar="", help="Print each task's classes by name (one run) and exit.")
+    ] = False,
     *,
     flags: ConfigFlags,
 ) -> None:
@@ -63,6 +66,9 @@ def eval_cmd(
     overrides = {**flags, "data_root": flags["data_root"] or os.environ.get("ZOCLI_DATA")}
     with errors():
         paths = _expand(run_dirs)
+        if show_tasks:
+            _print_tasks(paths, as_json)
+            return
         plots_check(plot)
         if len(paths) > 1 or as_csv or as_markdown or as_latex:
             _compare(
@@ -93,14 +99,44 @@ def eval_cmd(
                 highlight=False,
             )
         if plot is not None:
-            plot_to(lambda plots: plots.accuracy_heatmap(result.acc_matrix, plot, Path(result.run_dir).name))
+            plot_to(lambda plots: plots.run_heatmap(result, plot))
+            err.print(f"plot: {plot}", highlight=False)
     if as_json:
         print(json.dumps(result.as_dict()))
     elif result.summary is not None:
-        out.print(render.accuracy_matrix(result.acc_matrix, result.summary, f"run: {result.run_dir}"))
+        out.print(
+            render.accuracy_matrix(
+                result.acc_matrix,
+                result.summary,
+                f"run: {result.run_dir}",
+                result.zero_shot_curve,
+                result.zero_shot_seen,
+            )
+        )
     else:
         row = result.acc_matrix[0]
         out.print(f"after task {task}: " + "  ".join(f"T{j} {a:.2f}" for j, a in enumerate(row)))
+
+
+def _print_tasks(paths: list[Path], as_json: bool) -> None:
+    """Which classes make up which task: summary.json's list, or for an unfinished run config.json's record."""
+    from zocli.run.rundir import RunDir, read_json
+
+    for path in paths:
+        run = RunDir.open(path)
+        tasks = read_json(run.summary).get("tasks") if run.summary.is_file() else None
+        if tasks is None:
+            saved = read_json(run.config)
+            record, cfg = saved.get("benchmark") or {}, saved["config"]
+            names = [record["names"][c] for c in record.get("order", [])]
+            first = cfg.get("base") or cfg["inc"]
+            tasks = [names[:first]] + [names[i : i + cfg["inc"]] for i in range(first, len(names), cfg["inc"])]
+        if as_json:
+            print(json.dumps({"run_dir": str(path), "tasks": tasks}))
+            continue
+        out.print(f"run: {path}", highlight=False)
+        for t, classes in enumerate(tasks):
+            out.print(f"T{t} ({len(classes)}): {', '.join(classes)}", highlight=False)
 
 
 def _expand(patterns: list[str]) -> list[Path]:
@@ -131,15 +167,23 @@ def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> N
 
     for path in paths:  # a missing or foreign directory is named before the heavy imports
         RunDir.open(path)
-    from zocli.study.compare import compare
+    from zocli.study.compare import compare, differences
     from zocli.study.stats import group
 
     comparison = compare(paths)
     grouped = group(comparison)
     seeds = grouped.repeated and not by_run
+    kinds = {r.peak_memory_kind for r in comparison.rows if r.peak_memory_kind}
+    for line in differences(comparison):
+        err.print(f"warning: {line}", highlight=False)
     if plot is not None:
-        plot_to(lambda plots: plots.seed_curves(grouped, plot) if seeds else plots.accuracy_curves(comparison, plot))
-    header, rows = render.grouped_cells(grouped) if seeds else render.comparison_cells(comparison)
+        configs = [r.config for r in comparison.rows]
+        plot_to(
+            lambda plots: (
+                plots.seed_curves(grouped, plot, configs=configs) if seeds else plots.accuracy_curves(comparison, plot)
+            )
+        )
+    header, rows = render.grouped_cells(grouped, kinds) if seeds else render.comparison_cells(comparison)
     if form == "json":
         print(json.dumps({**comparison.as_dict(), "groups": grouped.as_dict()["groups"]}))
     elif form == "csv":
@@ -147,9 +191,11 @@ def _compare(paths: list[Path], form: str, plot: Path | None, by_run: bool) -> N
     elif form == "markdown":
         print(render.markdown(header, rows))
     elif form == "latex":
-        print(render.latex(header, rows, len(grouped.differing) if seeds else 1 + len(comparison.differing)))
+        print(render.latex(header, rows, 1 if seeds else 1 + len(comparison.differing)))
     else:
-        out.print(render.grouped_table(grouped) if seeds else render.comparison(comparison))
+        out.print(render.grouped_table(grouped, kinds) if seeds else render.comparison(comparison))
+    if plot is not None:
+        err.print(f"plot: {plot}", highlight=False)
 
 
 def _print_csv(header, rows) -> None:

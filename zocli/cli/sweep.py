@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -214,16 +215,42 @@ def _grid(core, grid_file, presets, items, seeds, fixed: dict):
 
 
 def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
+    from zocli.sweep.cost import estimate
+
     sweep = core.Sweep(root, tuple(runs))
+    costs = [estimate(r.presets, r.flags, data_root) for r in runs]
     plan = [
-        {"name": r.name, "run_dir": str(sweep.run_dir(r.name)), "command": core.command(sweep, r, data_root)[1]}
-        for r in runs
+        {
+            "name": r.name,
+            "run_dir": str(sweep.run_dir(r.name)),
+            "command": core.command(sweep, r, data_root)[1],
+            "forwards_per_step": c.forwards_per_step,
+            "steps": c.steps,
+            "forwards": c.forwards,
+        }
+        for r, c in zip(runs, costs)
     ]
+    known = [c.forwards for c in costs if c.forwards is not None]
     if as_json:
-        print(json.dumps({"sweep": str(root), "runs": plan}))
+        print(json.dumps({"sweep": str(root), "runs": plan, "forwards": sum(known) if known else None}))
         return
     for item in plan:
         out.print(f"{item['name']}: {shlex.join(item['command'])}", highlight=False, soft_wrap=True)
+    for item in plan:
+        steps = f"{item['steps']:,} steps" if item["steps"] is not None else "steps unknown (data not prepared)"
+        total = f" = {item['forwards']:,} forwards" if item["forwards"] is not None else ""
+        out.print(
+            f"cost {item['name']}: {item['forwards_per_step']} forwards per step × {steps}{total}",
+            highlight=False,
+        )
+    if known:
+        unknown = len(costs) - len(known)
+        out.print(
+            f"total: {sum(known):,} forwards over {len(known)} runs"
+            + (f" (+ {unknown} unknown)" if unknown else "")
+            + " (a forward: one loss evaluation; the FO forward + backward counts one, and costs more)",
+            highlight=False,
+        )
 
 
 def _print_state(state: dict, as_json: bool) -> None:
@@ -238,20 +265,32 @@ def _run_local(sweep, devices: str | None, jobs: int, quiet: bool, takeover: boo
 
     slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs)
     total = len(sweep.runs)
-    counter = {"done": 0}
+    counter = {"done": 0, "ran": 0, "settled": 0, "began": time.monotonic()}
+
+    def eta() -> str:
+        """Overall ETA from the runs this invocation finished (their mean wall time, over the slots)."""
+        left = total - counter["settled"]
+        if not counter["ran"] or not left:
+            return ""
+        per_run = (time.monotonic() - counter["began"]) / counter["ran"]
+        seconds = int(per_run * left)
+        return f" · ETA {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def on_event(event: dict) -> None:
         if event["event"] == "skipped":
             counter["done"] += event["state"] == "finished"
+            counter["settled"] += 1
             line = f"skip {event['name']}: {event['state']}" + (f" ({event['error']})" if event.get("error") else "")
         elif event["event"] == "started":
-            line = f"{event['action']} {event['name']} on {event['slot']}"
+            line = f"{event['action']} {event['name']} on {event['slot']} · {counter['done']}/{total} finished"
         else:
             counter["done"] += event["state"] == "finished"
+            counter["ran"] += 1
+            counter["settled"] += 1
             line = (
                 f"{event['state']} {event['name']}"
                 + (f": {event['error']}" if event["error"] else "")
-                + f" · {counter['done']}/{total} finished"
+                + f" · {counter['done']}/{total} finished{eta()}"
             )
         if not quiet or (event["event"] == "ended" and event["error"]):
             err.print(line, highlight=False)

@@ -62,14 +62,14 @@ def train_cmd(
     A flag whose default is unset (--base, --eps-vision, ...) takes `none` to unset what a preset set."""
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
-    where: dict[str, Path] = {}  # the run directory, once known: what a resume hint names
+    where: dict = {}  # the run directory and its --save-every, once known: what a resume hint names
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints progress and results
     as_json = as_json or not leader
     with errors(), graceful_stop(lambda: _abort(where)) as should_stop:
         from zocli.run.rundir import Interrupted
 
         try:
-            with _progress(enabled=not as_json) as on_event:
+            with _progress(enabled=leader) as on_event:  # stderr: --json only takes stdout
                 result = _train_or_resume(
                     flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed_inputs
                 )
@@ -86,9 +86,14 @@ def train_cmd(
     if as_json:
         print(json.dumps(result.as_dict()))
     else:
-        zero_shot = {"acc": result.zero_shot, "seen": result.zero_shot_seen}
         out.print(
-            render.accuracy_matrix(result.acc_matrix, result.summary.as_dict(), f"run: {result.run_dir}", zero_shot)
+            render.accuracy_matrix(
+                result.acc_matrix,
+                result.summary.as_dict(),
+                f"run: {result.run_dir}",
+                result.zero_shot_curve,
+                result.zero_shot_seen,
+            )
         )
 
 
@@ -118,7 +123,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
         on_event({"event": "starting", "what": "resuming", "run_dir": str(resume)})
         from zocli.run.train import resume as resume_run
 
-        where["run"] = resume
+        where["run"], where["save_every"] = resume, flags.get("save_every") or _saved_every(resume)
         return resume_run(resume, {k: flags[k] for k in PLACE_KEYS}, on_event, should_stop, allow_changed)
     from zocli.config import resolve
 
@@ -136,7 +141,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
     on_event({"event": "starting", "what": "training into", "run_dir": str(target)})
     from zocli.run.train import run
 
-    where["run"] = target
+    where["run"], where["save_every"] = target, resolved.config.save_every
     return run(resolved, target, overwrite=overwrite, on_event=on_event, should_stop=should_stop)
 
 
@@ -174,12 +179,21 @@ def _user_path(path: Path | None, flag: str) -> Path | None:
     return path.expanduser()
 
 
-def _aborted(where: dict[str, Path]) -> str:
+def _aborted(where: dict) -> str:
     hint = f"; resume from the last commit with: zocli train --resume {where['run']}" if "run" in where else ""
+    if "run" in where and not where.get("save_every"):  # no mid-task commit point: the task restarts
+        hint += " (without --save-every the interrupted task will be redone from its start)"
     return f"aborted{hint}"
 
 
-def _abort(where: dict[str, Path]) -> None:
+def _saved_every(run: Path) -> int:
+    try:
+        return int(json.loads((run / "config.json").read_text())["config"].get("save_every") or 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def _abort(where: dict) -> None:
     """The second Ctrl-C: exit 130 at once, with no commit; the last commit point stands.
 
     Exiting from the handler, not raising KeyboardInterrupt: an exception raised while a finalizer
@@ -204,8 +218,9 @@ def _default_name(cfg) -> str:
 
 @contextmanager
 def _progress(enabled: bool):
-    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task unless
-    --json; on a terminal also a line while loading, and bars (this task, the whole run) with ETAs."""
+    """Progress on stderr, yielding the core's on_event callback: a banner and one line per task with the
+    ETA (with --json too: it only takes stdout); on a terminal also a line while loading, and bars (this
+    task, the whole run) with ETAs."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

@@ -77,3 +77,23 @@ def is_weights_file(pretrained: str) -> bool:
     """Whether --pretrained names a weights file: a path, a weights suffix, or a name that exists here."""
     path = Path(pretrained).expanduser()
     return "/" in pretrained or path.suffix in WEIGHT_SUFFIXES or path.exists()
+
+
+_REVISIONS: dict[str, str] = {}  # hub dataset id -> the commit hash last loaded in this process
+
+
+def note_revision(repo_id: str, revision: str | None = None) -> None:
+    """Remember the commit hash `repo_id` resolves to (online only; a failure leaves it unrecorded)."""
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().dataset_info(repo_id, revision=revision, timeout=PROBE_SECONDS * 3).sha
+    except Exception:
+        return
+    if sha:
+        _REVISIONS[repo_id] = sha
+
+
+def last_revision(repo_id: str | None) -> str | None:
+    """The hub commit a dataset was loaded from in this process, if it was resolved."""
+    return _REVISIONS.get(repo_id) if repo_id else None

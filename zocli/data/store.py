@@ -13,7 +13,9 @@ exceptions with one-line messages, and status lines go to the optional `on_progr
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -98,6 +100,23 @@ def prepared_sizes(name: str, data_root: Path) -> dict[str, int] | None:
 # prepare
 
 
+SOURCE_RECORD = "zocli_source.json"  # inside a prepared copy: its source, revision and content hash
+
+
+def record_source(out: Path, source: str, revision: str | None) -> None:
+    """Write the prepared copy's provenance into `out` (before it is swapped into place): where it came
+    from, the source's revision (a hub commit hash) and a sha256 of the data files written."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(out).rglob("*.arrow") if p.is_file()):
+        digest.update(f"{path.relative_to(out)}\0".encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    content = digest.hexdigest()
+    record = {"source": source, "revision": revision or f"content sha256 {content}", "content_sha256": content}
+    (Path(out) / SOURCE_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
 def prepare(
     bench: Benchmark,
     data_root: Path,
@@ -126,6 +145,8 @@ def prepare(
         record = fingerprint.of_dataset(tmp / "out", list(bench.classes), dd)
         fingerprint.write(tmp / "out", {**record, "partial": allow_partial})
         del dd  # drop the memory maps on tmp/work before it is deleted
+        where = str(Path(source).expanduser()) if source else bench.hub_id or f"generated ({bench.name})"
+        record_source(tmp / "out", where, None if source else hub.last_revision(bench.hub_id))
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
 
@@ -299,7 +320,10 @@ def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
             else f"the Hugging Face hub is offline or unreachable: looking for {bench.hub_id} in its local cache"
         )
         try:
-            return datasets.load_dataset(bench.hub_id, **kwargs)
+            loaded = datasets.load_dataset(bench.hub_id, **kwargs)
+            if online:
+                hub.note_revision(bench.hub_id)
+            return loaded
         except Exception as exc:
             reason = " ".join(str(exc).split())[:160]
             why = (

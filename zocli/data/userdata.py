@@ -38,6 +38,7 @@ from zocli.data.store import (
     normalize,
     per_class_split,
     progress_or_quiet,
+    record_source,
 )
 
 TEST_SPLITS = ("test", "validation", "valid", "val")  # tried in this order when --test-split is not given
@@ -82,6 +83,7 @@ def prepare(
         (tmp / "out" / RECORD).write_text(json.dumps(record, indent=1))
         fingerprint.write(tmp / "out", fingerprint.of_dataset(tmp / "out", list(bench.classes), dd))
         del dd  # drop the memory maps on tmp/work before it is deleted
+        record_source(tmp / "out", spec, hub.last_revision(where) if kind == "hf" else None)
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
 
@@ -231,6 +233,8 @@ def _load(where: str, progress: Progress) -> DatasetDict:
                     else f"the Hugging Face hub is unreachable: looking for {where} in its local cache"
                 )
                 dd = datasets.load_dataset(where)
+                if online:
+                    hub.note_revision(where)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         raise SourceError(f"cannot load hf:{where} ({type(exc).__name__}: {reason})") from None

@@ -46,6 +46,9 @@ class TaskAccuracy:
     row: tuple[float, ...]  # percent accuracy on each seen task's test set, tasks 0..t
     sizes: tuple[int, ...]  # test images per seen task
     loss: float = 0.0  # mean cross-entropy over the seen classes on the seen test sets: comparable across runs
+    # evaluate_untouched only: after each task t, accuracy on tasks 0..t with a softmax over the classes seen
+    # by then — the protocol of the trained rows, so the zero-shot figure beside each A_t is comparable
+    seen_curve: tuple[float, ...] = ()
 
 
 def evaluate_seen(session: Session, task: int) -> TaskAccuracy:
@@ -68,9 +71,16 @@ def evaluate_row(session: Session, task: int) -> TaskAccuracy:
     return TaskAccuracy(seen.row + future.row, seen.sizes + future.sizes, seen.loss)  # loss: the seen classes'
 
 
+def evaluate_untouched(session: Session) -> TaskAccuracy:
+    """The model as it is (before task 0: zero-shot CLIP) on every task's test set, softmax over all classes,
+    and in the same pass its seen-class curve (`seen_curve`: A_t under the trained rows' protocol)."""
+    return _evaluate(session, range(session.split.n_tasks), session.split.seen(session.split.n_tasks - 1), True)
+
+
 @torch.no_grad()
-def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
-    """Accuracy (percent) on each of `tasks`' test sets, classifying among the first `classes` positions."""
+def _evaluate(session: Session, tasks: range, classes: int, curve: bool = False) -> TaskAccuracy:
+    """Accuracy (percent) on each of `tasks`' test sets, classifying among the first `classes` positions;
+    with `curve`, also after each task t the accuracy on tasks 0..t among the classes seen by then."""
     model, test, split, device = session.model, session.test, session.split, session.device
     if not tasks:
         return TaskAccuracy((), (), 0.0)
@@ -82,6 +92,9 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
     # the per-batch loss sums are summed over the ranks and the losses added in batch order, as here
     rows, n_batches, batch = distributed.share_rows(rows, session.cfg.eval_batch_size)
     losses = torch.zeros(n_batches, dtype=torch.float64)
+    ends = [split.bounds(j)[1] for j in tasks] if curve else []
+    prefix_correct = torch.zeros(len(ends), dtype=torch.long)  # (T,) correct among the first ends[t] classes
+    prefix_total = torch.zeros(len(ends), dtype=torch.long)
     precision = session.cfg.precision
     with deterministic(model):
         with matmuls(precision, device):
@@ -97,12 +110,18 @@ def _evaluate(session: Session, tasks: range, classes: int) -> TaskAccuracy:
             owner = torch.bucketize(positions, bounds, right=True)  # (B,) index in `tasks` of each true class
             correct += torch.bincount(owner, weights=(predicted == positions).long(), minlength=len(tasks)).long()
             total += torch.bincount(owner, minlength=len(tasks))
-    distributed.sum_counts_(correct, total, losses)
+            for t, end in enumerate(ends):
+                inside = positions < end  # (B,) the images of tasks 0..t
+                hit = logits[:, :end].argmax(dim=-1).cpu() == positions
+                prefix_correct[t] += int((hit & inside).sum())
+                prefix_total[t] += int(inside.sum())
+    distributed.sum_counts_(correct, total, losses, prefix_correct, prefix_total)
     loss_sum = 0.0
     for value in losses.tolist():
         loss_sum += value
     row = tuple(round(100.0 * c / max(n, 1), 4) for c, n in zip(correct.tolist(), total.tolist()))
-    return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6))
+    seen_curve = tuple(round(100.0 * c / max(n, 1), 2) for c, n in zip(prefix_correct.tolist(), prefix_total.tolist()))
+    return TaskAccuracy(row, tuple(total.tolist()), round(loss_sum / max(int(total.sum()), 1), 6), seen_curve)
 
 
 @dataclass(frozen=True)
@@ -113,6 +132,9 @@ class RunEvaluation:
     task_sizes: list[int]
     summary: dict | None  # Last/Avg/forgetting/BWT (and the upper triangle's figures) when every task was re-evaluated
     changed_inputs: tuple[dict, ...] = ()  # with --allow-changed-inputs: what differed from the run's record
+    zero_shot_seen: float | None = None  # the untouched model, all classes (measured once, by train)
+    zero_shot_curve: list[float] | None = None  # ... after each task on the seen classes (seen-class softmax)
+    zero_shot_row: list[float] | None = None  # ... on each task's test set, softmax over all classes
 
     def as_dict(self) -> dict:
         return {
@@ -122,6 +144,9 @@ class RunEvaluation:
             "task_sizes": self.task_sizes,
             **(self.summary or {}),
             **({"changed_inputs": list(self.changed_inputs)} if self.changed_inputs else {}),
+            "zero_shot_seen": self.zero_shot_seen,
+            "zero_shot_curve": self.zero_shot_curve,
+            "zero_shot": self.zero_shot_row,
         }
 
 
@@ -178,6 +203,16 @@ def reevaluate(
         accuracy = evaluate_row(session, t)
         matrix.append(list(accuracy.row))
         sizes = list(accuracy.sizes)
-    zero_shot = (read_manifest(run).get("zero_shot") or {}).get("acc")  # measured once, by train
-    summary = summarize(matrix, sizes, zero_shot).as_dict() if task is None else None
-    return RunEvaluation(str(run.root), tasks, matrix, sizes, summary, tuple(c.as_dict() for c in changes))
+    zero_shot = read_manifest(run).get("zero_shot") or {}  # measured once, by train
+    summary = summarize(matrix, sizes, zero_shot.get("acc")).as_dict() if task is None else None
+    return RunEvaluation(
+        str(run.root),
+        tasks,
+        matrix,
+        sizes,
+        summary,
+        tuple(c.as_dict() for c in changes),
+        zero_shot.get("seen_accuracy"),
+        zero_shot.get("seen_curve"),
+        zero_shot.get("acc"),
+    )

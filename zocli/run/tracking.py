@@ -137,8 +137,9 @@ class _TensorBoard:
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         self.writer = SummaryWriter(log_dir=str(root / "tensorboard"))
-        # the HPARAMS tab: hyper-parameters as its scalar types, None and lists as text
-        clean = {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in hparams.items()}
+        # the HPARAMS tab: one type per key whatever the run, so runs line up: numbers as floats (unset: NaN),
+        # switches as booleans, the rest as text (unset: "unset")
+        clean = {k: _hparam(k, v) for k, v in hparams.items()}
         for summary in hparams_summary(clean, {"task/last": 0.0, "task/avg": 0.0}):
             self.writer.file_writer.add_summary(summary)
         self.writer.add_text("config", f"```\n{json.dumps(hparams, indent=2)}\n```")
@@ -149,6 +150,18 @@ class _TensorBoard:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _hparam(key: str, value: Any) -> Any:
+    from typing import get_args, get_type_hints
+
+    kind = get_type_hints(Config).get(key)
+    kinds = set(get_args(kind)) or {kind}
+    if bool in kinds:
+        return bool(value)
+    if kinds & {int, float}:
+        return float("nan") if value is None else float(value)
+    return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
 
 
 class _WandB:

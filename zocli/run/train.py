@@ -7,7 +7,6 @@ The core takes a resolved config and returns a `RunResult`; progress reaches the
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -23,8 +22,8 @@ from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
 from zocli.rng import derive_seed
-from zocli.run import checkpoint, distributed, inputs, peaks
-from zocli.run.evaluate import evaluate_row, evaluate_seen, restore
+from zocli.run import checkpoint, distributed, inputs, peaks, provenance
+from zocli.run.evaluate import evaluate_row, evaluate_untouched, restore
 from zocli.run.fidelity import choose_zo_precision
 from zocli.run.fidelity import notes as fidelity_notes
 from zocli.run.metrics import Summary, seen_accuracy, summarize
@@ -59,6 +58,9 @@ class RunResult:
     peak_memory: dict[str, Any]
     zero_shot: list[float] | None = None  # the untouched model on every task's test set, before task 0
     zero_shot_seen: float | None = None  # ... and on the union of all test sets (all classes)
+    zero_shot_curve: list[float] | None = None  # ... after each task t on tasks 0..t, softmax over the seen classes
+    tasks: list[list[str]] | None = None  # each task's classes by name
+    provenance: dict[str, Any] | None = None  # config.json's protocol and provenance record
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +70,9 @@ class RunResult:
             **self.summary.as_dict(),
             "zero_shot": self.zero_shot,
             "zero_shot_seen": self.zero_shot_seen,
+            "zero_shot_curve": self.zero_shot_curve,
+            "tasks": self.tasks,
+            "provenance": self.provenance,
             "wall_seconds": round(self.wall_seconds, 2),
             "peak_memory": self.peak_memory,
         }
@@ -97,13 +102,14 @@ def run(
     identity = {
         **resolved.as_dict(),
         "zocli_version": __version__,
-        "environment": _environment(),
+        "environment": provenance.environment(),
         "zo_plan": _plan(session),
         "zo_rule": cfg.zo_rule_name,
         "zo_notes": notes,
         "benchmark": _benchmark_record(session),
         "inputs": inputs.record(session, model_config),  # what eval and --resume verify (DESIGN §8)
         "zo_fidelity": fidelity.as_dict() if fidelity is not None else None,
+        "provenance": provenance.record(session),
     }
     with distributed.created(out, identity, overwrite) as run_dir:
         if notes and on_event is not None:
@@ -177,6 +183,9 @@ def _recorded(run_dir: RunDir) -> RunResult:
             recorded["peak_memory"],
             recorded.get("zero_shot"),
             recorded.get("zero_shot_seen"),
+            recorded.get("zero_shot_curve"),
+            recorded.get("tasks"),
+            recorded.get("provenance"),
         )
     except (KeyError, TypeError, ValueError, IndexError, ZeroDivisionError) as exc:
         raise RunDirError(
@@ -215,7 +224,10 @@ def _train_tasks(
     elapsed: float,
 ) -> RunResult:
     stop = should_stop or (lambda: False)
-    emit({"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session)})
+    described = {"provenance": read_json(run_dir.config).get("provenance")}  # the banner's second line
+    emit(
+        {"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session), **described}
+    )
     began = time.perf_counter() - elapsed
     if progress.zero_shot is None:
         _evaluate_zero_shot(session, progress, run_dir, emit)
@@ -239,6 +251,9 @@ def _train_tasks(
         peaks.peak_memory(session.device, progress.peaks),
         zero_shot.get("acc"),
         zero_shot.get("seen_accuracy"),
+        zero_shot.get("seen_curve"),
+        provenance.task_classes(session),
+        read_json(run_dir.config).get("provenance"),
     )
     run_dir.write_json(run_dir.summary, result.as_dict())
     return result
@@ -246,13 +261,15 @@ def _train_tasks(
 
 def _evaluate_zero_shot(session: Session, progress: Progress, run_dir: RunDir, emit) -> None:
     """The untouched model (adapters at init are exactly zero-shot CLIP) on every task's test set,
-    softmax over all classes: the row every method is compared with. Recorded in the manifest, so a
-    resumed run reports it without measuring again."""
-    accuracy = evaluate_seen(session, session.split.n_tasks - 1)
+    softmax over all classes: the row every method is compared with; and its seen-class curve, the
+    figure comparable with each A_t. Recorded in the manifest, so a resumed run reports it without
+    measuring again."""
+    accuracy = evaluate_untouched(session)
     progress.zero_shot = {
         "acc": list(accuracy.row),
         "task_sizes": list(accuracy.sizes),
         "seen_accuracy": round(seen_accuracy(accuracy.row, accuracy.sizes), 2),
+        "seen_curve": list(accuracy.seen_curve),
         "test_loss": accuracy.loss,
     }
     event = {"event": "zero_shot", **progress.zero_shot}
@@ -307,6 +324,7 @@ def train_task(
     start, history = _restore_state(session, run_dir, stepper, state)
     batches = task_batches(session, task, (cfg.seed, task), start, cfg.max_steps)
     total = start + len(batches)
+    interval = cfg.log_interval_for(total)
     classes = batches.last - batches.first
     emit({"event": "task_start", "task": task, "steps": total, "start": start, "classes": classes})
     model.train()
@@ -319,8 +337,8 @@ def train_task(
         history.append({**asdict(stats), "seconds": time.perf_counter() - began, "images": len(labels)})
         emit({"event": "step", "task": task, "step": step, "steps": total, "loss": stats.loss})
         done = step + 1
-        if cfg.log_interval and done % cfg.log_interval == 0:
-            record = _step_record(task, step, total, history[-cfg.log_interval :], lr, stepper)
+        if interval and done % interval == 0:
+            record = _step_record(task, step, total, history[-interval:], lr, stepper)
             run_dir.log(record)
             emit(record)
         if done < total and (stop() or (cfg.save_every and done % cfg.save_every == 0)):
@@ -466,11 +484,3 @@ def _zo_notes(session: Session) -> list[str]:
 def _plan(session: Session) -> dict[str, list[int]]:
     depth = session.model.depth()
     return describe(zo_units(session.cfg, depth), depth)
-
-
-def _environment() -> dict[str, Any]:
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }

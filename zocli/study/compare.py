@@ -6,15 +6,16 @@ rows committed in its manifest. Columns are the config keys whose values differ 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from zocli.config import KEYS, PLACE_KEYS
 from zocli.data import catalogue
 from zocli.run.checkpoint import read_manifest
-from zocli.run.metrics import seen_accuracy, summarize
+from zocli.run.metrics import summarize
 from zocli.run.rundir import RunDir, read_json
+from zocli.study import naming
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class RunRow:
     wall_seconds: float | None
     peak_memory_kind: str | None = None  # cuda_max_allocated | process_max_rss
     zero_shot_curve: list[float] | None = None  # the untouched model on the classes seen after each task
+    presets: tuple[str, ...] = ()  # the presets the run's config was resolved from, in order
+    flagged: tuple[str, ...] = ()  # the keys it set by flag (naming.flagged_keys)
+    provenance: dict[str, Any] | None = None  # config.json's protocol and provenance record (DESIGN §8)
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class Comparison:
             "differing": list(self.differing),
             "runs": [
                 {
-                    **{k: getattr(r, k) for k in r.__dataclass_fields__ if k != "config"},
+                    **{k: getattr(r, k) for k in r.__dataclass_fields__ if k not in ("config", "provenance")},
                     "config": {k: r.config.get(k) for k in self.differing},
                 }
                 for r in self.rows
@@ -58,8 +62,67 @@ def compare(roots: list[Path]) -> Comparison:
     return Comparison(differing, tuple(rows))
 
 
+# What a run depends on beyond its config: a difference between compared runs is worth a warning.
+PROVENANCE = {
+    "protocol": lambda p: p.get("protocol"),
+    "weights sha256": lambda p: (p.get("weights") or {}).get("sha256"),
+    "data revision": lambda p: (p.get("data") or {}).get("revision"),
+    "data content sha256": lambda p: (p.get("data") or {}).get("content_sha256"),
+    "zocli version": lambda p: (p.get("versions") or {}).get("zocli"),
+    "torch version": lambda p: (p.get("versions") or {}).get("torch"),
+    "open_clip version": lambda p: (p.get("versions") or {}).get("open_clip"),
+    "datasets version": lambda p: (p.get("versions") or {}).get("datasets"),
+    "device": lambda p: (p.get("device") or {}).get("name"),
+}
+
+
+# Provenance keys that follow from config keys: when those vary, the table's columns already say it.
+SHOWN_BY = {
+    "protocol": ("benchmark", "inc", "base", "class_order", "prompt", "model", "pretrained"),
+    "weights sha256": ("model", "pretrained"),
+    "data revision": ("benchmark",),
+    "data content sha256": ("benchmark",),
+}
+
+
+def differences(comparison: Comparison) -> list[str]:
+    """One line per protocol or provenance key on which the compared runs differ (beyond the config keys
+    that vary, which the table shows): numbers that may not be comparable, said before they are read."""
+    lines = []
+    recorded = [r for r in comparison.rows if r.provenance]
+    if len(recorded) < len(comparison.rows) and recorded:
+        unrecorded = ", ".join(Path(r.run).name for r in comparison.rows if not r.provenance)
+        lines.append(f"no provenance recorded for {unrecorded} (trained by an older zocli): cannot check it")
+    for key, read in PROVENANCE.items():
+        values: dict[str, list[str]] = {}
+        for r in recorded:
+            values.setdefault(str(read(r.provenance)), []).append(Path(r.run).name)
+        if set(SHOWN_BY.get(key, ())) & set(comparison.differing):  # the table already shows why
+            continue
+        if len(values) > 1:
+            shown = "; ".join(
+                f"{_short(v)} ({', '.join(runs[:3])}{', …' if len(runs) > 3 else ''})" for v, runs in values.items()
+            )
+            lines.append(f"runs differ in {key}: {shown}")
+    return lines
+
+
+def _short(value: str) -> str:
+    return value[:12] if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else value
+
+
 def _row(run: RunDir) -> RunRow:
     saved = read_json(run.config)
+    row = _measured(run, saved)
+    named = {
+        "presets": tuple(saved.get("presets") or ()),
+        "flagged": naming.flagged_keys(saved.get("sources") or {}),
+        "provenance": saved.get("provenance"),
+    }
+    return replace(row, **named)
+
+
+def _measured(run: RunDir, saved: dict) -> RunRow:
     config = saved["config"]
     total = _task_count(config, saved.get("benchmark"))
     if run.summary.is_file():
@@ -99,8 +162,9 @@ def _row(run: RunDir) -> RunRow:
 
 
 def _zero_shot_curve(summary: dict) -> list[float] | None:
-    row, sizes = summary.get("zero_shot"), summary["task_sizes"]
-    return [round(seen_accuracy(row[: t + 1], sizes), 2) for t in range(len(summary["acc_matrix"]))] if row else None
+    """The untouched model after each task on the seen classes, softmax over them (runs from before it was
+    recorded: None — the all-class row would not be comparable with the seen-class curve)."""
+    return summary.get("zero_shot_curve")
 
 
 def _task_count(config: dict, record: dict | None) -> int:

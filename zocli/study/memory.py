@@ -26,9 +26,10 @@ from zocli.method.attach import AdaptedCLIP, build_model
 from zocli.method.step import Stepper
 
 PAPER_ROWS = ("fo", "dual", "vision", "language")
-DEFAULT_CONFIGS = PAPER_ROWS + ("dual-hop-odd", "dual-hop-even", "dual-prefix", "dual-suffix")
-BRANCH_PLANS = {"fo": ("fo", "fo"), "dual": ("zo", "zo"), "vision": ("zo", "fo"), "language": ("fo", "zo")}
 SCHEMES = ("hop-odd", "hop-even", "prefix", "suffix")
+# the paper's branch rows, then every layer-wise scheme of each branch
+DEFAULT_CONFIGS = PAPER_ROWS + tuple(f"{b}-{s}" for b in ("dual", "vision", "language") for s in SCHEMES)
+BRANCH_PLANS = {"fo": ("fo", "fo"), "dual": ("zo", "zo"), "vision": ("zo", "fo"), "language": ("fo", "zo")}
 
 
 class LiveTensorTracker(TorchDispatchMode):

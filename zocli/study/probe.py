@@ -83,7 +83,10 @@ class _Welford:
         self.m2 += delta * (x - self.mean)
 
     def variance(self) -> torch.Tensor:
-        return self.m2 / max(self.n - 1, 1)
+        """Per-coordinate sample variance; a coordinate constant across draws (an FO gradient that is zero,
+        or the same on every draw) is exactly 0, not the ~1e-28 that float64 rounding leaves of it."""
+        var = self.m2 / max(self.n - 1, 1)
+        return torch.where(var <= (1e-10 * self.mean.abs()) ** 2, torch.zeros_like(var), var)
 
 
 def probe_variance(

@@ -9,10 +9,11 @@ Only finished runs count (a partial run's "Last" is the accuracy after fewer tas
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from zocli.config import KEYS, PLACE_KEYS
+from zocli.study import naming
 from zocli.study.compare import Comparison, RunRow
 from zocli.study.paper import published
 
@@ -36,9 +37,11 @@ class Group:
     std_curve: list[float]
     zero_shot_curve: list[float] | None  # the untouched model on the seen classes (mean over runs), where known
     paper: dict[str, Any] | None  # {"presets", "last", "avg"} of the matching published cell
+    name: str = ""  # what was run, by its presets or its flags (naming.names)
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "name": self.name,
             "config": self.config,
             "runs": list(self.runs),
             "seeds": list(self.seeds),
@@ -75,7 +78,14 @@ def group(comparison: Comparison) -> Grouped:
     for row in comparison.rows:  # first-seen order: the order the runs were given in
         members.setdefault(identity(row.config), []).append(row)
     differing = tuple(k for k in comparison.differing if k != "seed")
-    return Grouped(differing, tuple(_group(rows, differing) for rows in members.values()))
+    groups = [_group(rows, differing) for rows in members.values()]
+    entries = [(rows[0].config, rows[0].presets, _flagged(rows)) for rows in members.values()]
+    labels = naming.names(entries, differing)
+    return Grouped(differing, tuple(replace(g, name=n) for g, n in zip(groups, labels)))
+
+
+def _flagged(rows: list[RunRow]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(k for r in rows for k in r.flagged))
 
 
 def _group(rows: list[RunRow], differing: tuple[str, ...]) -> Group:

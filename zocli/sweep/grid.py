@@ -301,6 +301,7 @@ class RunState:
     tasks_done: int
     attempts: int
     error: str | None = None
+    tasks_total: int | None = None  # the run's sequence length (None: its benchmark cannot be read yet)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -312,6 +313,23 @@ def attempts(sweep: Sweep, name: str) -> list[dict[str, Any]]:
 
 
 def state(sweep: Sweep, name: str) -> RunState:
+    from dataclasses import replace
+
+    return replace(_state(sweep, name), tasks_total=_tasks_total(sweep, name))
+
+
+def _tasks_total(sweep: Sweep, name: str) -> int | None:
+    try:
+        run = sweep.get(name)
+        cfg = resolve(list(run.presets), {**run.flags, "data_root": data_root(sweep) or None}).config
+        from zocli.data import location
+
+        return catalogue.split(location.benchmark(cfg), cfg.inc, cfg.base).n_tasks
+    except Exception:  # a user benchmark not prepared yet, a preset since renamed: unknown, not an error
+        return None
+
+
+def _state(sweep: Sweep, name: str) -> RunState:
     root, tries = sweep.run_dir(name), attempts(sweep, name)
     last = tries[-1] if tries else {}
     done = _tasks_done(root)

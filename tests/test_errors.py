@@ -442,7 +442,7 @@ def test_corrupt_manifest(damaged):
     assert_one_line_error(invoke(["eval", str(damaged)]), 1, str(path))
 
 
-# ---------------------------------------------------------------------------------------------- issue 15: the crashes that were left
+# ---------------------------------------------------------------------------------------------- hostile inputs
 
 
 def _png_header(width: int, height: int) -> bytes:

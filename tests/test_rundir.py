@@ -85,7 +85,7 @@ def test_overwrite_refuses_a_run_holding_files_zocli_did_not_write(tmp_path):
     run = a_run(tmp_path / "run")
     (run.root / "notes.txt").write_text("my analysis")
     (run.checkpoints / "best.pt").write_text("mine")
-    with pytest.raises(RunDirError, match="best.pt. and 1 more"):
+    with pytest.raises(RunDirError, match=r"best.pt. and 1 more"):
         RunDir.create(run.root, IDENTITY, overwrite=True)
     assert (run.root / "notes.txt").read_text() == "my analysis" and run.task_file(0).is_file()
 
@@ -148,7 +148,12 @@ def test_a_run_killed_before_its_config_is_reusable(tmp_path, leftover):
 def holder(tmp_path):
     """Another process holding the lock of a run at tmp_path/run."""
     run = a_run(tmp_path / "run")
-    code = f"from zocli.run.rundir import RunDir; r = RunDir.open({str(run.root)!r}).locked(); print('held', flush=True); input()"
+    code = (
+        "from zocli.run.rundir import RunDir\n"
+        f"r = RunDir.open({str(run.root)!r}).locked()\n"
+        "print('held', flush=True)\n"
+        "input()"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,

@@ -99,7 +99,7 @@ def seed_curves(grouped, path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     shots = {tuple(g.zero_shot_curve) for g in grouped.groups if g.zero_shot_curve}
-    for _i, g in enumerate(grouped.groups):
+    for g in grouped.groups:
         tasks = range(len(g.mean_curve))
         low = [m - s for m, s in zip(g.mean_curve, g.std_curve)]
         high = [m + s for m, s in zip(g.mean_curve, g.std_curve)]

@@ -76,7 +76,7 @@ def test_values_are_rounded_to_two_decimals_and_as_dict_is_json():
         # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
         ([[1.0, 2.0]], [1, 1, 1], "row 0 of the accuracy matrix has 2 entries"),
         ([[1.0], [1.0]], [1, 1], "row 1 of the accuracy matrix has 1 entries"),  # too short
-        ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1], "row 0 of the accuracy matrix has 1 entries"),  # nor full
+        ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1], "row 0 of the accuracy matrix has 1 entries"),  # row 1 full, row 0 not
         ([[1.0], [1.0, 2.0]], [1], "task_sizes must give"),  # a task without a size
         ([[1.0], [1.0, 2.0]], [1, 0], "task_sizes must give"),  # an empty test set
         ([[1.0], [1.0, 2.0]], [5, -1], "task_sizes must give"),  # a negative size

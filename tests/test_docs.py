@@ -1,4 +1,5 @@
-"""The documents the code cites exist: every "DESIGN §N" names a section of docs/design.md."""
+"""The documents the code cites exist: every "DESIGN §N" names a section of docs/design.md, and nothing cites a
+file or tracker outside the repository (a reader of the code has only the repository)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT / "docs" / "design.md"
 CITING = [*sorted((ROOT / "zocli").rglob("*.py")), *sorted((ROOT / "tests").glob("*.py")), ROOT / "README.md"]
+CODE = [path for folder in ("zocli", "tests", "perf", "scripts") for path in sorted((ROOT / folder).rglob("*.py"))]
+DESIGN_CITATION = re.compile(r"(?:DESIGN|design\.md) (?:§\d+(?:[-–]\d+)?(?:, )?)+")
+# A tracker reference ("issue 12", "PR 3", "#12"), or a section sign left once docs/design.md's are removed.
+OUTSIDE = re.compile(r"\b(?:issues?|PRs?|pull requests?|tickets?)\s*#?\d+|(?<![\w&/])#\d+\b|§\s*\d", re.IGNORECASE)
+MARKDOWN_FILE = re.compile(r"[\w./-]*\w\.md\b")
 
 
 def cited_sections(text: str) -> set[int]:
@@ -44,3 +50,25 @@ def test_the_readme_train_flags_table_lists_every_train_option():
     train = typer.main.get_command(app).commands["train"]
     options = {opt for p in train.params if p.name != "help" for opt in p.opts if opt.startswith("--")}
     assert options - listed == set()
+
+
+def outside_citations(text: str) -> list[str]:
+    """Tracker references, stray section signs and Markdown files the repository does not have."""
+    found = [match.group(0) for match in OUTSIDE.finditer(DESIGN_CITATION.sub("", text))]
+    for name in MARKDOWN_FILE.findall(text):
+        if not any((base / name).is_file() for base in (ROOT, ROOT / "docs")):
+            found.append(name)
+    return found
+
+
+def test_outside_citations_are_recognised():
+    cited = "notes.md §8.10, issue 15 (item 2), PR 7, #12; colour #1f77b4, DESIGN §5, §7, docs/design.md §2, README.md"
+    assert outside_citations(cited) == ["§8", "issue 15", "PR 7", "#12", "notes.md"]
+
+
+def test_code_cites_nothing_outside_the_repository():
+    # Found: comments citing a study's notes file and tracker issue numbers no reader of the code could open.
+    assert len(CODE) > 50 and any(path.parts[-2] == "perf" for path in CODE)
+    quoting = Path(__file__).resolve()  # this file's examples are citations on purpose
+    citations = {p.relative_to(ROOT).as_posix(): outside_citations(p.read_text()) for p in CODE if p != quoting}
+    assert {path: found for path, found in citations.items() if found} == {}

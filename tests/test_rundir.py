@@ -1,4 +1,4 @@
-"""The run directory keeps users' files safe and never gets stuck (issue 15, items 1-4 and 8-10).
+"""The run directory keeps users' files safe and never gets stuck.
 
 --overwrite replaces only a zocli run; a failed creation leaves nothing that blocks the next attempt;
 one writer at a time; a run whose directory vanishes stops; a damaged or symlinked run is refused.

@@ -24,7 +24,7 @@ BRANCHES = ("vision", "language")
 TRACKERS = ("tensorboard", "wandb")
 DEFAULT_LOG_EVERY = 50  # per-step records when --report-to is given without --log-every
 PRECISIONS = ("fp32", "tf32", "bf16")  # backbone matmuls (zocli.method.precision)
-MOZO_EPS_VISION = 5e-4  # MoZO only says eps_vision < eps_language; 5e-4 is zo.md's starting point
+MOZO_EPS_VISION = 5e-4  # MoZO only asks eps_vision < eps_language: half the default ε is a starting point
 
 
 class ConfigError(ValueError):

@@ -14,6 +14,9 @@ DESIGN_CITATION = re.compile(r"(?:DESIGN|design\.md) (?:§\d+(?:[-–]\d+)?(?:, 
 # A tracker reference ("issue 12", "PR 3", "#12"), or a section sign left once docs/design.md's are removed.
 OUTSIDE = re.compile(r"\b(?:issues?|PRs?|pull requests?|tickets?)\s*#?\d+|(?<![\w&/])#\d+\b|§\s*\d", re.IGNORECASE)
 MARKDOWN_FILE = re.compile(r"[\w./-]*\w\.md\b")
+DOCS = [ROOT / "README.md", DESIGN]  # the CHANGELOG names paths as they were when each change was made
+REPO_PATH = re.compile(r"(?<![\w./-])(?:zocli|perf|benchmarks|scripts|tests|docs|examples)/[\w./-]*[\w/]")
+DOTTED_NAME = re.compile(r"(?<![\w.])zocli(?:\.\w+)+")
 
 
 def cited_sections(text: str) -> set[int]:
@@ -72,3 +75,33 @@ def test_code_cites_nothing_outside_the_repository():
     quoting = Path(__file__).resolve()  # this file's examples are citations on purpose
     citations = {p.relative_to(ROOT).as_posix(): outside_citations(p.read_text()) for p in CODE if p != quoting}
     assert {path: found for path, found in citations.items() if found} == {}
+
+
+def dotted_name_exists(dotted: str) -> bool:
+    """zocli.a.b names a module, or a module and one of its top-level names (read, not imported: no torch)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        source = next((f for f in (base.with_suffix(".py"), base / "__init__.py") if f.is_file()), None)
+        if source is not None:
+            rest = parts[cut:]
+            pattern = rf"^(?:def|class) {rest[0]}\b|^{rest[0]}\s*[:=]" if rest else ""
+            return len(rest) <= 1 and re.search(pattern, source.read_text(), flags=re.MULTILINE) is not None
+    return False
+
+
+def test_paths_and_modules_the_docs_name_exist():
+    # Found: after the package became layer folders, the README still named zocli/world.py and benchmarks/.
+    missing = {}
+    for doc in DOCS:
+        text = doc.read_text()
+        paths = [p for p in REPO_PATH.findall(text) if not (ROOT / p).exists()]
+        names = [n for n in DOTTED_NAME.findall(text) if not dotted_name_exists(n)]
+        if paths or names:
+            missing[doc.name] = paths + names
+    assert missing == {}
+
+
+def test_dotted_names_resolve_to_modules_and_their_names():
+    assert dotted_name_exists("zocli.run.train") and dotted_name_exists("zocli.run.metrics.summarize")
+    assert not dotted_name_exists("zocli.metrics.summarize") and not dotted_name_exists("zocli.run.metrics.nothing")

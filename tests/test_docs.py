@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 DESIGN = ROOT / "docs" / "design.md"
 CITING = [*sorted((ROOT / "zocli").rglob("*.py")), *sorted((ROOT / "tests").glob("*.py")), ROOT / "README.md"]
@@ -105,3 +107,42 @@ def test_paths_and_modules_the_docs_name_exist():
 def test_dotted_names_resolve_to_modules_and_their_names():
     assert dotted_name_exists("zocli.run.train") and dotted_name_exists("zocli.run.metrics.summarize")
     assert not dotted_name_exists("zocli.metrics.summarize") and not dotted_name_exists("zocli.run.metrics.nothing")
+
+
+KINDS = ("Added", "Changed", "Deprecated", "Removed", "Fixed", "Security")
+
+
+def changelog_releases(text: str) -> dict[str, dict[str, list[str]]]:
+    """{release: {kind: lines}} of a Keep a Changelog file; anything outside that shape raises AssertionError."""
+    head, *blocks = re.split(r"^## ", text, flags=re.MULTILINE)
+    assert head.startswith("# Changelog\n") and "keepachangelog.com" in head
+    releases = {}
+    for block in blocks:
+        title, _, rest = block.partition("\n")
+        assert re.fullmatch(r"\[Unreleased\]|\[\d+\.\d+\.\d+\] - \d{4}-\d{2}-\d{2}", title), title
+        before, *parts = re.split(r"^### (.*)\n", rest, flags=re.MULTILINE)
+        assert before.strip() == "", f"{title}: text before the first kind heading"
+        kinds = dict(zip(parts[::2], [part.strip("\n").splitlines() for part in parts[1::2]]))
+        assert len(kinds) == len(parts) // 2, f"{title}: a kind heading twice"
+        releases[title.split(" - ")[0]] = kinds
+    return releases
+
+
+def test_the_changelog_keeps_the_keep_a_changelog_shape():
+    # Found: issue-numbered headings, several "Added" per release, and a "Decided" section of rationale.
+    releases = changelog_releases((ROOT / "CHANGELOG.md").read_text())
+    assert list(releases)[:2] == ["[Unreleased]", "[0.1.0]"]
+    for release, kinds in releases.items():
+        assert set(kinds) <= set(KINDS), release
+        for kind, lines in kinds.items():
+            assert lines and lines[0].startswith("- "), (release, kind)
+            assert all(line.startswith(("- ", "  ")) for line in lines), (release, kind)
+
+
+def test_the_changelog_shape_check_refuses_prose_and_repeated_kinds():
+    good = "# Changelog\n\nKeep a Changelog: keepachangelog.com\n\n## [Unreleased]\n\n### Fixed\n- a bug\n"
+    assert changelog_releases(good) == {"[Unreleased]": {"Fixed": ["- a bug"]}}
+    with pytest.raises(AssertionError, match="text before"):
+        changelog_releases(good.replace("### Fixed", "Some prose.\n\n### Fixed"))
+    with pytest.raises(AssertionError, match="twice"):
+        changelog_releases(good + "\n### Fixed\n- another\n")

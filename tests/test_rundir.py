@@ -154,17 +154,16 @@ def holder(tmp_path):
         "print('held', flush=True)\n"
         "input()"
     )
-    proc = subprocess.Popen(
+    with subprocess.Popen(  # leaving the block closes its pipes and waits for it
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert proc.stdout.readline().strip() == "held"
-    yield run, proc.pid
-    proc.kill()
-    proc.wait()
+    ) as proc:
+        assert proc.stdout.readline().strip() == "held"
+        yield run, proc.pid
+        proc.kill()
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(holder, digits_root):

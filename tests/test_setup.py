@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -141,3 +142,11 @@ def test_the_installed_package_trains_evaluates_and_plans_a_sweep(installed, tmp
     planned = zocli(installed, "sweep", "--preset", "demo", *grid, "--dry-run", "--json")
     assert planned.returncode == 0, planned.stderr
     assert len(json.loads(planned.stdout)["runs"]) == 4
+
+
+@pytest.mark.parametrize("category", [DeprecationWarning, FutureWarning])
+def test_a_deprecation_raised_from_zocli_fails_the_tests_and_one_from_elsewhere_does_not(category):
+    with pytest.raises(category):
+        warnings.warn_explicit("old API", category, "zocli/run/train.py", 1, module="zocli.run.train")
+    with pytest.warns(category):
+        warnings.warn_explicit("old API", category, "thirdparty.py", 1, module="thirdparty")

@@ -5,9 +5,9 @@ configuration: s/step, images/s, loss evaluations per step (the FO pass counts o
 the floor ratio = step time / (loss evaluations × one measured full forward of the batch at the ZO
 precision) — 1.0 means the step costs only its forwards; ZO forwards that reuse cached features can go
 below it — and "own" = step time / the time spent inside the step's own loss evaluations and FO pass
-as they actually ran (cached): what is left above 1.0 is ZO arithmetic, optimizers and overhead. With
---flops, FLOPs per step are counted (torch.utils.flop_counter) and on CUDA reported as
-achieved TFLOP/s and % of the device's dense peak for the precision (H100: fp32 67, tf32 495, bf16 989).
+as they actually ran (cached): what is left above 1.0 is ZO arithmetic, optimizers and overhead. With --flops,
+FLOPs per step are counted (torch.utils.flop_counter) and on CUDA reported as achieved TFLOP/s and % of the
+device's dense peak for the precision (H100: fp32 67, tf32 495, bf16 989).
 --pipeline times the input pipeline alone (images/s; cpu workers, and the device path where it applies)
 on prepared benchmarks.
     python perf/step_time.py --model ViT-B-16 --batch-size 8 --configs fo,dual,vision,language --steps 1
@@ -196,10 +196,9 @@ def main() -> None:
         stats = stepper.step(images, labels, tokens, cfg.lr, seed=0)  # warm-up
         runs = []
         for step in range(args.steps):
+            one_step = partial(stepper.step, images, labels, tokens, cfg.lr, seed=step + 1)
             with ForwardClock() as clock:
-                runs.append(
-                    (timed(partial(stepper.step, images, labels, tokens, cfg.lr, seed=step + 1), device), clock.seconds)
-                )
+                runs.append((timed(one_step, device), clock.seconds))
         seconds, in_forwards = min(runs)  # the fastest step: contention only adds time
         base = base or seconds
         flops = step_flops(stepper, images, labels, tokens, cfg.lr) if args.flops else None

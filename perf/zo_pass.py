@@ -3,10 +3,10 @@
 The ZO pass: per block, draw z, move θ by +εz, −2εz, +εz, accumulate ĝ (column 1); the whole step adds
 the rule's direction (Adam moments) and the conservative candidates θ, θ − ηu, θ + ηu (column 2). The
 loss is a constant, so only the arithmetic is timed, on the real adapters of a (random-init) model:
-  per-tensor (before): z redrawn per tensor at every move, one kernel per tensor (zocli ≤ issue 12);
+  per-tensor (before): z redrawn per tensor at every move, one kernel per tensor (the naive layout);
   per-tensor views:    one z draw per query, still one kernel per tensor (a Block without `flat`);
   flat:                one z draw per query, one kernel per move over one buffer (`zo.flatten_`).
-    python benchmarks/zo_pass.py --model ViT-B-16 --adapter moe --passes 5
+    python perf/zo_pass.py --model ViT-B-16 --adapter moe --passes 5
 """
 
 from __future__ import annotations

@@ -54,6 +54,7 @@ LONGEST_MODULES = (
     "test_train_zo.py",
     "test_pipeline.py",
     "test_resume.py",
+    "test_setup.py",  # builds and installs the wheel, then trains with it
     "test_sweep.py",
     "test_errors.py",
     "test_cli.py",

@@ -154,9 +154,9 @@ def test_top_one_output_is_the_chosen_expert():
 
 
 def test_top_k_out_of_range_is_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"top_k must be in 1\.\.2, got 3"):
         MoEAdapter(8, n_experts=2, top_k=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"top_k must be in 1\.\.2, got 0"):
         MoEAdapter(8, n_experts=2, top_k=0)
 
 

@@ -263,7 +263,7 @@ def test_rundir_log_appends_json_lines(tmp_path):
     assert run.events("b") == [{"event": "b"}]
 
 
-# ---------------------------------------------------------------------------------------------- what a manifest may point at
+# -------------------------------------------------------------------------------- what a manifest may point at
 
 
 @pytest.mark.parametrize("name", ["/dev/zero", "../../../etc/passwd", "../config.json", "task_00.safetensors/.."])
@@ -272,7 +272,7 @@ def test_a_manifest_entry_outside_the_checkpoints_is_refused(saved, name):
     manifest = json.loads(run.manifest.read_text())
     manifest["files"]["0"]["file"] = name
     run.manifest.write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="not a task_NN.safetensors"):
+    with pytest.raises(CheckpointError, match=r"not a task_NN\.safetensors"):
         load_task(run, 0)
 
 

@@ -443,7 +443,7 @@ def test_corrupt_manifest(damaged):
     assert_one_line_error(invoke(["eval", str(damaged)]), 1, str(path))
 
 
-# ---------------------------------------------------------------------------------------------- crashes
+# ---------------------------------------------------------------------------------------------- hostile inputs
 
 
 def _png_header(width: int, height: int) -> bytes:

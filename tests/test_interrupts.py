@@ -1,4 +1,4 @@
-"""Ctrl-C at any moment ends in exit 130 with one line (issue 15, item 11)."""
+"""Ctrl-C at any moment ends in exit 130 with one line."""
 
 from __future__ import annotations
 

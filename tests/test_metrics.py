@@ -70,19 +70,20 @@ def test_values_are_rounded_to_two_decimals_and_as_dict_is_json():
 
 
 @pytest.mark.parametrize(
-    ("acc", "sizes"),
+    ("acc", "sizes", "message"),
     [
-        ([], []),  # empty
-        ([[1.0, 2.0]], [1, 1, 1]),  # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
-        ([[1.0], [1.0]], [1, 1]),  # row 1 too short
-        ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1]),  # row 1 too long (not lower-triangular)
-        ([[1.0], [1.0, 2.0]], [1]),  # a task without a size
-        ([[1.0], [1.0, 2.0]], [1, 0]),  # an empty test set
-        ([[1.0], [1.0, 2.0]], [5, -1]),  # a negative size
+        ([], [], "is empty"),
+        # row 0 neither triangular (1 entry) nor complete (3, --eval-future)
+        ([[1.0, 2.0]], [1, 1, 1], "row 0 of the accuracy matrix has 2 entries"),
+        ([[1.0], [1.0]], [1, 1], "row 1 of the accuracy matrix has 1 entries"),  # too short
+        ([[1.0], [1.0, 2.0, 3.0]], [1, 1, 1], "row 0 of the accuracy matrix has 1 entries"),  # row 1 full, row 0 not
+        ([[1.0], [1.0, 2.0]], [1], "task_sizes must give"),  # a task without a size
+        ([[1.0], [1.0, 2.0]], [1, 0], "task_sizes must give"),  # an empty test set
+        ([[1.0], [1.0, 2.0]], [5, -1], "task_sizes must give"),  # a negative size
     ],
 )
-def test_malformed_input_raises_value_error(acc, sizes):
-    with pytest.raises(ValueError):
+def test_malformed_input_raises_value_error(acc, sizes, message):
+    with pytest.raises(ValueError, match=message):
         summarize(acc, sizes)
 
 
@@ -162,5 +163,5 @@ def test_without_an_upper_triangle_nothing_is_added():
 
 
 def test_rows_must_be_all_complete_or_all_triangular():
-    with pytest.raises(ValueError, match="row 1 .* expected 3"):
+    with pytest.raises(ValueError, match=r"row 1 .* expected 3"):
         summarize([[100.0, 30.0, 20.0], [80.0, 90.0]], [10, 10, 10])

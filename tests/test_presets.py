@@ -151,3 +151,11 @@ def test_presets_show_output_loads_back_as_a_preset(names, tmp_path):
     path = tmp_path / "my.toml"
     path.write_text(result.stdout)
     assert resolve([str(path)]).config == resolve(names).config
+
+
+@pytest.mark.parametrize("as_json", [[], ["--json"]], ids=["table", "json"])
+def test_no_presets_found_is_an_error_not_an_empty_list(monkeypatch, tmp_path, as_json):
+    monkeypatch.setattr("zocli.config.PRESETS_DIR", tmp_path)
+    result = invoke("presets", *as_json)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip() == f"error: no presets found in {tmp_path}; reinstall zocli"

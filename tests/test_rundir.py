@@ -1,4 +1,4 @@
-"""The run directory keeps users' files safe and never gets stuck (issue 15, items 1-4 and 8-10).
+"""The run directory keeps users' files safe and never gets stuck.
 
 --overwrite replaces only a zocli run; a failed creation leaves nothing that blocks the next attempt;
 one writer at a time; a run whose directory vanishes stops; a damaged or symlinked run is refused.
@@ -85,7 +85,7 @@ def test_overwrite_refuses_a_run_holding_files_zocli_did_not_write(tmp_path):
     run = a_run(tmp_path / "run")
     (run.root / "notes.txt").write_text("my analysis")
     (run.checkpoints / "best.pt").write_text("mine")
-    with pytest.raises(RunDirError, match="best.pt. and 1 more"):
+    with pytest.raises(RunDirError, match=r"best.pt. and 1 more"):
         RunDir.create(run.root, IDENTITY, overwrite=True)
     assert (run.root / "notes.txt").read_text() == "my analysis" and run.task_file(0).is_file()
 
@@ -148,18 +148,22 @@ def test_a_run_killed_before_its_config_is_reusable(tmp_path, leftover):
 def holder(tmp_path):
     """Another process holding the lock of a run at tmp_path/run."""
     run = a_run(tmp_path / "run")
-    code = f"from zocli.run.rundir import RunDir; r = RunDir.open({str(run.root)!r}).locked(); print('held', flush=True); input()"
-    proc = subprocess.Popen(
+    code = (
+        "from zocli.run.rundir import RunDir\n"
+        f"r = RunDir.open({str(run.root)!r}).locked()\n"
+        "print('held', flush=True)\n"
+        "input()"
+    )
+    with subprocess.Popen(  # leaving the block closes its pipes and waits for it
         [sys.executable, "-c", code],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert proc.stdout.readline().strip() == "held"
-    yield run, proc.pid
-    proc.kill()
-    proc.wait()
+    ) as proc:
+        assert proc.stdout.readline().strip() == "held"
+        yield run, proc.pid
+        proc.kill()
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid(holder, digits_root):

@@ -1,8 +1,9 @@
-"""zocli.run.tracking: a tiny run reports to TensorBoard and W&B (offline); both hold the scalars metrics.jsonl holds."""
+"""zocli.run.tracking: a tiny run reports to TensorBoard and W&B (offline), both holding metrics.jsonl's scalars."""
 
 import glob
 import json
 import struct
+from pathlib import Path
 
 import pytest
 from conftest import tiny_config
@@ -74,7 +75,7 @@ def test_wandb_offline_run_holds_the_same_scalars(tracked_run):
 
     (path,) = glob.glob(str(tracked_run / "wandb" / "offline-run-*" / "run-*.wandb"))
     found, config = {}, None
-    for blob in _records(open(path, "rb").read()):
+    for blob in _records(Path(path).read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(blob)
         if record.WhichOneof("record_type") == "history":

@@ -218,9 +218,13 @@ def presets_list_cmd(
     """One line per shipped preset: what it reproduces."""
     if ctx.invoked_subcommand is not None:
         return
-    from zocli.config import list_presets
+    from zocli.config import PRESETS_DIR, list_presets
 
-    described = {name: _preset_description(path) for name, path in list_presets().items()}
+    shipped = list_presets()
+    if not shipped:  # the package data did not install: an empty list would read as "no presets exist"
+        err.print(f"[red]error:[/red] no presets found in {PRESETS_DIR}; reinstall zocli", highlight=False)
+        raise typer.Exit(1)
+    described = {name: _preset_description(path) for name, path in shipped.items()}
     if as_json:
         print(json.dumps(described))
         return

@@ -156,7 +156,8 @@ class ClipObjective:
             return F.cross_entropy(self._logits(image, text), labels, reduction="sum")
 
     def _logits(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        # the loss stays fp32 (zo.md §8.10) whatever precision computed the features (fp64 stays fp64)
+        # the loss stays fp32 whatever precision computed the features (fp64 stays fp64): a bf16 loss rounds
+        # away the finite difference L(θ+εz) − L(θ−εz) it feeds (DESIGN §6)
         with full_precision(image.device):
             return self.model.logits(at_least_fp32(image), at_least_fp32(text))  # (B, C)
 

@@ -49,7 +49,7 @@ format: venv  ## apply ruff's fixes and formatting
 
 docs: venv  ## the documentation site into site/ (mkdocs.yml; strict: a warning, broken link or anchor fails)
 	$(BIN)/pip install -q -e '.[docs]'
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs site

@@ -6,7 +6,7 @@ loss is a constant, so only the arithmetic is timed, on the real adapters of a (
   per-tensor (before): z redrawn per tensor at every move, one kernel per tensor (zocli ≤ issue 12);
   per-tensor views:    one z draw per query, still one kernel per tensor (a Block without `flat`);
   flat:                one z draw per query, one kernel per move over one buffer (`zo.flatten_`).
-    python benchmarks/zo_pass.py --model ViT-B-16 --adapter moe --passes 5
+    python perf/zo_pass.py --model ViT-B-16 --adapter moe --passes 5
 """
 
 from __future__ import annotations

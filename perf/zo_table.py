@@ -3,9 +3,9 @@
 The rows × seeds are one `zocli sweep` (zocli.sweep.launch's local queue: a `python -m zocli train --preset demo ...`
 process per run, one torch thread each, `--jobs` at a time) under --out; finished runs are skipped and
 interrupted ones resume, so an interrupted table continues. Reproduce the README's table:
-    python benchmarks/zo_table.py --table acceptance --seeds 0-4 --jobs 2
-    python benchmarks/zo_table.py --table select --seeds 0-1 --jobs 2     # how the default rule was chosen
-    python benchmarks/zo_table.py --table queries --seeds 0-1 --jobs 2    # ... and its number of directions
+    python perf/zo_table.py --table acceptance --seeds 0-4 --jobs 2
+    python perf/zo_table.py --table select --seeds 0-1 --jobs 2     # how the default rule was chosen
+    python perf/zo_table.py --table queries --seeds 0-1 --jobs 2    # ... and its number of directions
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ CPU_INDEX_UP = $(shell $(PY) -c "import urllib.request as u; u.urlopen('$(CPU_IN
 TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(if $(CPU_INDEX_UP),$(CPU_INDEX)))
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test test-all lint format clean
+.PHONY: venv demo test test-all lint format docs clean
 
 $(BIN)/zocli: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -47,5 +47,9 @@ format: venv  ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+docs: venv  ## the documentation site into site/ (mkdocs.yml; strict: a warning, broken link or anchor fails)
+	$(BIN)/pip install -q -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

@@ -2,6 +2,7 @@
 through submitit's local executor; and seed groups (zocli.study.stats) checked against the summaries by hand."""
 
 import json
+import re
 import os
 import signal
 import statistics
@@ -231,7 +232,7 @@ def test_sweep_takes_train_flags_as_values_fixed_for_every_run(tmp_path):
         "sweep", "--preset", "demo", "--max-steps", "3", "--seeds", "0-4", "--out", tmp_path / "s", "--dry-run"
     )
     assert result.exit_code == 0, result.output
-    lines = result.stdout.splitlines()
+    lines = [line for line in result.stdout.splitlines() if re.match(r"s\d+: ", line)]
     assert [line.split(":")[0] for line in lines] == [f"s{seed}" for seed in range(5)]
     assert all("--preset demo --max-steps 3 --seed" in line for line in lines)
     plan = json.loads(

@@ -127,15 +127,16 @@ def run_banner(event: dict) -> str:
     """One line as a run starts: where, on what, how much is trained and how, and how long a sequence."""
     n = event["parameters"]
     steps = event["steps"][event["first_task"] :]
-    per_task = f"{steps[0]}" if len(set(steps)) == 1 else f"{min(steps)}-{max(steps)}"
-    todo = (
-        f"{event['tasks']} tasks"
-        if not event["first_task"]
-        else f"tasks {event['first_task']}-{event['tasks'] - 1} of {event['tasks']}"
-    )
+    per_task = f"{steps[0]}" if len(set(steps)) == 1 else f"{min(steps, default=0)}-{max(steps, default=0)}"
+    if not steps:  # every task committed, only the summary left to write
+        todo = f"all {event['tasks']} tasks trained"
+    elif not event["first_task"]:
+        todo = f"{event['tasks']} tasks × {per_task} steps"
+    else:
+        todo = f"tasks {event['first_task']}-{event['tasks'] - 1} of {event['tasks']} × {per_task} steps"
     line = (
         f"run {event['run_dir']} · {event['device']} · {event['model']} ({event['pretrained']}) {event['adapter']} "
-        f"· {event['benchmark']} · {todo} × {per_task} steps · trainable {n['trainable']:,} "
+        f"· {event['benchmark']} · {todo} · trainable {n['trainable']:,} "
         f"(ZO {n['zo']:,}, FO {n['fo']:,})"
     )
     return "\n".join([line, *provenance_lines(event.get("provenance"))])

@@ -2,8 +2,8 @@
 through submitit's local executor; and seed groups (zocli.study.stats) checked against the summaries by hand."""
 
 import json
-import re
 import os
+import re
 import signal
 import statistics
 import subprocess

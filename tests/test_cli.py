@@ -5,6 +5,7 @@ occupied --out); 2 usage error (bad flag value, impossible split, unknown name);
 """
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -87,7 +88,7 @@ def test_train_help_shows_every_default_and_the_choices():
     assert options["vision"].metavar == "fo|zo|frozen" and options["adapter"].metavar == "moe|lora"
     assert "[default: 10]" in options["inc"].help and "[default: 0.001]" in options["lr"].help
     text = invoke(["train", "--help"], env={"COLUMNS": "250"}).stdout
-    assert "all|hop-odd|hop-even|prefix|suffix" in text and "[default: two-sided]" in text
+    assert "One of: all, hop-odd, hop-even, prefix, suffix." in text and "[default: two-sided]" in text
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--version", "train"]])
@@ -516,3 +517,17 @@ def test_cuda_without_cuda_is_one_line(tmp_path, digits_root):
     _no_traceback(result)
     assert result.exit_code in (1, 2)
     assert _says(result.stderr, "CUDA")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep", "eval", "prepare", "memory", "probe-variance"])
+def test_help_reads_whole_at_80_columns(command):
+    # Found: choice lists broken mid-word (`test|bed`, `rando|m-search`) and defaults cut with "…".
+    from zocli.config import OPTIONS
+
+    result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    words = set(re.split(r"[\s│|,.\[\]()`]+", result.output))
+    for option in OPTIONS.values():
+        if f"{option.spelling} " in result.output or f"{option.spelling}/" in result.output:
+            assert set(option.choices) <= words, (option.spelling, set(option.choices) - words)

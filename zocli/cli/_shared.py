@@ -129,11 +129,19 @@ def config_options(*keys: str, shown_default: str | None = None):
     return decorate
 
 
+# A metavar longer than this is one unbreakable word that --help at 80 columns would cut mid-choice:
+# such choices are listed in the help text instead, where they wrap between words.
+MAX_METAVAR = 14
+
+
 def _parameter(option, kind, shown_default: str | None) -> inspect.Parameter:
+    metavar, choices = _metavar(option), ""
+    if len(metavar) > MAX_METAVAR and "|" in metavar:
+        metavar, choices = "CHOICE", f" One of: {', '.join(metavar.split('|'))}."
     info = typer.Option(
         *option.decls,
-        help=f"{option.flag.help} \\[default: {shown_default or option.shown_default}]",
-        metavar=_metavar(option),
+        help=f"{option.flag.help}{choices} \\[default: {shown_default or option.shown_default}]",
+        metavar=metavar,
         rich_help_panel=option.flag.panel,
         parser=_none_or(option) if option.optional else None,
     )

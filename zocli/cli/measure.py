@@ -133,15 +133,13 @@ def memory_cmd(
         list[str] | None, Opt("--preset", "-p", metavar="NAME|FILE", help="Take model/benchmark/batch from presets.")
     ] = None,
     configs: Annotated[
-        str,
+        str | None,
         Opt(
             metavar="LIST",
-            help="Comma list: fo, dual, vision, language, each optionally -hop-odd/-hop-even/-prefix/-suffix, +mozo.",
+            help="Comma list: fo, dual, vision, language, each optionally -hop-odd/-hop-even/-prefix/-suffix, "
+            "+mozo. \\[default: the paper's four rows, then each branch's hop-odd, hop-even, prefix and suffix]",
         ),
-    ] = ",".join(
-        ("fo", "dual", "vision", "language")  # the paper's rows, then each branch's layer-wise schemes
-        + tuple(f"{b}-{s}" for b in ("dual", "vision", "language") for s in ("hop-odd", "hop-even", "prefix", "suffix"))
-    ),
+    ] = None,
     device: Annotated[
         str,
         Opt(
@@ -164,14 +162,15 @@ def memory_cmd(
         precheck(cfg)
         check_device(device)
         from zocli.method.step import resolve_device
-        from zocli.study.memory import measure
+        from zocli.study.memory import DEFAULT_CONFIGS, measure
 
         if device.startswith("cuda"):
             resolve_device(device)
         note = (
             None if as_json else (lambda name, i, n: err.print(f"measuring {name} ({i + 1}/{n}) ...", highlight=False))
         )
-        report = measure(cfg, [c.strip() for c in configs.split(",") if c.strip()], device, on_progress=note)
+        chosen = [c.strip() for c in configs.split(",") if c.strip()] if configs else DEFAULT_CONFIGS
+        report = measure(cfg, chosen, device, on_progress=note)
     if as_json:
         print(json.dumps(report.as_dict()))
         return

@@ -35,7 +35,8 @@ def train_cmd(
             "--out",
             "-o",
             metavar="DIR",
-            help="Run directory. \\[default: runs/<benchmark>-inc<N>-<adapter>-<plan>-s<seed>]",
+            help="Run directory. \\[default: runs/ and a name from benchmark, inc, adapter, plan and seed, "
+            "such as runs/testbed-inc10-moe-fo-s0]",
         ),
     ] = None,
     overwrite: Annotated[

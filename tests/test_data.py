@@ -1,6 +1,7 @@
 """zocli.data.store: prepare -> load round trips from every kind of source, offline and fast."""
 
 import io
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before datasets is imported: the hub must never be contacted
@@ -361,3 +362,36 @@ def test_large_photos_are_stored_pre_resized_for_imgr():
     assert store._rgb(small, store.PRESIZE) is small and store._rgb(big) is big  # nothing to shrink; not imgr
     with PIL.Image.open(io.BytesIO(store._rgb(encoded((200, 150), "L"), store.PRESIZE)["bytes"])) as im:
         assert (im.format, im.mode) == ("PNG", "RGB")  # small grayscale: converted losslessly, not shrunk
+
+
+def test_a_revision_reaches_the_hub_loader(monkeypatch, tmp_path):
+    from zocli.errors import ZocliError
+
+    asked = {}
+
+    def load_dataset(repo, **kwargs):
+        asked.update(kwargs, repo=repo)
+        raise ConnectionError("no network in this test")
+
+    monkeypatch.setattr(store.datasets, "load_dataset", load_dataset)
+    with pytest.raises(ZocliError):
+        store.prepare(catalogue.get("cifar100"), tmp_path, revision="0123abc")
+    assert asked == {"repo": "uoft-cs/cifar100", "revision": "0123abc"}
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_a_revision_applies_to_hub_sources_only(tmp_path):
+    from zocli.data.store import SourceError
+
+    with pytest.raises(SourceError, match="--revision pins a Hugging Face hub source"):
+        store.prepare(catalogue.get("digits"), tmp_path, revision="main")
+    with pytest.raises(SourceError, match="--revision"):
+        store.prepare(catalogue.get("cifar100"), tmp_path, source=tmp_path, revision="main")
+
+
+def test_the_source_record_keeps_the_revision(tmp_path):
+    store.record_source(tmp_path, "uoft-cs/cifar100", "0123abc")
+    record = json.loads((tmp_path / store.SOURCE_RECORD).read_text())
+    assert record["source"] == "uoft-cs/cifar100" and record["revision"] == "0123abc"
+    store.record_source(tmp_path, "generated (digits)", None)
+    assert json.loads((tmp_path / store.SOURCE_RECORD).read_text())["revision"].startswith("content sha256 ")

@@ -51,6 +51,14 @@ def prepare_cmd(
             "\\[default: class names, underscores as spaces]",
         ),
     ] = None,
+    revision: Annotated[
+        str | None,
+        Opt(
+            metavar="REV",
+            help="A Hugging Face hub source's commit, branch or tag to prepare from (recorded in the copy). "
+            "\\[default: the latest]",
+        ),
+    ] = None,
     *,
     flags: ConfigFlags,
     overwrite: Annotated[bool, Opt("--overwrite", metavar="", help="Rebuild an existing prepared copy.")] = False,
@@ -105,7 +113,7 @@ def prepare_cmd(
             if catalogue.is_user(name):
                 from zocli.data.userdata import SourceOptions, prepare
 
-                options = SourceOptions(image_column, label_column, train_split, test_split, names)
+                options = SourceOptions(image_column, label_column, train_split, test_split, names, revision)
                 report["data"] = str(prepare(name, root, options, on_progress=note, overwrite=overwrite))
             else:
                 report["data"] = str(
@@ -116,6 +124,7 @@ def prepare_cmd(
                         on_progress=note,
                         overwrite=overwrite,
                         allow_partial=allow_partial,
+                        revision=revision,
                     )
                 )
         if weights:

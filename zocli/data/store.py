@@ -124,6 +124,7 @@ def prepare(
     on_progress: Progress | None = None,
     overwrite: bool = False,
     allow_partial: bool = False,
+    revision: str | None = None,
 ) -> Path:
     """Write the normalized copy of `bench` under `data_root` and return its directory.
 
@@ -138,7 +139,7 @@ def prepare(
         return target
     progress = progress_or_quiet(on_progress)
     with dirswap.staging(target) as tmp:
-        dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress)
+        dd = _build(bench, Path(source).expanduser() if source else None, tmp / "work", progress, revision)
         _check_complete(bench, dd, allow_partial, progress)
         progress(f"writing {len(dd['train'])} train + {len(dd['test'])} test images to {target}")
         dd.save_to_disk(str(tmp / "out"))
@@ -146,7 +147,7 @@ def prepare(
         fingerprint.write(tmp / "out", {**record, "partial": allow_partial})
         del dd  # drop the memory maps on tmp/work before it is deleted
         where = str(Path(source).expanduser()) if source else bench.hub_id or f"generated ({bench.name})"
-        record_source(tmp / "out", where, None if source else hub.last_revision(bench.hub_id))
+        record_source(tmp / "out", where, None if source else hub.last_revision(bench.hub_id) or revision)
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
 
@@ -186,13 +187,17 @@ def _check_complete(bench: Benchmark, dd: DatasetDict, allow_partial: bool, prog
         progress(f"warning: {what}; tasks that contain them cannot be trained or evaluated")
 
 
-def _build(bench: Benchmark, source: Path | None, work: Path, progress: Progress) -> DatasetDict:
+def _build(
+    bench: Benchmark, source: Path | None, work: Path, progress: Progress, revision: str | None = None
+) -> DatasetDict:
+    if (bench.name in GENERATED or source is not None) and revision is not None:
+        raise SourceError(f"--revision pins a Hugging Face hub source; {bench.name} here is not read from the hub")
     if bench.name in GENERATED:
         if source is not None:
             raise SourceError(f"{bench.name} is made on this machine; --source does not apply")
         return _digits(bench) if bench.name == "digits" else _testbed(bench, progress)
     if source is None:
-        return _from_hub(bench, work, progress)
+        return _from_hub(bench, work, progress, revision)
     if not source.is_dir():
         raise SourceError(f"--source {source} is not a directory; expected {LAYOUTS[bench.name]}")
     if (source / "dataset_dict.json").is_file():
@@ -312,7 +317,7 @@ def _testbed(bench: Benchmark, progress: Progress) -> DatasetDict:
     return DatasetDict(out)
 
 
-def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
+def _load_hub(bench: Benchmark, progress: Progress, revision: str | None = None, **kwargs):
     with hub.offline_unless_reachable() as online:
         progress(
             f"downloading {bench.hub_id} from the Hugging Face hub"
@@ -320,9 +325,9 @@ def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
             else f"the Hugging Face hub is offline or unreachable: looking for {bench.hub_id} in its local cache"
         )
         try:
-            loaded = datasets.load_dataset(bench.hub_id, **kwargs)
+            loaded = datasets.load_dataset(bench.hub_id, revision=revision, **kwargs)
             if online:
-                hub.note_revision(bench.hub_id)
+                hub.note_revision(bench.hub_id, revision)
             return loaded
         except Exception as exc:
             reason = " ".join(str(exc).split())[:160]
@@ -336,10 +341,11 @@ def _load_hub(bench: Benchmark, progress: Progress, **kwargs):
             ) from exc
 
 
-def _from_hub(bench: Benchmark, work: Path, progress: Progress) -> DatasetDict:
+def _from_hub(bench: Benchmark, work: Path, progress: Progress, revision: str | None = None) -> DatasetDict:
     if bench.name == "imgr":
-        return _imgr_rows(bench, _load_hub(bench, progress, split="test"), "image", "wnid", work, progress)
-    dd = _load_hub(bench, progress)
+        rows = _load_hub(bench, progress, revision, split="test")
+        return _imgr_rows(bench, rows, "image", "wnid", work, progress)
+    dd = _load_hub(bench, progress, revision)
     image_col, label_col, test = {"cifar100": ("img", "fine_label", "test"), "tinyimg": ("image", "label", "valid")}[
         bench.name
     ]

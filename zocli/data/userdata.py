@@ -52,6 +52,7 @@ class SourceOptions:
     train_split: str = "train"
     test_split: str | None = None  # None: the first of TEST_SPLITS present, else a seeded per-class split
     names: Path | None = None  # JSON: {class: prompt name} or a list parallel to the sorted classes
+    revision: str | None = None  # hf:ID on the hub: the commit, branch or tag to read (recorded)
 
 
 def prepare(
@@ -83,7 +84,8 @@ def prepare(
         (tmp / "out" / RECORD).write_text(json.dumps(record, indent=1))
         fingerprint.write(tmp / "out", fingerprint.of_dataset(tmp / "out", list(bench.classes), dd))
         del dd  # drop the memory maps on tmp/work before it is deleted
-        record_source(tmp / "out", spec, hub.last_revision(where) if kind == "hf" else None)
+        revision = hub.last_revision(where) or options.revision if kind == "hf" else None
+        record_source(tmp / "out", spec, revision)
         dirswap.swap_in(tmp, tmp / "out", target)
     return target
 
@@ -94,7 +96,9 @@ def prepare(
 def _read_folder(where: str, options: SourceOptions, progress: Progress):
     root = Path(where)
     if options != SourceOptions(names=options.names):
-        raise ConfigError("--image-column, --label-column, --train-split and --test-split apply to hf:ID only")
+        raise ConfigError(
+            "--image-column, --label-column, --train-split, --test-split and --revision apply to hf:ID only"
+        )
     if not root.is_dir():
         raise SourceError(f"folder:{root} is not a directory; expected {FOLDER_LAYOUT}")
     if (root / "train").is_dir():
@@ -181,7 +185,7 @@ def _split_files(found: dict[str, list[Path]], classes: list[str]) -> dict[str, 
 
 
 def _read_hf(where: str, options: SourceOptions, progress: Progress):
-    dd = _load(where, progress)
+    dd = _load(where, progress, options.revision)
     splits = list(dd)
     train = _choose(options.train_split, splits, "--train-split", f"hf:{where}")
     test = options.test_split or next((s for s in TEST_SPLITS if s in splits), None)
@@ -216,8 +220,10 @@ def _read_hf(where: str, options: SourceOptions, progress: Progress):
     return {s: (ds, image_col, label_col, lookup) for s, ds in parts.items()}, classes, how
 
 
-def _load(where: str, progress: Progress) -> DatasetDict:
+def _load(where: str, progress: Progress, revision: str | None = None) -> DatasetDict:
     path = Path(where)
+    if revision is not None and path.exists():
+        raise ConfigError(f"--revision pins a Hugging Face hub dataset; hf:{where} is a local path")
     try:
         if (path / "dataset_dict.json").is_file():
             progress(f"reading the saved dataset {path}")
@@ -232,9 +238,9 @@ def _load(where: str, progress: Progress) -> DatasetDict:
                     if online
                     else f"the Hugging Face hub is unreachable: looking for {where} in its local cache"
                 )
-                dd = datasets.load_dataset(where)
+                dd = datasets.load_dataset(where, revision=revision)
                 if online:
-                    hub.note_revision(where)
+                    hub.note_revision(where, revision)
     except Exception as exc:
         reason = " ".join(str(exc).split())[:200]
         raise SourceError(f"cannot load hf:{where} ({type(exc).__name__}: {reason})") from None

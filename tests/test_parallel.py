@@ -3,16 +3,23 @@
 - Direction parallelism, in one process: W ranks as W threads, each with its own copy of the model and a
   barrier standing in for the all-reduce (the collectives are injected, so the step code is the real
   one). Dual ZO at q = 8 must give bit-identical adapters at W = 1, 2, 3 (3 divides nothing evenly).
-- End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU):
-  a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose rank 1 is killed mid-task, resumed at
-  W = 1, equals the uninterrupted one-process run tensor for tensor; an FO run on 2 ranks (data
-  parallel) equals it within the stated tolerance, with the same accuracies.
+- Real processes, in the default suite (torchrun, gloo, CPU, 2 ranks): one launch of
+  tests/rank_worker.py trains dual ZO (q = 8), vision ZO and FO on the tiny model and digits (2 tasks, 2
+  steps each) in one process group, then a vision-ZO run whose rank 1 dies mid-task. Each rank imports
+  torch once for all four, which is what makes this cost seconds (a launch per run costs ~10 s of
+  imports on 2 cores). They must equal the one-process runs (built meanwhile in this process): the
+  same checkpoint tensors (ZO bit for bit, FO within FO_ATOL), the same accuracy matrix on every rank,
+  one writer (metrics.jsonl's events once each, one TensorBoard run); the killed run resumes at W = 1
+  and at W = 2 (a second, one-run launch) to the uninterrupted run.
+- Through the CLI (`slow`: each torchrun launch imports torch in every rank for one run):
+  `zocli train --nproc 2` killed and resumed at W = 1, and `torchrun ... -m zocli train` for FO.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -237,3 +244,119 @@ def test_fo_data_parallel_matches_one_process_within_round_off(tmp_path, digits_
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
         assert worst <= FO_ATOL, f"task {task}: adapters differ by {worst}"
     assert done.stdout.decode().count("acc_matrix") == 1  # only rank 0 prints
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+WORKER = Path(__file__).with_name("rank_worker.py")
+STEPS = {"inc": 5, "max_steps": 2, "seed": 3}  # 2 tasks of 2 steps: each step crosses every collective
+CONFIGS = {
+    "dual": {"vision": "zo", "language": "zo", "queries": 8},  # 35 loss evaluations a step, dealt 18/17
+    "vision": {"vision": "zo"},  # q = 1: 2 + 3 evaluations, dealt 3/2
+    "fo": {},  # FO on both branches: data parallel, each rank 16 of the 32 rows
+}
+KILLED_AT = [1, 1]  # rank 1 dies at task 1's last step: after the mid-task commit of step 1 (--save-every 1)
+
+
+def _torchrun(spec: dict, where: Path, **popen) -> subprocess.Popen:
+    path = where / f"spec{len(list(where.glob('spec*.json')))}.json"
+    path.write_text(json.dumps(spec))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.Popen([*torchrun, str(WORKER), str(path)], env=ENV, **popen)
+
+
+def _events(run: Path) -> list[tuple]:
+    return [(e["event"], e.get("task")) for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_root):
+    """{name: (W = 1 run, W = 2 run)}, and the killed W = 2 run: the 2-rank launch works while this
+    process trains the references (a rank waiting in a collective leaves it a core)."""
+    from zocli.config import resolve
+    from zocli.run.train import run
+
+    where = tmp_path_factory.mktemp("ranks")
+    base = {**STEPS, "data_root": str(digits_root)}
+    jobs = [
+        {"out": str(where / f"{name}2"), "presets": ["digits-demo"], "overrides": {**base, **flags}}
+        for name, flags in CONFIGS.items()
+    ]
+    jobs[0]["overrides"]["report_to"] = "tensorboard"  # a tracker: rank 0's alone (tracking only, same run)
+    killed = {**base, **CONFIGS["vision"], "save_every": 1}
+    jobs.append({"out": str(where / "killed"), "presets": ["digits-demo"], "overrides": killed})
+    jobs[-1]["kill_rank1_at"] = KILLED_AT
+    proc = _torchrun({"runs": jobs}, where, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for name, flags in CONFIGS.items():
+            run(resolve(["digits-demo"], {**base, **flags}), where / f"{name}1")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    # the last run's rank 1 died: torchrun stops the job and fails (the runs before it finished)
+    assert proc.returncode != 0 and b"exitcode  : 9" in err, err.decode()[-3000:]
+    return {name: (where / f"{name}1", where / f"{name}2") for name in CONFIGS} | {"killed": where / "killed"}
+
+
+def _acc(run: Path) -> list[list[float]]:
+    return json.loads((run / "summary.json").read_text())["acc_matrix"]
+
+
+def _every_rank_got(run: Path, acc: list[list[float]], world: int = 2) -> None:
+    for r in range(world):
+        got = json.loads(run.with_name(f"{run.name}.rank{r}.json").read_text())
+        assert got == {"acc_matrix": acc, "world": world}, f"rank {r} of {run.name}"
+
+
+@pytest.mark.parametrize("name", ["dual", "vision"])
+def test_zo_on_two_processes_is_the_one_process_run_bit_for_bit(runs, name):
+    one, two = runs[name]
+    for task in (0, 1):
+        assert _same(_tensors(one, task), _tensors(two, task)), f"{name}: task {task} adapters differ"
+    assert _acc(two) == _acc(one)
+    _every_rank_got(two, _acc(one))
+    saved = json.loads((two / "config.json").read_text())["config"]
+    assert saved["nproc"] == 2 and saved["parallelism"] == "auto"
+
+
+def test_fo_on_two_processes_is_the_one_process_run_within_round_off(runs):
+    one, two = runs["fo"]
+    for task in (0, 1):
+        a, b = _tensors(one, task), _tensors(two, task)
+        assert a.keys() == b.keys()
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst <= FO_ATOL, f"task {task}: adapters differ by {worst}"
+    assert _acc(two) == _acc(one)
+    _every_rank_got(two, _acc(one))
+
+
+def test_one_rank_writes(runs):
+    """Rank 1 ran every event through the same code with a Follower run directory: had it written,
+    metrics.jsonl would hold each event twice, and tensorboard/ two event files."""
+    one, two = runs["dual"]
+    assert _events(two) == _events(one) == [("zero_shot", None), ("train", 0), ("eval", 0), ("train", 1), ("eval", 1)]
+    assert len(list((two / "tensorboard").iterdir())) == 1
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["tensorboard"]
+
+
+def test_a_killed_rank_stops_the_job_and_resume_at_w1_and_w2_finishes_the_same_run(runs, tmp_path):
+    from zocli.run.train import resume
+
+    killed, (ref, _) = runs["killed"], runs["vision"]
+    assert not (killed / "summary.json").exists() and not (killed / "checkpoints" / "task_01.safetensors").exists()
+    assert (killed / "checkpoints" / "resume.safetensors").is_file()  # task 1's mid-task commit
+    at1, at2 = tmp_path / "at1", tmp_path / "at2"
+    shutil.copytree(killed, at1)
+    shutil.copytree(killed, at2)
+    proc = _torchrun({"resume": [str(at2)]}, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        resume(at1, {"nproc": 1})  # meanwhile, in this process
+        _, err = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()[-3000:]
+    for run in (at1, at2):
+        for task in (0, 1):
+            assert _same(_tensors(ref, task), _tensors(run, task)), f"{run.name}: task {task} adapters differ"
+        assert _acc(run) == _acc(ref) and _events(run) == _events(ref)
+    _every_rank_got(at2, _acc(ref))

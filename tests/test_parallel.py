@@ -360,3 +360,102 @@ def test_a_killed_rank_stops_the_job_and_resume_at_w1_and_w2_finishes_the_same_r
             assert _same(_tensors(ref, task), _tensors(run, task)), f"{run.name}: task {task} adapters differ"
         assert _acc(run) == _acc(ref) and _events(run) == _events(ref)
     _every_rank_got(at2, _acc(ref))
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+def test_a_sweep_gives_each_multi_rank_run_its_gpus_and_nproc(tmp_path):
+    from zocli.sweep import grid as sweeps
+    from zocli.sweep import launch
+
+    slots = launch.local_slots(["0", "1", "2", "3"], 1, 2)  # --devices 0,1,2,3 --gpus-per-run 2
+    assert [(s.env["CUDA_VISIBLE_DEVICES"], s.ranks) for s in slots] == [("0,1", 2), ("2,3", 2)]
+    cpu = launch.local_slots(["cpu"], 1, 2)  # --devices cpu --gpus-per-run 2: 2 gloo ranks per run
+    assert [s.ranks for s in cpu] == [2] and "CUDA_VISIBLE_DEVICES" not in cpu[0].env
+    with pytest.raises(sweeps.SweepError, match="does not divide"):
+        launch.local_slots(["0", "1", "2"], 1, 2)
+    (run,) = sweeps.expand(sweeps.Grid(("digits-demo",)))
+    sweep = sweeps.Sweep(tmp_path, (run,))
+    action, argv = sweeps.command(sweep, run, nproc=2)
+    assert (
+        action == "start"
+        and argv[argv.index("--nproc") + 1] == "2"
+        and argv[-3:-1] == ["--out", str(tmp_path / run.name)]
+    )
+    assert "--nproc" not in sweeps.command(sweep, run)[1]  # one rank: the argv as before
+    # the CLI: the plan shows each run's --nproc; a GPU list the groups do not divide, or nproc in the grid, is refused
+    result = _cli(
+        "sweep",
+        "--preset",
+        "digits-demo",
+        "--seeds",
+        "0,1",
+        "--devices",
+        "0,1,2,3",
+        "--gpus-per-run",
+        "2",
+        "--out",
+        tmp_path / "s",
+        "--dry-run",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert all(r["command"][r["command"].index("--nproc") + 1] == "2" for r in json.loads(result.stdout)["runs"])
+    for bad in (["--devices", "0,1,2", "--gpus-per-run", "2"], ["--grid", "nproc=2"]):
+        result = _cli("sweep", "--preset", "digits-demo", *bad, "--out", tmp_path / "s", "--dry-run")
+        assert result.exit_code != 0 and ("does not divide" in result.output or "gpus-per-run" in result.output)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from zocli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], prog_name="zocli")
+
+
+def test_srun_tasks_become_torchrun_ranks():
+    from zocli.run.slurm import first_host, torchrun_env
+
+    srun = {
+        "SLURM_PROCID": "3",
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "77",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NODELIST": "gpu[03-04,07]",
+    }
+    env = torchrun_env(srun)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gpu03",
+    }
+    assert env["MASTER_PORT"] == torchrun_env({**srun, "SLURM_PROCID": "0"})["MASTER_PORT"]  # every rank alike
+    assert torchrun_env({**srun, "SLURM_STEP_NUM_TASKS": "1"}) == {}  # one task (a batch script): no group
+    assert torchrun_env({**srun, "WORLD_SIZE": "4"}) == {}  # torchrun under srun: its own variables
+    assert [first_host(n) for n in ("a1", "n[9-12]", "x-y[001,5],z")] == ["a1", "n9", "x-y001"]
+
+
+def test_slurm_runs_each_run_on_its_ranks_through_submitits_tasks(tmp_path, digits_root):
+    """--slurm --slurm-gpus 2 through submitit's local executor (tasks_per_node = 2, as on SLURM; no GPU
+    here, so the ranks use gloo): each task's child is one rank, and task 0 alone records the attempt."""
+    pytest.importorskip("submitit")
+    from zocli.sweep import grid as sweeps
+    from zocli.sweep import launch
+
+    grid = sweeps.Grid(("digits-demo",), {"inc": [10], "max_steps": [1], "vision": ["zo"]}, (0,))
+    opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
+    options = launch.SlurmOptions(gpus=2, cpus=1, time_min=5)
+    assert options.executor_parameters()["tasks_per_node"] == 2
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        ((name, job),) = launch.submit(opened, options, cluster="local")
+    assert [r["state"] for r in job.results()] == ["finished", "finished"], job.stderr()
+    (attempt,) = sweeps.attempts(opened, name)
+    assert attempt["ranks"] == 2 and attempt["returncode"] == 0 and attempt["where"].startswith("slurm")
+    run = opened.run_dir(name)
+    assert json.loads((run / "config.json").read_text())["config"]["nproc"] == 2
+    assert [e for e, _ in _events(run)] == ["zero_shot", "train", "eval"]  # one writer

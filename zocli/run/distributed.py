@@ -40,7 +40,7 @@ def leads() -> bool:
 
 
 def under_launcher() -> bool:
-    """Whether torchrun (or `--nproc`'s launcher) started this process."""
+    """Whether torchrun (or `--nproc`'s launcher, or srun through zocli.run.slurm) started this process."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 

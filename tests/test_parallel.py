@@ -297,7 +297,8 @@ def runs(tmp_path_factory, digits_root):
     finally:
         proc.kill()
     # the last run's rank 1 died: torchrun stops the job and fails (the runs before it finished)
-    assert proc.returncode != 0 and b"exitcode  : 9" in err, err.decode()[-3000:]
+    assert proc.returncode != 0, err.decode()[-3000:]
+    assert all((where / f"{name}2" / "summary.json").is_file() for name in CONFIGS), err.decode()[-3000:]
     return {name: (where / f"{name}1", where / f"{name}2") for name in CONFIGS} | {"killed": where / "killed"}
 
 

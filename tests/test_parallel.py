@@ -10,9 +10,9 @@
   imports on 2 cores). They must equal the one-process runs (built meanwhile in this process): the
   same checkpoint tensors (ZO bit for bit, FO within FO_ATOL), the same accuracy matrix on every rank,
   one writer (metrics.jsonl's events once each, one TensorBoard run); the killed run resumes at W = 1
-  and at W = 2 (a second, one-run launch) to the uninterrupted run.
+  (here) and at W = 2 (through the SLURM test's 2-task job) to the uninterrupted run.
 - Sweeps: `--devices 0,1,2,3 --gpus-per-run 2` slots and argv; `--slurm --slurm-gpus 2` through submitit's local
-  executor (2 tasks, each one rank), which must give the one-process run too; srun's variables as torchrun's.
+  executor (2 tasks, each one rank), resuming the killed run to the one-process run; srun's variables as torchrun's.
 - Through the CLI (`slow`: each torchrun launch imports torch in every rank for one run):
   `zocli train --nproc 2` killed and resumed at W = 1, and `torchrun ... -m zocli train` for FO.
 """
@@ -343,27 +343,20 @@ def test_one_rank_writes(runs):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["tensorboard"]
 
 
-def test_a_killed_rank_stops_the_job_and_resume_at_w1_and_w2_finishes_the_same_run(runs, tmp_path):
+def test_a_rank_killed_in_the_shared_launch_stops_it_and_one_process_resumes_the_same_run(runs, tmp_path):
+    """Rank 1 died at task 1 (the launch failed, `runs`); resumed on one process. The resume on 2 ranks is
+    the SLURM test's run below (one launch for both)."""
     from zocli.run.train import resume
 
     killed, (ref, _) = runs["killed"], runs["vision"]
     assert not (killed / "summary.json").exists() and not (killed / "checkpoints" / "task_01.safetensors").exists()
     assert (killed / "checkpoints" / "resume.safetensors").is_file()  # task 1's mid-task commit
-    at1, at2 = tmp_path / "at1", tmp_path / "at2"
+    at1 = tmp_path / "at1"
     shutil.copytree(killed, at1)
-    shutil.copytree(killed, at2)
-    proc = _torchrun({"resume": [str(at2)]}, tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        resume(at1, {"nproc": 1})  # meanwhile, in this process
-        _, err = proc.communicate(timeout=240)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err.decode()[-3000:]
-    for run in (at1, at2):
-        for task in (0, 1):
-            assert _same(_tensors(ref, task), _tensors(run, task)), f"{run.name}: task {task} adapters differ"
-        assert _acc(run) == _acc(ref) and _events(run) == _events(ref)
-    _every_rank_got(at2, _acc(ref))
+    resume(at1, {"nproc": 1})
+    for task in (0, 1):
+        assert _same(_tensors(ref, task), _tensors(at1, task)), f"task {task} adapters differ"
+    assert _acc(at1) == _acc(ref) and _events(at1) == _events(ref)
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -443,17 +436,20 @@ def test_srun_tasks_become_torchrun_ranks():
     assert [first_host(n) for n in ("a1", "n[9-12]", "x-y[001,5],z")] == ["a1", "n9", "x-y001"]
 
 
-def test_slurm_runs_each_run_on_its_ranks_through_submitits_tasks(tmp_path, digits_root, runs):
-    """--slurm --slurm-gpus 2 through submitit's local executor (tasks_per_node = 2, as on SLURM; no GPU
-    here, so the ranks use gloo): each task's child is one rank, task 0 alone records the attempt, and the
-    run is the one-process run."""
+def test_slurm_resumes_the_killed_run_on_two_ranks_through_submitits_tasks(tmp_path, digits_root, runs):
+    """--slurm --slurm-gpus 2 through submitit's local executor (tasks_per_node = 2, as on SLURM; no GPU here,
+    so the ranks use gloo), on a sweep whose run is a copy of the run whose rank 1 was killed: each task's child
+    is one rank, both choose `train --resume`, task 0 alone records the attempt (2 ranks), and the resumed run
+    is the uninterrupted one-process run: resume at W = 2, and the SLURM path, in one launch."""
     pytest.importorskip("submitit")
     from zocli.sweep import grid as sweeps
     from zocli.sweep import launch
 
-    axes = {key: [value] for key, value in {**STEPS, **CONFIGS["vision"]}.items() if key != "seed"}
+    axes = {key: [value] for key, value in {**STEPS, **CONFIGS["vision"], "save_every": 1}.items() if key != "seed"}
     grid = sweeps.Grid(("digits-demo",), axes, (STEPS["seed"],))
     opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
+    (spec,) = opened.runs
+    shutil.copytree(runs["killed"], opened.run_dir(spec.name))
     options = launch.SlurmOptions(gpus=2, cpus=1, time_min=5)
     assert options.executor_parameters()["tasks_per_node"] == 2
     with pytest.MonkeyPatch.context() as env:
@@ -461,10 +457,9 @@ def test_slurm_runs_each_run_on_its_ranks_through_submitits_tasks(tmp_path, digi
         ((name, job),) = launch.submit(opened, options, cluster="local")
     assert [r["state"] for r in job.results()] == ["finished", "finished"], job.stderr()
     (attempt,) = sweeps.attempts(opened, name)
-    assert attempt["ranks"] == 2 and attempt["returncode"] == 0 and attempt["where"].startswith("slurm")
-    run = opened.run_dir(name)
-    assert json.loads((run / "config.json").read_text())["config"]["nproc"] == 2
-    one = runs["vision"][0]
+    assert attempt["action"] == "resume" and attempt["ranks"] == 2 and attempt["returncode"] == 0
+    assert attempt["where"].startswith("slurm")
+    run, one = opened.run_dir(name), runs["vision"][0]
     assert _events(run) == _events(one) and _acc(run) == _acc(one)  # one writer; the same run
     for task in (0, 1):
         assert _same(_tensors(one, task), _tensors(run, task)), f"task {task} adapters differ"

@@ -12,7 +12,7 @@ CPU_INDEX_UP = $(shell $(PY) -c "import urllib.request as u; u.urlopen('$(CPU_IN
 TORCH_INDEX ?= $(if $(shell nvidia-smi -L 2>/dev/null),,$(if $(CPU_INDEX_UP),$(CPU_INDEX)))
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: venv demo test test-all lint format docs clean
+.PHONY: venv demo test test-all lint format docs clean wheels gpu-check
 
 $(BIN)/zocli: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,25 @@ test: venv  ## the default (CPU, offline) test suite
 
 test-all: venv  ## also the slow ViT-B/16-sized checks
 	$(PYTEST) -m 'not gpu'
+
+# An air-gapped GPU node that has PyTorch: `make wheels` here (same Python version and architecture as the node)
+# fills wheels/ with zocli's wheel, its dependencies and pytest at this venv's versions, PyTorch excepted
+# (scripts/wheels.py); copy the repository with wheels/ there and run `make gpu-check GPU_PY=python3`, which
+# installs from wheels/ only (--no-index: the node's torch is kept, never replaced; what is installed stays).
+WHEELS ?= wheels
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_OUT ?= gpu-check
+
+wheels: venv  ## zocli's wheel and its dependencies but PyTorch in wheels/, for `make gpu-check` offline
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	$(BIN)/pip wheel -q --no-deps -w $(WHEELS) .
+	$(BIN)/python scripts/wheels.py > $(WHEELS)/requirements.txt
+	$(BIN)/pip wheel -q --no-deps -w $(WHEELS) -r $(WHEELS)/requirements.txt
+	@du -sh $(WHEELS)
+
+gpu-check:  ## on a CUDA device: gpu tests, memory, step time, fidelity, input pipeline, W=1 vs N (under 8 min)
+	$(GPU_PY) -m pip install -q --no-index --find-links $(WHEELS) zocli pytest
+	$(GPU_PY) perf/gpu_check.py --out $(GPU_OUT)
 
 lint: venv  ## ruff: lint and format check (pyproject.toml's [tool.ruff])
 	$(BIN)/ruff check .

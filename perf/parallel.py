@@ -4,7 +4,9 @@ The exact step `train` runs (`Stepper` with `run.distributed.ranks`), on a synth
 test-bed's shape (32 images, 10 prompts) with the test-bed's tiny CLIP, at the default q = 8, `--parallelism
 auto`. Each W is one torchrun launch (gloo on a CPU, one thread per rank; NCCL, one GPU per rank on CUDA);
 each configuration's time is the median of `--steps` timed steps after one warm-up, measured on rank 0
-between two barriers. Bytes: the payload of the all-reduces and all-gathers of one step, per rank.
+between two barriers; beside it rank 0's CPU seconds in the step (process time: what the step costs the rank
+whatever else runs on the machine, so on a shared machine its ratio says what an idle one would give). Bytes:
+the payload of the all-reduces and all-gathers of one step, per rank.
     python perf/parallel.py                       # dual, vision, fo at W = 1, 2 on this machine's CPU
     python perf/parallel.py --model ViT-B-16 --pretrained none --batch-size 8 --steps 3
 """
@@ -53,13 +55,13 @@ def worker(args) -> None:
                 return wrapped
 
             ranks = replace(ranks, sum_=counted(ranks.sum_), gather=counted(ranks.gather))
-        stepper, times = Stepper(model, cfg, ranks), []
+        stepper, times, cpu = Stepper(model, cfg, ranks), [], []
         for step in range(args.steps + 1):
             if dist.is_initialized():
                 dist.barrier()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            sent[0], began = 0, time.perf_counter()
+            sent[0], began, used = 0, time.perf_counter(), time.process_time()
             stats = stepper.step(images, labels, tokens, cfg.lr, step)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -67,7 +69,13 @@ def worker(args) -> None:
                 dist.barrier()
             if step:  # the first step warms up
                 times.append(time.perf_counter() - began)
-        results[name] = {"seconds": statistics.median(times), "forwards": stats.forwards, "bytes": sent[0]}
+                cpu.append(time.process_time() - used)
+        results[name] = {
+            "seconds": statistics.median(times),
+            "cpu_seconds": statistics.median(cpu),
+            "forwards": stats.forwards,
+            "bytes": sent[0],
+        }
     if distributed.leads():
         print("RESULT " + json.dumps({"world": distributed.world(), "results": results}), flush=True)
 
@@ -101,13 +109,14 @@ def main() -> None:
         found[world] = json.loads(line[7:])["results"]
     base = found[min(found)]
     print(f"{args.model}, batch {args.batch_size}, q = 8, {args.device}, {args.threads} thread(s) per rank")
-    print("| config | W | forwards/step | s/step | speed-up | bytes/step per rank |")
-    print("|---|---|---|---|---|---|")
+    print("| config | W | forwards/step | s/step | speed-up | CPU s/step (rank 0) | CPU ratio | bytes/step per rank |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in base:
         for world, results in found.items():
             r = results[name]
-            speedup = base[name]["seconds"] / r["seconds"]
-            row = [name, world, r["forwards"], f"{r['seconds']:.4f}", f"{speedup:.2f}x", r["bytes"]]
+            speedup, ratio = base[name]["seconds"] / r["seconds"], base[name]["cpu_seconds"] / r["cpu_seconds"]
+            row = [name, world, r["forwards"], f"{r['seconds']:.4f}", f"{speedup:.2f}x"]
+            row += [f"{r['cpu_seconds']:.4f}", f"{ratio:.2f}x", r["bytes"]]
             print("| " + " | ".join(map(str, row)) + " |")
 
 

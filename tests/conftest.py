@@ -53,6 +53,7 @@ def tiny_model():
 LONGEST_MODULES = (
     "test_train_zo.py",
     "test_pipeline.py",
+    "test_parallel.py",  # two 2-rank torchrun launches and a 2-task submitit job: ~40 s of it waits on imports
     "test_resume.py",
     "test_setup.py",  # builds and installs the wheel, then trains with it
     "test_sweep.py",

@@ -2,17 +2,26 @@
 
 - Direction parallelism, in one process: W ranks as W threads, each with its own copy of the model and a
   barrier standing in for the all-reduce (the collectives are injected, so the step code is the real
-  one). Dual ZO at q = 8 must give bit-identical adapters at W = 1, 2, 3 (3 divides nothing evenly).
-- End to end (`slow`: each torchrun launch imports torch in every rank), through torchrun (gloo, CPU):
-  a vision-ZO run on 2 ranks (`zocli train --nproc 2`) whose rank 1 is killed mid-task, resumed at
-  W = 1, equals the uninterrupted one-process run tensor for tensor; an FO run on 2 ranks (data
-  parallel) equals it within the stated tolerance, with the same accuracies.
+  one). Dual ZO at q = 8 must give bit-identical adapters at W = 3 (which divides nothing evenly) as at 1.
+- Real processes, in the default suite (torchrun, gloo, CPU, 2 ranks): one launch of
+  tests/rank_worker.py trains dual ZO (q = 8), vision ZO and FO on the tiny model and digits (2 tasks, 2
+  steps each) in one process group, then a vision-ZO run whose rank 1 dies mid-task. Each rank imports
+  torch once for all four, which is what makes this cost seconds (a launch per run costs ~10 s of
+  imports on 2 cores). They must equal the one-process runs (built meanwhile in this process): the
+  same checkpoint tensors (ZO bit for bit, FO within FO_ATOL), the same accuracy matrix on every rank,
+  one writer (metrics.jsonl's events once each, one TensorBoard run); the killed run resumes at W = 1
+  (here) and at W = 2 (through the SLURM test's 2-task job) to the uninterrupted run.
+- Sweeps: `--devices 0,1,2,3 --gpus-per-run 2` slots and argv; `--slurm --slurm-gpus 2` through submitit's local
+  executor (2 tasks, each one rank), resuming the killed run to the one-process run; srun's variables as torchrun's.
+- Through the CLI (`slow`: each torchrun launch imports torch in every rank for one run):
+  `zocli train --nproc 2` killed and resumed at W = 1, and `torchrun ... -m zocli train` for FO.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -95,10 +104,11 @@ def dual():
     return replace(tiny_config(vision="zo", language="zo"), queries=8)
 
 
-def test_direction_parallelism_is_bit_identical_at_w_1_2_3(dual):
+def test_direction_parallelism_is_bit_identical_at_w_1_and_3(dual):
+    """W = 2 is checked on real processes below; here W = 3, which divides nothing evenly."""
     (one,) = _steps(dual, 1)
     assert not _same(one, build_model(dual, "cpu").units.state_dict())  # the steps moved θ
-    for size in (2, 3):
+    for size in (3,):
         assert all(_same(one, adapters) for adapters in _steps(dual, size)), f"W={size} differs from W=1"
 
 
@@ -237,3 +247,224 @@ def test_fo_data_parallel_matches_one_process_within_round_off(tmp_path, digits_
         worst = max((a[k] - b[k]).abs().max().item() for k in a)
         assert worst <= FO_ATOL, f"task {task}: adapters differ by {worst}"
     assert done.stdout.decode().count("acc_matrix") == 1  # only rank 0 prints
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+WORKER = Path(__file__).with_name("rank_worker.py")
+STEPS = {"inc": 5, "max_steps": 2, "seed": 3}  # 2 tasks of 2 steps: each step crosses every collective
+CONFIGS = {
+    "dual": {"vision": "zo", "language": "zo", "queries": 8},  # 35 loss evaluations a step, dealt 18/17
+    "vision": {"vision": "zo"},  # q = 1: 2 + 3 evaluations, dealt 3/2
+    "fo": {},  # FO on both branches: data parallel, each rank 16 of the 32 rows
+}
+KILLED_AT = [1, 1]  # rank 1 dies at task 1's last step: after the mid-task commit of step 1 (--save-every 1)
+
+
+def _torchrun(spec: dict, where: Path, **popen) -> subprocess.Popen:
+    path = where / f"spec{len(list(where.glob('spec*.json')))}.json"
+    path.write_text(json.dumps(spec))
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    return subprocess.Popen([*torchrun, str(WORKER), str(path)], env=ENV, **popen)
+
+
+def _events(run: Path) -> list[tuple]:
+    return [(e["event"], e.get("task")) for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, digits_root):
+    """{name: (W = 1 run, W = 2 run)}, and the killed W = 2 run: the 2-rank launch works while this
+    process trains the references (a rank waiting in a collective leaves it a core)."""
+    from zocli.config import resolve
+    from zocli.run.train import run
+
+    where = tmp_path_factory.mktemp("ranks")
+    base = {**STEPS, "data_root": str(digits_root)}
+    jobs = [
+        {"out": str(where / f"{name}2"), "presets": ["digits-demo"], "overrides": {**base, **flags}}
+        for name, flags in CONFIGS.items()
+    ]
+    jobs[0]["overrides"]["report_to"] = "tensorboard"  # a tracker: rank 0's alone (tracking only, same run)
+    killed = {**base, **CONFIGS["vision"], "save_every": 1}
+    jobs.append({"out": str(where / "killed"), "presets": ["digits-demo"], "overrides": killed})
+    jobs[-1]["kill_rank1_at"] = KILLED_AT
+    proc = _torchrun({"runs": jobs}, where, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for name, flags in CONFIGS.items():
+            run(resolve(["digits-demo"], {**base, **flags}), where / f"{name}1")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    # the last run's rank 1 died: torchrun stops the job and fails (the runs before it finished)
+    assert proc.returncode != 0, err.decode()[-3000:]
+    assert all((where / f"{name}2" / "summary.json").is_file() for name in CONFIGS), err.decode()[-3000:]
+    return {name: (where / f"{name}1", where / f"{name}2") for name in CONFIGS} | {"killed": where / "killed"}
+
+
+def _acc(run: Path) -> list[list[float]]:
+    return json.loads((run / "summary.json").read_text())["acc_matrix"]
+
+
+def _every_rank_got(run: Path, acc: list[list[float]], world: int = 2) -> None:
+    for r in range(world):
+        got = json.loads(run.with_name(f"{run.name}.rank{r}.json").read_text())
+        assert got == {"acc_matrix": acc, "world": world}, f"rank {r} of {run.name}"
+
+
+@pytest.mark.parametrize("name", ["dual", "vision"])
+def test_zo_on_two_processes_is_the_one_process_run_bit_for_bit(runs, name):
+    one, two = runs[name]
+    for task in (0, 1):
+        assert _same(_tensors(one, task), _tensors(two, task)), f"{name}: task {task} adapters differ"
+    assert _acc(two) == _acc(one)
+    _every_rank_got(two, _acc(one))
+    saved = json.loads((two / "config.json").read_text())["config"]
+    assert saved["nproc"] == 2 and saved["parallelism"] == "auto"
+
+
+def test_fo_on_two_processes_is_the_one_process_run_within_round_off(runs):
+    one, two = runs["fo"]
+    for task in (0, 1):
+        a, b = _tensors(one, task), _tensors(two, task)
+        assert a.keys() == b.keys()
+        worst = max((a[k] - b[k]).abs().max().item() for k in a)
+        assert worst <= FO_ATOL, f"task {task}: adapters differ by {worst}"
+    assert _acc(two) == _acc(one)
+    _every_rank_got(two, _acc(one))
+
+
+def test_one_rank_writes(runs):
+    """Rank 1 ran every event through the same code with a Follower run directory: had it written,
+    metrics.jsonl would hold each event twice, and tensorboard/ two event files."""
+    one, two = runs["dual"]
+    # the W = 2 run reports to TensorBoard, so it also logs a train_step record each step of its 2-step tasks
+    assert _events(two) == [
+        ("zero_shot", None), ("train_step", 0), ("train_step", 0), ("train", 0), ("eval", 0),
+        ("train_step", 1), ("train_step", 1), ("train", 1), ("eval", 1),
+    ]  # fmt: skip
+    assert _events(one) == [e for e in _events(two) if e[0] != "train_step"]
+    assert len(list((two / "tensorboard").iterdir())) == 1
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) + ["tensorboard"]
+
+
+def test_a_rank_killed_in_the_shared_launch_stops_it_and_one_process_resumes_the_same_run(runs, tmp_path):
+    """Rank 1 died at task 1 (the launch failed, `runs`); resumed on one process. The resume on 2 ranks is
+    the SLURM test's run below (one launch for both)."""
+    from zocli.run.train import resume
+
+    killed, (ref, _) = runs["killed"], runs["vision"]
+    assert not (killed / "summary.json").exists() and not (killed / "checkpoints" / "task_01.safetensors").exists()
+    assert (killed / "checkpoints" / "resume.safetensors").is_file()  # task 1's mid-task commit
+    at1 = tmp_path / "at1"
+    shutil.copytree(killed, at1)
+    resume(at1, {"nproc": 1})
+    for task in (0, 1):
+        assert _same(_tensors(ref, task), _tensors(at1, task)), f"task {task} adapters differ"
+    assert _acc(at1) == _acc(ref) and _events(at1) == _events(ref)
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+def test_a_sweep_gives_each_multi_rank_run_its_gpus_and_nproc(tmp_path):
+    from zocli.sweep import grid as sweeps
+    from zocli.sweep import launch
+
+    slots = launch.local_slots(["0", "1", "2", "3"], 1, 2)  # --devices 0,1,2,3 --gpus-per-run 2
+    assert [(s.env["CUDA_VISIBLE_DEVICES"], s.ranks) for s in slots] == [("0,1", 2), ("2,3", 2)]
+    cpu = launch.local_slots(["cpu"], 1, 2)  # --devices cpu --gpus-per-run 2: 2 gloo ranks per run
+    assert [s.ranks for s in cpu] == [2] and "CUDA_VISIBLE_DEVICES" not in cpu[0].env
+    with pytest.raises(sweeps.SweepError, match="does not divide"):
+        launch.local_slots(["0", "1", "2"], 1, 2)
+    (run,) = sweeps.expand(sweeps.Grid(("digits-demo",)))
+    sweep = sweeps.Sweep(tmp_path, (run,))
+    action, argv = sweeps.command(sweep, run, nproc=2)
+    assert (
+        action == "start"
+        and argv[argv.index("--nproc") + 1] == "2"
+        and argv[-3:-1] == ["--out", str(tmp_path / run.name)]
+    )
+    assert "--nproc" not in sweeps.command(sweep, run)[1]  # one rank: the argv as before
+    # the CLI: the plan shows each run's --nproc; a GPU list the groups do not divide, or nproc in the grid, is refused
+    result = _cli(
+        "sweep",
+        "--preset",
+        "digits-demo",
+        "--seeds",
+        "0,1",
+        "--devices",
+        "0,1,2,3",
+        "--gpus-per-run",
+        "2",
+        "--out",
+        tmp_path / "s",
+        "--dry-run",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert all(r["command"][r["command"].index("--nproc") + 1] == "2" for r in json.loads(result.stdout)["runs"])
+    for bad in (["--devices", "0,1,2", "--gpus-per-run", "2"], ["--grid", "nproc=2"]):
+        result = _cli("sweep", "--preset", "digits-demo", *bad, "--out", tmp_path / "s", "--dry-run")
+        assert result.exit_code != 0 and ("does not divide" in result.output or "gpus-per-run" in result.output)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from zocli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], prog_name="zocli")
+
+
+def test_srun_tasks_become_torchrun_ranks():
+    from zocli.run.slurm import first_host, torchrun_env
+
+    srun = {
+        "SLURM_PROCID": "3",
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_LOCALID": "1",
+        "SLURM_JOB_ID": "77",
+        "SLURM_STEP_ID": "0",
+        "SLURM_STEP_NODELIST": "gpu[03-04,07]",
+    }
+    env = torchrun_env(srun)
+    assert {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR")} == {
+        "RANK": "3",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "1",
+        "MASTER_ADDR": "gpu03",
+    }
+    assert env["MASTER_PORT"] == torchrun_env({**srun, "SLURM_PROCID": "0"})["MASTER_PORT"]  # every rank alike
+    assert torchrun_env({**srun, "SLURM_STEP_NUM_TASKS": "1"}) == {}  # one task (a batch script): no group
+    assert torchrun_env({**srun, "WORLD_SIZE": "4"}) == {}  # torchrun under srun: its own variables
+    assert [first_host(n) for n in ("a1", "n[9-12]", "x-y[001,5],z")] == ["a1", "n9", "x-y001"]
+
+
+def test_slurm_resumes_the_killed_run_on_two_ranks_through_submitits_tasks(tmp_path, digits_root, runs):
+    """--slurm --slurm-gpus 2 through submitit's local executor (tasks_per_node = 2, as on SLURM; no GPU here,
+    so the ranks use gloo), on a sweep whose run is a copy of the run whose rank 1 was killed: each task's child
+    is one rank, both choose `train --resume`, task 0 alone records the attempt (2 ranks), and the resumed run
+    is the uninterrupted one-process run: resume at W = 2, and the SLURM path, in one launch."""
+    pytest.importorskip("submitit")
+    from zocli.sweep import grid as sweeps
+    from zocli.sweep import launch
+
+    axes = {key: [value] for key, value in {**STEPS, **CONFIGS["vision"], "save_every": 1}.items() if key != "seed"}
+    grid = sweeps.Grid(("digits-demo",), axes, (STEPS["seed"],))
+    opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
+    (spec,) = opened.runs
+    shutil.copytree(runs["killed"], opened.run_dir(spec.name))
+    options = launch.SlurmOptions(gpus=2, cpus=1, time_min=5)
+    assert options.executor_parameters()["tasks_per_node"] == 2
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        ((name, job),) = launch.submit(opened, options, cluster="local")
+    assert [r["state"] for r in job.results()] == ["finished", "finished"], job.stderr()
+    (attempt,) = sweeps.attempts(opened, name)
+    assert attempt["action"] == "resume" and attempt["ranks"] == 2 and attempt["returncode"] == 0
+    assert attempt["where"].startswith("slurm")
+    run, one = opened.run_dir(name), runs["vision"][0]
+    assert _events(run) == _events(one) and _acc(run) == _acc(one)  # one writer; the same run
+    for task in (0, 1):
+        assert _same(_tensors(one, task), _tensors(run, task)), f"task {task} adapters differ"

@@ -18,8 +18,9 @@ from zocli.config import KEYS, OPTIONS, ConfigError
 from zocli.flags import given
 
 S = "SLURM (with --slurm; needs the slurm extra)"
-# every train flag fixes its value in every run, except the two the sweep sets itself (--seeds, --data-root)
-FIXED_KEYS = tuple(key for key in KEYS if key not in ("seed", "data_root"))
+# every train flag fixes its value in every run, except those the sweep sets itself (--seeds, --data-root,
+# and --gpus-per-run / --slurm-gpus for --nproc: where each run goes decides its ranks)
+FIXED_KEYS = tuple(key for key in KEYS if key not in ("seed", "data_root", "nproc"))
 
 
 @app.command("sweep")
@@ -76,8 +77,20 @@ def sweep_cmd(
     ] = None,
     devices: Annotated[
         str | None,
-        Opt(metavar="0,1", help="GPUs to use: runs go to them one at a time each (CUDA_VISIBLE_DEVICES)."),
+        Opt(
+            metavar="0,1",
+            help="GPUs to use: runs go to them one at a time each (CUDA_VISIBLE_DEVICES); cpu: the CPU's cores.",
+        ),
     ] = None,
+    per_run: Annotated[
+        int,
+        Opt(
+            "--gpus-per-run",
+            metavar="N",
+            min=1,
+            help="Ranks of each run (zocli train --nproc N): N GPUs of --devices each, or N CPU processes.",
+        ),
+    ] = 1,
     jobs: Annotated[
         int, Opt(metavar="N", min=1, help="Runs at once (per GPU with --devices); CPU runs share the cores.")
     ] = 1,
@@ -129,7 +142,16 @@ def sweep_cmd(
             rich_help_panel=S,
         ),
     ] = 24 * 60,
-    gpus: Annotated[int, Opt("--slurm-gpus", metavar="N", help="sbatch --gpus-per-node.", rich_help_panel=S)] = 1,
+    gpus: Annotated[
+        int,
+        Opt(
+            "--slurm-gpus",
+            metavar="N",
+            min=0,
+            help="sbatch --gpus-per-node; each run has N ranks (submitit's tasks, one GPU each).",
+            rich_help_panel=S,
+        ),
+    ] = 1,
     cpus: Annotated[int, Opt("--slurm-cpus", metavar="N", help="sbatch --cpus-per-task.", rich_help_panel=S)] = 8,
     mem_gb: Annotated[int | None, Opt("--slurm-mem", metavar="GB", help="sbatch --mem.", rich_help_panel=S)] = None,
     account: Annotated[
@@ -166,6 +188,9 @@ def sweep_cmd(
         if out_dir is not None and str(out_dir) in ("", "."):
             raise ConfigError(f"--out {str(out_dir)!r} names the current directory; give a sweep directory")
         root = (out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")).expanduser()
+        listed = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
+        if listed != ["cpu"] and len(listed) % per_run:
+            raise ConfigError(f"--gpus-per-run {per_run} does not divide the {len(listed)} GPUs of --devices {devices}")
         asked = grid_file or preset or grid or seeds or fixed
         if not asked and not (root / core.MANIFEST).is_file():
             raise ConfigError(
@@ -177,13 +202,13 @@ def sweep_cmd(
             where = data_root or os.environ.get("ZOCLI_DATA")
             where = str(Path(where).expanduser().resolve()) if where else None  # recorded absolute
             if dry_run:
-                _print_plan(core, root, runs, where, as_json)
+                _print_plan(core, root, runs, where, as_json, 1 if slurm else per_run)
                 return
             sweep = core.create(root, runs, where)
         else:  # continue the sweep already in --out
             sweep = core.open_sweep(root)
             if dry_run:
-                _print_plan(core, root, list(sweep.runs), core.data_root(sweep), as_json)
+                _print_plan(core, root, list(sweep.runs), core.data_root(sweep), as_json, 1 if slurm else per_run)
                 return
         if status:
             _print_state(core.as_json(sweep), as_json)
@@ -192,7 +217,7 @@ def sweep_cmd(
             options = (partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra or [])
             _submit(sweep, *options, cluster="local" if slurm_local else "slurm", takeover=takeover)
             return
-        final = _run_local(sweep, devices, jobs, quiet=as_json, takeover=takeover)
+        final = _run_local(sweep, devices, jobs, per_run, quiet=as_json, takeover=takeover)
     state = core.as_json(sweep)
     _print_state(state, as_json)
     if final["stopped"]:
@@ -211,10 +236,12 @@ def _grid(core, grid_file, presets, items, seeds, fixed: dict):
             f"{both[0]} is given both as a flag and as --grid {both[0][2:]}: give its values in one place"
         )
     axes = {**base.axes, **{key: [value] for key, value in fixed.items()}, **gridded}
+    if "nproc" in axes:
+        raise ConfigError("a sweep's runs get their ranks from --gpus-per-run (or --slurm-gpus), not from nproc")
     return core.Grid((*presets, *base.presets), axes, core.parse_seeds(seeds) if seeds else base.seeds)
 
 
-def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
+def _print_plan(core, root: Path, runs, data_root, as_json: bool, nproc: int) -> None:
     from zocli.sweep.cost import estimate
 
     sweep = core.Sweep(root, tuple(runs))
@@ -223,7 +250,7 @@ def _print_plan(core, root: Path, runs, data_root, as_json: bool) -> None:
         {
             "name": r.name,
             "run_dir": str(sweep.run_dir(r.name)),
-            "command": core.command(sweep, r, data_root)[1],
+            "command": core.command(sweep, r, data_root, nproc)[1],
             "forwards_per_step": c.forwards_per_step,
             "steps": c.steps,
             "forwards": c.forwards,
@@ -260,10 +287,10 @@ def _print_state(state: dict, as_json: bool) -> None:
         out.print(render.sweep_state(state))
 
 
-def _run_local(sweep, devices: str | None, jobs: int, quiet: bool, takeover: bool = False) -> dict:
+def _run_local(sweep, devices: str | None, jobs: int, per_run: int, quiet: bool, takeover: bool = False) -> dict:
     from zocli.sweep.launch import local_slots, run_local
 
-    slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs)
+    slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs, per_run)
     total = len(sweep.runs)
     counter = {"done": 0, "ran": 0, "settled": 0, "began": time.monotonic()}
 
@@ -272,8 +299,8 @@ def _run_local(sweep, devices: str | None, jobs: int, quiet: bool, takeover: boo
         left = total - counter["settled"]
         if not counter["ran"] or not left:
             return ""
-        per_run = (time.monotonic() - counter["began"]) / counter["ran"]
-        seconds = int(per_run * left)
+        seconds_per_run = (time.monotonic() - counter["began"]) / counter["ran"]
+        seconds = int(seconds_per_run * left)
         return f" · ETA {seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
     def on_event(event: dict) -> None:

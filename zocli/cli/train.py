@@ -64,6 +64,9 @@ def train_cmd(
     if flags["data_root"] is None and os.environ.get("ZOCLI_DATA"):
         flags["data_root"] = os.environ["ZOCLI_DATA"]
     where: dict = {}  # the run directory and its --save-every, once known: what a resume hint names
+    from zocli.run.slurm import torchrun_env
+
+    os.environ.update(torchrun_env(os.environ))  # `srun --ntasks N zocli train`: the ranks as torchrun names them
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints progress and results
     as_json = as_json or not leader
     with errors(), graceful_stop(lambda: _abort(where)) as should_stop:

@@ -13,6 +13,7 @@ The backend is NCCL on CUDA (rank r on device LOCAL_RANK) and gloo on the CPU.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -40,7 +41,7 @@ def leads() -> bool:
 
 
 def under_launcher() -> bool:
-    """Whether torchrun (or `--nproc`'s launcher) started this process."""
+    """Whether torchrun (or `--nproc`'s launcher, or srun through zocli.run.slurm) started this process."""
     return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
@@ -155,7 +156,10 @@ def opened(root) -> RunDir:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """`zocli ARGV` on `nproc` ranks of this machine through torchrun's launcher (standalone rendezvous),
-    this process waiting; returns the exit code: 0, or the first failed rank's (128 + signal if killed)."""
+    this process waiting; returns the exit code: 0, or the first failed rank's (128 + signal if killed).
+    A SIGINT or SIGTERM to this process (Ctrl-C, a sweep stopping its runs) reaches the ranks through the
+    launcher, which they answer by stopping at the same commit: 130, resumable, as one process."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -166,6 +170,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     except ChildFailedError as failed:
         codes = [f.exitcode for _, f in sorted(failed.failures.items())]
         return next((c if c > 0 else 128 - c for c in codes if c), 1)
+    except SignalException as stopped:
+        return 130 if stopped.sigval in (signal.SIGINT, signal.SIGTERM) else 128 + int(stopped.sigval)
     return 0
 
 

@@ -163,6 +163,11 @@ def resume(
         return _train_from(session, progress, run_dir, done, state, on_event, should_stop, elapsed)
 
 
+def _provenance(run_dir: RunDir) -> dict | None:
+    """The provenance config.json records: rank 0 wrote it, and only rank 0 reports it."""
+    return read_json(run_dir.config).get("provenance") if distributed.leads() else None
+
+
 def _saved_config(run_dir: RunDir) -> Config:
     try:
         return saved_config(run_dir.saved()["config"])
@@ -224,7 +229,7 @@ def _train_tasks(
     elapsed: float,
 ) -> RunResult:
     stop = should_stop or (lambda: False)
-    described = {"provenance": read_json(run_dir.config).get("provenance")}  # the banner's second line
+    described = {"provenance": _provenance(run_dir)}  # the banner's second line
     emit(
         {"event": "run_start", "run_dir": str(run_dir.root), "first_task": first_task, **overview(session), **described}
     )
@@ -253,7 +258,7 @@ def _train_tasks(
         zero_shot.get("seen_accuracy"),
         zero_shot.get("seen_curve"),
         provenance.task_classes(session),
-        read_json(run_dir.config).get("provenance"),
+        _provenance(run_dir),
     )
     run_dir.write_json(run_dir.summary, result.as_dict())
     return result

@@ -364,22 +364,25 @@ def states(sweep: Sweep) -> list[RunState]:
     return [state(sweep, run.name) for run in sweep.runs]
 
 
-def command(sweep: Sweep, run: RunSpec, where: str | None = None) -> tuple[str, list[str]]:
+def command(sweep: Sweep, run: RunSpec, where: str | None = None, nproc: int = 1) -> tuple[str, list[str]]:
     """(action, argv): resume a run that has started, else train it fresh; `where` overrides the data root
-    the manifest records."""
+    the manifest records; `nproc` > 1 runs it on that many ranks (`--nproc`, a place flag like the data root)."""
     base = [sys.executable, "-m", "zocli", "train"]
     where = where or data_root(sweep)
     place = ["--data-root", where] if where else []
-    if is_run(sweep.run_dir(run.name)):
-        return "resume", [*base, "--resume", str(sweep.run_dir(run.name)), *place, "--json"]
-    return "start", [*base, *run.train_args(), *place, "--out", str(sweep.run_dir(run.name)), "--json"]
+    if is_run(sweep.run_dir(run.name)):  # always --nproc: a resume would otherwise take the ranks it had
+        ranks = ["--nproc", str(nproc)]
+        return "resume", [*base, "--resume", str(sweep.run_dir(run.name)), *place, *ranks, "--json"]
+    ranks = ["--nproc", str(nproc)] if nproc > 1 else []
+    return "start", [*base, *run.train_args(), *place, *ranks, "--out", str(sweep.run_dir(run.name)), "--json"]
 
 
-def record_start(sweep: Sweep, name: str, action: str, pid: int, where: str) -> None:
+def record_start(sweep: Sweep, name: str, action: str, pid: int, where: str, ranks: int = 1) -> None:
+    """A new attempt, with the ranks (processes) the run has in it."""
     tries = attempts(sweep, name)
     if tries and "ended" not in tries[-1]:  # its sweep died before it could record the end
         tries[-1]["outcome"] = "unrecorded (the sweep that ran it was killed)"
-    tries.append({"action": action, "started": time.time(), **identity(pid), "where": where})
+    tries.append({"action": action, "started": time.time(), **identity(pid), "where": where, "ranks": ranks})
     write_json(sweep.status_file(name), {"name": name, "attempts": tries})
 
 

@@ -39,23 +39,28 @@ Event = dict[str, Any]
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one run at a time executes: its label and the environment it adds."""
+    """Where one run at a time executes: its label, the environment it adds, and the ranks of its run."""
 
     label: str
     env: dict[str, str]
+    ranks: int = 1  # processes of one run here (`zocli train --nproc`): one GPU each, or gloo on the CPU
 
 
-def local_slots(devices: list[str] | None, jobs: int) -> list[Slot]:
-    """`jobs` runs per listed GPU (each sees only its GPU), or `jobs` CPU processes sharing the cores."""
-    if devices:
+def local_slots(devices: list[str] | None, jobs: int, per_run: int = 1) -> list[Slot]:
+    """`jobs` runs per group of `per_run` listed GPUs (each run sees only its group and has a rank on each),
+    or `jobs` CPU runs of `per_run` processes each sharing the cores (`--devices cpu`, or no --devices)."""
+    if devices and devices != ["cpu"]:
+        if len(devices) % per_run:
+            raise SweepError(f"--gpus-per-run {per_run} does not divide the {len(devices)} GPUs of --devices")
+        groups = [",".join(devices[i : i + per_run]) for i in range(0, len(devices), per_run)]
         return [
-            Slot(f"cuda {d}" + (f" #{j}" if jobs > 1 else ""), {"CUDA_VISIBLE_DEVICES": d})
-            for d in devices
+            Slot(f"cuda {g}" + (f" #{j}" if jobs > 1 else ""), {"CUDA_VISIBLE_DEVICES": g}, per_run)
+            for g in groups
             for j in range(jobs)
         ]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // jobs))  # no oversubscription
-    return [Slot(f"cpu #{j}", {"OMP_NUM_THREADS": threads}) for j in range(jobs)]
+    threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, cores // (jobs * per_run)))  # no oversubscription
+    return [Slot(f"cpu #{j}", {"OMP_NUM_THREADS": threads}, per_run) for j in range(jobs)]
 
 
 def _child_setup() -> None:
@@ -72,9 +77,20 @@ def _child_setup() -> None:
 class Attempt:
     """One try at one run: the child process, its log, its status record."""
 
-    def __init__(self, sweep: Sweep, run: RunSpec, env: dict[str, str], where: str):
-        self.sweep, self.run = sweep, run
-        self.action, argv = command(sweep, run)
+    def __init__(
+        self,
+        sweep: Sweep,
+        run: RunSpec,
+        env: dict[str, str],
+        where: str,
+        nproc: int = 1,
+        ranks: int | None = None,
+        records: bool = True,
+    ):
+        """`nproc` > 1: the child starts that many ranks itself (`--nproc`); `ranks`: those the run has in
+        all (a SLURM job's tasks, each one rank with its own Attempt; only the one that `records` does)."""
+        self.sweep, self.run, self.records = sweep, run, records
+        self.action, argv = command(sweep, run, nproc=nproc)
         with open(sweep.log_file(run.name), "ab") as log:  # the child keeps its own descriptor
             log.write(
                 f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {self.action} on {where}: {shlex.join(argv)}\n".encode()
@@ -89,13 +105,15 @@ class Attempt:
                 start_new_session=True,  # a terminal's Ctrl-C reaches only the sweep
                 preexec_fn=_child_setup,
             )
-        record_start(sweep, run.name, self.action, self.proc.pid, where)
+        if records:
+            record_start(sweep, run.name, self.action, self.proc.pid, where, ranks or nproc)
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None and self.proc.poll() is not None:
             self.returncode = self.proc.returncode
-            record_end(self.sweep, self.run.name, self.returncode)
+            if self.records:
+                record_end(self.sweep, self.run.name, self.returncode)
         return self.returncode
 
     def stop(self) -> None:
@@ -142,7 +160,7 @@ def run_local(
         for i, slot in enumerate(slots):
             if i not in busy and todo:
                 run = todo.pop(0)
-                busy[i] = Attempt(sweep, run, slot.env, slot.label)
+                busy[i] = Attempt(sweep, run, slot.env, slot.label, slot.ranks)
                 emit({"event": "started", "name": run.name, "action": busy[i].action, "slot": slot.label})
         for i, attempt in list(busy.items()):
             if attempt.poll() is not None:
@@ -162,7 +180,7 @@ class SlurmOptions:
 
     partition: str | None = None  # --partition
     time_min: int = 24 * 60  # --time, minutes per job (a preempted or timed-out job is requeued and resumes)
-    gpus: int = 1  # --gpus-per-node
+    gpus: int = 1  # --gpus-per-node, and as many tasks: each run has one rank per GPU
     cpus: int = 8  # --cpus-per-task
     mem_gb: int | None = None  # --mem
     account: str | None = None  # --account
@@ -176,6 +194,7 @@ class SlurmOptions:
         return {
             "timeout_min": self.time_min,
             "gpus_per_node": self.gpus,
+            "tasks_per_node": max(1, self.gpus),  # submitit's multi-task mode: SlurmRun runs in each task
             "cpus_per_task": self.cpus,
             **({"mem_gb": self.mem_gb} if self.mem_gb else {}),
             "slurm_array_parallelism": self.parallel,
@@ -186,7 +205,11 @@ class SlurmOptions:
 
 class SlurmRun:
     """The job of one run (pickled by submitit): the same Attempt as the local queue. On preemption or
-    time-out submitit calls `checkpoint`: the run commits and stops, and the requeued job resumes it."""
+    time-out submitit calls `checkpoint`: the run commits and stops, and the requeued job resumes it.
+
+    With N tasks (`--slurm-gpus N`), submitit calls it in each: each task's child is one rank, told so in
+    torchrun's variables (`rank_env`); task 0's records the attempt. Every task picks start or resume alike:
+    the run directory is created by rank 0 only after every rank has joined the process group."""
 
     def __init__(self, root: str, name: str):
         self.root, self.name = root, name
@@ -197,7 +220,9 @@ class SlurmRun:
         if state(sweep, self.name).state == "finished":
             return state(sweep, self.name).as_dict()
         where = f"slurm {os.environ.get('SLURM_ARRAY_JOB_ID', os.environ.get('SLURM_JOB_ID', 'local'))}"
-        self.attempt = Attempt(sweep, sweep.get(self.name), {}, where)
+        env, ranks, rank = rank_env()
+        where += f" rank {rank}" if rank else ""
+        self.attempt = Attempt(sweep, sweep.get(self.name), env, where, ranks=ranks, records=rank == 0)
         self.attempt.wait()
         return state(sweep, self.name).as_dict()
 
@@ -214,6 +239,27 @@ class SlurmRun:
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
         self.root, self.name, self.attempt = saved["root"], saved["name"], None
+
+
+def rank_env() -> tuple[dict[str, str], int, int]:
+    """(torchrun's variables for this task's child, ranks of the run, this task's rank), from submitit's
+    view of the job (SLURM's task variables, or its local executor's)."""
+    import submitit
+
+    job = submitit.JobEnvironment()
+    if job.num_tasks == 1:
+        return {}, 1, 0
+    from zocli.run.slurm import port_of
+
+    env = {
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "LOCAL_WORLD_SIZE": str(job.num_tasks // job.num_nodes),
+        "MASTER_ADDR": job.hostnames[0] if job.num_nodes > 1 else "127.0.0.1",
+        "MASTER_PORT": str(port_of(str(job.job_id))),
+    }
+    return env, job.num_tasks, job.global_rank
 
 
 def _to_run(now: RunState, takeover: bool) -> bool:

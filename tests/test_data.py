@@ -217,7 +217,7 @@ def test_imgr_hub_path(tmp_path, monkeypatch):
     monkeypatch.setattr(store.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
     store.prepare(bench, tmp_path, allow_partial=True)
     dd = store.load(bench, tmp_path)
-    assert calls == [{"split": "test"}]
+    assert calls == [{"revision": None, "split": "test"}]
     assert sorted(_labels(dd, "train")) == [1] * 4 + [9] * 4 and sorted(_labels(dd, "test")) == [1, 9]
 
 

@@ -26,6 +26,7 @@ FOREIGN_FLAGS = {
     "--upgrade", "--headless", "--no-sandbox", "--disable-gpu", "--screenshot", "--window-size",
     "--partition", "--account", "--qos", "--constraint",  # sbatch's, named in the --slurm-* help
     "--savecheck", "--loadcheck", "--trainer",  # peers' (mammoth, ZO-Bench), on the comparison page
+    "--ntasks", "--gpus-per-task",  # srun's
 }  # fmt: skip
 TOP_DIRS = {"zocli", "tests", "perf", "scripts", "examples", "docs", ".ci"}
 OTHER_REPOS = {"docs/comparison.md"}  # its file paths are the peers' (each cited with its repository), not ours
@@ -34,6 +35,7 @@ DESIGN_CITATION = re.compile(r"(?:DESIGN|design\.md) (?:§\d+(?:[-–]\d+)?(?:, 
 # A tracker reference ("issue 12", "PR 3", "#12"), or a section sign left once docs/design.md's are removed.
 OUTSIDE = re.compile(r"\b(?:issues?|PRs?|pull requests?|tickets?)\s*#?\d+|(?<![\w&/])#\d{2,5}\b|§\s*\d", re.IGNORECASE)
 MARKDOWN_FILE = re.compile(r"[\w./-]*\w\.md\b")
+WRITTEN = {"report.md"}  # Markdown files zocli writes (perf/gpu_check.py's report): outputs, not citations
 
 
 def cited_sections(text: str) -> set[int]:
@@ -234,7 +236,8 @@ def outside_citations(text: str) -> list[str]:
     """Tracker references, stray section signs and Markdown files the repository does not have."""
     found = [match.group(0) for match in OUTSIDE.finditer(DESIGN_CITATION.sub("", text))]
     for name in MARKDOWN_FILE.findall(text):
-        if not any((base / name).is_file() for base in (ROOT, ROOT / "docs")):
+        known = Path(name).name in WRITTEN or any((base / name).is_file() for base in (ROOT, ROOT / "docs"))
+        if not known:
             found.append(name)
     return found
 

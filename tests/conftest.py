@@ -48,17 +48,17 @@ def tiny_model():
 # Under pytest-xdist (`make test`) each module runs on one worker. Starting the longest ones first keeps a
 # worker from being left alone with one of them at the end; within a module the order is unchanged.
 # The Makefile passes --no-loadscope-reorder (xdist would order modules by their number of tests and
-# leave the one-test, 47-second pipeline module for the end); this list is in falling order of measured
-# time (`pytest --durations=0`, summed per module). `make test`: 2 min 59 s before, 2 min 38 s after.
+# leave a long module of few tests for the end); this list is in falling order of measured time
+# (`pytest --durations=0`, summed per module).
 LONGEST_MODULES = (
-    "test_train_zo.py",
-    "test_pipeline.py",
-    "test_parallel.py",  # two 2-rank torchrun launches and a 2-task submitit job: ~40 s of it waits on imports
     "test_resume.py",
-    "test_setup.py",  # builds and installs the wheel, then trains with it
     "test_sweep.py",
+    "test_parallel.py",  # one 2-rank torchrun launch and a 2-task submitit job: most of it waits on imports
+    "test_train_zo.py",
+    "test_setup.py",  # builds and installs the wheel, then trains with it
     "test_errors.py",
     "test_cli.py",
+    "test_inputs.py",
     "test_rundir.py",
     "test_probe.py",
     "test_data.py",

@@ -14,6 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# slow: ten zocli processes, each importing torch (60 s, a third of the default suite's budget); the
+# commands it chains are each covered in the default suite (test_cli, test_json_outputs, and test_setup's
+# installed wheel); `make test-all` runs the script itself.
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 def test_pipeline_script_runs_offline(tmp_path):
     env = {

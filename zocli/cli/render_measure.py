@@ -33,7 +33,10 @@ def memory(report) -> Group:
     bound = " (meta: upper bound)" if report.upper_bound else ""
     largest = max((row.peak_bytes for row in report.rows), default=0)
     unit, scale = ("GB", 1e9) if largest >= 1e9 else ("MB", 1e6)
-    size = lambda n: f"{n / scale:.2f}"  # noqa: E731
+
+    def size(n):
+        return f"{n / scale:.2f}"
+
     header = [
         "config",
         f"peak {unit}",

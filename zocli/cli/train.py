@@ -294,5 +294,8 @@ def _timing(run: dict) -> str:
         return ""
     elapsed = time.perf_counter() - run["began"]
     left = elapsed * (run["todo"] - run["done"]) / run["done"]
-    clock = lambda seconds: f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"  # noqa: E731
+
+    def clock(seconds):
+        return f"{int(seconds) // 3600}:{int(seconds) % 3600 // 60:02d}:{int(seconds) % 60:02d}"
+
     return f" · {clock(elapsed)} elapsed, ETA {clock(left)}"

@@ -220,7 +220,10 @@ def normalize(
 
     def convert(batch: dict, rows: list[int]) -> dict:
         labels = batch[label_col] if lookup is None else [lookup[v] for v in batch[label_col]]
-        where = lambda row: f"row {row} of the {cache.stem} split ({image_col!r} column)"  # noqa: E731
+
+        def where(row):
+            return f"row {row} of the {cache.stem} split ({image_col!r} column)"
+
         return {"image": [_rgb(cell, shorter, where(r)) for cell, r in zip(batch[image_col], rows)], "label": labels}
 
     cache.parent.mkdir(parents=True, exist_ok=True)

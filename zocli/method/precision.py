@@ -18,8 +18,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from zocli.config import PRECISIONS  # noqa: F401 - the names, re-exported next to what they mean
-
 # Dense peak TFLOP/s (no sparsity) per precision, for "% of peak": NVIDIA's H100 SXM data sheet.
 PEAK_TFLOPS = {"H100": {"fp32": 67.0, "tf32": 495.0, "bf16": 989.0}}
 

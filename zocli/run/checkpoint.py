@@ -240,7 +240,9 @@ def load_state(run: RunDir) -> TrainState | None:
 
 
 def _state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> TrainState:
-    group = lambda prefix: {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    def group(prefix):
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
     optimizer = None
     if meta["param_groups"] is not None:
         slots: dict[int, dict[str, torch.Tensor]] = {}

@@ -184,7 +184,10 @@ def _foreign_tracker_files(folder: Path, written: re.Pattern) -> list[Path]:
 
 def _never_started(root: Path) -> bool:
     """Only what a run leaves before its config.json exists: a lock, temp files, an empty checkpoints/."""
-    leftover = lambda f: f.name == LOCK_NAME or bool(TEMP_FILE.fullmatch(f.name))  # noqa: E731
+
+    def leftover(f):
+        return f.name == LOCK_NAME or bool(TEMP_FILE.fullmatch(f.name))
+
     return (
         not foreign_files(root)
         and all(leftover(f) or f.name == "checkpoints" for f in root.iterdir())

@@ -413,7 +413,9 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
 
 
 def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
-    mean = lambda key: round(sum(h[key] for h in history) / len(history), 6) if history else None  # noqa: E731
+    def mean(key):
+        return round(sum(h[key] for h in history) / len(history), 6) if history else None
+
     deltas = [h["zo_loss_delta"] for h in history if h.get("zo_loss_delta") is not None]
     cosines = [h["zo_cosine"] for h in history if h.get("zo_cosine") is not None]
     return {
@@ -442,7 +444,10 @@ def _task_stats(task: int, history: list[dict], stepper: Stepper) -> Event:
 
 def _step_record(task: int, step: int, total: int, window: list[dict], lr: float, stepper: Stepper) -> Event:
     """--log-every: the last N steps in one record (means over the window; learning rates at this step)."""
-    mean = lambda key: round(sum(h[key] for h in window) / len(window), 6)  # noqa: E731
+
+    def mean(key):
+        return round(sum(h[key] for h in window) / len(window), 6)
+
     zo, fo = bool(stepper.blocks), stepper.optimizer is not None
     seconds = sum(h["seconds"] for h in window)
     images = sum(h.get("images", stepper.cfg.batch_size) for h in window)

@@ -41,7 +41,7 @@ def task_classes(session) -> list[list[str]]:
 def protocol(session) -> str:
     """The protocol in words: what a reader must know to compare the numbers with a paper's."""
     cfg, split, bench = session.cfg, session.split, session.bench
-    order = cfg.class_order or f"{bench.name}'s shipped order"
+    order = cfg.class_order or f"the shipped order of {bench.name}"
     sizes = split.sizes
     of = f"{sizes[0]}" if len(set(sizes)) == 1 else f"{sizes[0]} then {sizes[1]}"
     return (

@@ -441,6 +441,9 @@ def test_srun_tasks_become_torchrun_ranks():
     assert [first_host(n) for n in ("a1", "n[9-12]", "x-y[001,5],z")] == ["a1", "n9", "x-y001"]
 
 
+# slow: a third 2-process job (~12 CPU-s) would take the default suite past its 3-minute budget; the
+# killed run's resume at W = 1 and the srun variables stay in the default suite.
+@pytest.mark.slow
 def test_slurm_resumes_the_killed_run_on_two_ranks_through_submitits_tasks(tmp_path, digits_root, runs):
     """--slurm --slurm-gpus 2 through submitit's local executor (tasks_per_node = 2, as on SLURM; no GPU here,
     so the ranks use gloo), on a sweep whose run is a copy of the run whose rank 1 was killed: each task's child

@@ -32,6 +32,7 @@ from zocli.data import fingerprint, location
 from zocli.data.catalogue import canonical_name
 from zocli.errors import ZocliError
 from zocli.method import backbone
+from zocli.run.provenance import file_sha256
 
 ESCAPE = "--allow-changed-inputs"
 
@@ -56,14 +57,6 @@ class Change:
 
     def as_dict(self) -> dict[str, str]:
         return asdict(self)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def content_hash(obj: Any) -> str:
@@ -110,7 +103,7 @@ def record(session, model_config: dict | None) -> dict[str, Any]:
             else None
         ),
         "data": {"dir": str(copy), **data},
-        "weights": {"file": str(weights), "sha256": sha256_file(weights)} if weights is not None else None,
+        "weights": {"file": str(weights), "sha256": file_sha256(weights)} if weights is not None else None,
     }
 
 
@@ -160,7 +153,7 @@ def verify(saved: dict[str, Any], cfg: Config, allow: bool = False, recorded_ord
     weights = inputs.get("weights")
     if isinstance(weights, dict) and "sha256" in weights:
         now = backbone.weights_file(cfg.model, cfg.pretrained)
-        digest = sha256_file(now) if now is not None else "no weights file"
+        digest = file_sha256(now) if now is not None else "no weights file"
         if digest != weights["sha256"]:
             changes.append(
                 Change(str(now or weights["file"]), "the weights' sha256", weights["sha256"][:16], digest[:16])

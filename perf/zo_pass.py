@@ -36,7 +36,7 @@ class ConstantLoss:
     def loss_fn(self, units):
         return lambda: 1.0
 
-    def reset(self):
+    def reset(self, units=None):
         pass
 
     def gradient(self, params):

@@ -10,6 +10,7 @@ from conftest import tiny_config
 
 from zocli.method.objective import ClipObjective, deterministic
 from zocli.method.step import Stepper
+from zocli.method.zo import hybrid_step
 
 TOL = 1e-6
 
@@ -127,6 +128,48 @@ def test_zo_loss_reuses_the_fo_pass_features_of_the_unperturbed_tower(model, bat
     assert abs(zo() - expected) <= TOL
     obj.reset()  # after the FO step the cache is dropped: the deterministic loss again
     assert abs(obj.loss_fn(list(stepper.units))() - reference_loss(model, *batch)) <= TOL
+
+
+def test_the_loss_at_theta_from_cached_features_is_the_full_forward_bit_for_bit(model, batch):
+    """The conservative step measures L(θ) with `loss_fn(())` from the features the estimates cached: it
+    must be exactly (==) what re-running both towers gives, micro-batch sums included (8 rows, chunks of 3)."""
+    obj = objective(model, batch, chunk=3)
+    obj.loss_fn(all_units(model, "language"))()  # caches the image features, as the language block does
+    assert set(obj.features) == {"vision"}
+    assert obj.loss_fn(())() == objective(model, batch, chunk=3).loss_fn(all_units(model))()
+
+
+def test_reset_of_units_drops_only_their_towers_features(model, batch):
+    obj = objective(model, batch)
+    obj.loss_fn(())()
+    obj.reset([("language", 2)])
+    assert set(obj.features) == {"vision"}
+    with torch.no_grad():
+        for p in model.unit(("language", 2)).parameters():
+            p.add_(0.3)
+    assert abs(obj.loss_fn(())() - reference_loss(model, *batch)) <= TOL
+
+
+def test_a_steps_loss_at_theta_is_the_full_forward_where_the_moves_left_theta(model, batch):
+    """After dual ZO's estimates θ is rounded by the ±εz moves; the step's L(θ) reuses cached features
+    only for towers that did not move since (the text tower moved after its features were cached)."""
+    stepper, seen = Stepper(model, tiny_config(vision="zo", language="zo", queries=2)), []
+
+    class Spy(ClipObjective):
+        def loss_fn(self, units):
+            inner = super().loss_fn(units)
+            if units:
+                return inner
+
+            def at_theta():
+                seen.append((inner(), objective(model, batch, chunk=3).loss_fn(all_units(model))()))
+                return seen[-1][0]
+
+            return at_theta
+
+    spy = Spy(model, *batch, stepper.not_fo, chunk=3)
+    hybrid_step(spy, stepper.blocks, None, 0.1, stepper.settings, seed=1, adam=stepper.adam)
+    assert seen and all(cached == fresh for cached, fresh in seen)
 
 
 # ---------------------------------------------------------------------------------------------- partition

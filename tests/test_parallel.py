@@ -114,13 +114,21 @@ def test_direction_parallelism_is_bit_identical_at_w_1_and_3(dual):
 
 def test_a_rank_drawing_its_own_seed_would_be_caught(dual):
     """What guards against it: every rank gets the step seed train derives from the run's config alone
-    (`derive_seed(cfg.seed, "zo", task, step)` in run/train.py's `train_task`), and `_estimate_shared`
+    (`derive_seed(cfg.seed, "zo", task, step)` in run/train.py's `train_task`), and `_measure_own`
     draws each direction from `derive_seed(seed, block.name, query)`, never from anything per rank.
     Here rank 1 is given its own seed: its ±εz forwards are then along other directions, so the shared
     losses no longer match anyone's z, and the adapters leave W = 1's (the check above would fail)."""
     (one,) = _steps(dual, 1)
     diverged = _steps(dual, 2, seed_of=lambda rank, step: step + 1000 * rank)
     assert not _same(one, diverged[0]) and not _same(one, diverged[1])
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_each_evaluation_is_dealt_to_exactly_one_rank_round_robin(size):
+    for n, first in ((35, 0), (3, 32), (2, 5)):
+        shares = [Ranks(r, size).deal(n, first) for r in range(size)]
+        assert sorted(i for share in shares for i in share) == list(range(n))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1  # even: a block's evaluations cost the same
 
 
 def test_a_data_shard_gets_the_noise_its_rows_get_in_one_process():

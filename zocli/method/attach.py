@@ -37,14 +37,18 @@ class AdaptedCLIP(nn.Module):
         )
         device = next(self.clip.parameters()).device
         self.units.to(device)
+        self._switched = tuple(self.units.modules())  # what `train` flips: a ZO step switches modes ~40 times
 
     def train(self, mode: bool = True) -> AdaptedCLIP:
         """Switch only the adapters: dropout and gating noise live there. The frozen CLIP stays in
         eval mode (its configs have no active dropout), which also keeps attention on its fast path
         and makes the many mode switches of a ZO step cheap."""
         self.training = mode
-        self.units.train(mode)
-        self.clip.eval()
+        for module in self._switched:
+            # a plain attribute write: Module.__setattr__'s parameter bookkeeping costs 8x more per module
+            object.__setattr__(module, "training", mode)
+        if self.clip.training:
+            self.clip.eval()
         return self
 
     # -- structure -----------------------------------------------------------------------------

@@ -100,29 +100,37 @@ class ClipObjective:
     # -- ZO --------------------------------------------------------------------------------------
 
     def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
+        """The loss as the units move: what precedes them (the other tower's features, the hidden states
+        entering the first perturbed layer) is computed at the first call and reused, so a rank that
+        measures none of a block's evaluations (DESIGN §11) never pays for that block's set-up."""
         start = {b: min((k for (br, k) in units if br == b), default=None) for b in BRANCHES}
-        at = self.zo_precision
-        with torch.no_grad(), deterministic(self.model), matmuls(at, self.labels.device):
-            fixed = {b: self._features(b) for b in BRANCHES if start[b] is None}
-            entry = {b: list(self._prefix(b, k)) for b, k in start.items() if k is not None}
+        at, fixed, entry = self.zo_precision, {}, {}
 
         def loss() -> float:
             with torch.no_grad(), deterministic(self.model), matmuls(at, self.labels.device):
+                if not fixed and not entry:
+                    fixed.update({b: self._features(b) for b in BRANCHES if start[b] is None})
+                    entry.update({b: list(self._prefix(b, k)) for b, k in start.items() if k is not None})
                 text = fixed.get("language")
                 if text is None:
                     text = self._finish("language", entry["language"][0], start["language"], self.inputs["language"])
                 if "vision" in fixed:
-                    return scalar(self._ce_sum(fixed["vision"], text, self.labels)) / len(self.labels)
+                    images = fixed["vision"].split(self.chunk)  # the same micro-batches: the same sums
+                else:
+                    pieces = zip(entry["vision"], self._pieces("vision"))
+                    images = (self._finish("vision", h, start["vision"], x) for h, x in pieces)
                 total = 0.0
-                pieces = zip(entry["vision"], self._pieces("vision"), self.labels.split(self.chunk))
-                for h, images, labels in pieces:
-                    total += scalar(self._ce_sum(self._finish("vision", h, start["vision"], images), text, labels))
+                for image, labels in zip(images, self.labels.split(self.chunk)):
+                    total += scalar(self._ce_sum(image, text, labels))
                 return total / len(self.labels)
 
         return loss
 
-    def reset(self) -> None:
-        self.features = {}
+    def reset(self, units: Collection[Unit] | None = None) -> None:
+        if units is None:
+            self.features = {}
+        for branch in {b for b, _ in units or ()}:
+            self.features.pop(branch, None)
 
     def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         images, tokens = self.inputs["vision"], self.inputs["language"]

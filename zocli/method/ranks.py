@@ -5,10 +5,10 @@ gather of batch rows) are injected by `zocli.run.distributed`, so the method lay
 run layer. With the default `SOLO` every step runs exactly the single-process code.
 
 - Direction parallelism (`directions`): every rank holds the same batch, the same θ and the same step
-  seed; the loss evaluations of a step (2q per ZO block, then the three conservative candidates) are
-  dealt round-robin, each rank measures its own, and one sum of a vector of loss scalars (each slot
-  non-zero on one rank only, so the sum is exact) gives every rank all of them. Every rank then
-  computes the same ĝ and the same update: no parameter traffic.
+  seed; the loss evaluations of a step come in two phases (2q per ZO block, then the three conservative
+  candidates), each dealt round-robin (`deal`); each rank measures its own, and one sum per phase
+  of a vector of loss scalars (each slot non-zero on one rank only, so the sum is exact) gives every rank
+  all of them. Every rank then computes the same ĝ and the same update: no parameter traffic.
 - Data parallelism (`data`): the FO pass runs on this rank's contiguous rows of the batch, and the FO
   gradients are summed over the ranks before the AdamW step.
 """
@@ -38,9 +38,11 @@ class Ranks:
     def shards_rows(self) -> bool:
         return self.size > 1 and self.data
 
-    def owns(self, index: int) -> bool:
-        """Whether this rank measures the step's loss evaluation number `index` (round-robin)."""
-        return index % self.size == self.rank
+    def deal(self, n: int, first: int = 0) -> frozenset[int]:
+        """The evaluations of an n-evaluation phase this rank measures: round-robin from rank `first`
+        (evaluation i is rank (first + i) mod W's), so each block's 2q evaluations, which cost the same,
+        split evenly however unequal the towers are."""
+        return frozenset(i for i in range(n) if (first + i) % self.size == self.rank)
 
     def share(self, measured: dict[int, float], n: int) -> list[float]:
         """All n loss values of a phase, from each rank's own: one all-reduce of n float64 scalars (a

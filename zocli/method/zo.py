@@ -40,8 +40,9 @@ class Objective(Protocol):
     def loss_fn(self, units: Collection[Unit]) -> Callable[[], float]:
         """A deterministic no-grad loss at the current θ that re-runs only what `units` can change."""
 
-    def reset(self) -> None:
-        """Parameters changed outside perturbations: drop cached features."""
+    def reset(self, units: Collection[Unit] | None = None) -> None:
+        """The parameters of `units` (all when None) moved outside a loss closure, or were left rounded
+        by one: drop the features cached for their towers."""
 
     def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The exact gradient of the deterministic loss at θ with respect to `params` (a probe)."""
@@ -245,24 +246,84 @@ def _accumulate(block: Block, grad: torch.Tensor | None, z: torch.Tensor, d: flo
     return z if grad is None else grad  # (N,)
 
 
-def _estimate_shared(
-    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings, ranks: Ranks, first: int
-) -> tuple[torch.Tensor, float, int]:
-    """`estimate_flat` with its loss evaluations dealt among the ranks (evaluation `first + i` is
-    rank (first + i) mod W's): every rank makes every move (±εz rounds θ, and the next query's losses
-    are measured at that rounded θ), measures its own losses, shares them, and then accumulates ĝ from
-    the same z, in the same order, with the same values as one process: bit for bit its ĝ.
-    Returns ĝ, the loss at θ, and the evaluations the other ranks made."""
+def _zo_directions(
+    counter: _Counter, blocks: Sequence[Block], seed: int, settings: ZOSettings, ranks: Ranks
+) -> tuple[list[torch.Tensor], list[float]]:
+    """Each block's ĝ (sign(ĝ) under MoZO), or for the controls and for estimates that cannot matter
+    sign(z) of the estimate's own first direction; and the ZO losses at θ the estimates measured. The
+    objective forgets each block's tower features after its moves, so what it still holds is exact at θ."""
+    if settings.estimates(len(blocks)) and ranks.splits_evaluations:
+        grads, losses = _estimate_dealt(counter, blocks, seed, settings, ranks)
+    else:
+        grads, losses = [], []
+        for block in blocks:
+            if settings.estimates(len(blocks)):
+                grad, loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
+                grads.append(grad.sign_() if settings.sign else grad)
+                losses.append(loss)
+            else:
+                grads.append(_unmeasured_direction(block, seed, settings, len(blocks)))
+            counter.reset(block.units)  # ±εz left θ rounded: features cached for its tower no longer hold
+    return grads, losses
+
+
+def _unmeasured_direction(block: Block, seed: int, settings: ZOSettings, n_blocks: int) -> torch.Tensor:
+    z = direction(block, derive_seed(seed, block.name, 0))
+    if settings.irrelevant_estimate(n_blocks):
+        _round_trip_(block, z, settings)  # θ rounds exactly as under the skipped ±εz forwards
+    return z.sign_()
+
+
+def _estimate_dealt(
+    counter: _Counter, blocks: Sequence[Block], seed: int, settings: ZOSettings, ranks: Ranks
+) -> tuple[list[torch.Tensor], list[float]]:
+    """`estimate_flat` of every block with the step's estimate evaluations dealt among the ranks
+    (`Ranks.deal`): every rank makes every move (±εz rounds θ, and the next query's losses are measured
+    at that rounded θ) and measures its own losses; after the last block one exchange gives it all of
+    them, and it accumulates each ĝ from the same z, in the same order, with the same values as one
+    process: bit for bit its ĝ. Returns each block's ĝ and its loss at θ."""
     q, two = settings.queries, settings.two_sided
-    n, measured, zs = (2 * q if two else q + 1), {}, []
+    per_block = 2 * q if two else q + 1
+    n = per_block * len(blocks)
+    mine, measured = ranks.deal(n, counter.count + counter.others), {}
+    drawn = []
+    for b, block in enumerate(blocks):
+        loss = counter.loss_fn(block.units)
+        drawn.append(_measure_own(block, loss, seed, settings, range(b * per_block, n), mine, measured))
+        counter.reset(block.units)  # ±εz left θ rounded: features cached for its tower no longer hold
+    values = ranks.share(measured, n)
+    counter.others += n - len(measured)
+    grads, losses = [], []
+    for b, (block, zs) in enumerate(zip(blocks, drawn)):
+        mean, grad = values[b * per_block : (b + 1) * per_block], None
+        for query, z in enumerate(zs):
+            d = (mean[2 * query] - mean[2 * query + 1]) / 2.0 if two else mean[1 + query] - mean[0]
+            grad = _accumulate(block, grad, z, d, q)
+        grads.append(grad.sign_() if settings.sign else grad)
+        losses.append(sum(mean) / per_block if two else mean[0])
+    return grads, losses
+
+
+def _measure_own(
+    block: Block,
+    loss: Callable[[], float],
+    seed: int,
+    settings: ZOSettings,
+    index: Sequence[int],
+    mine: Collection[int],
+    measured: dict[int, float],
+) -> list[torch.Tensor]:
+    """One block's estimate moves, measuring into `measured` the losses this rank owns (the block's
+    evaluation i is the step's `index[i]`). Returns the block's q directions."""
 
     def measure(i: int) -> None:
-        if ranks.owns(first + i):
-            measured[i] = loss()
+        if index[i] in mine:
+            measured[index[i]] = loss()
 
+    two, zs = settings.two_sided, []
     if not two:
         measure(0)
-    for query in range(q):
+    for query in range(settings.queries):
         # the direction's seed is derive_seed(step seed, block, query): the same on every rank, never drawn per rank
         zs.append(direction(block, derive_seed(seed, block.name, query)))
         move_(block, zs[-1], +1.0)
@@ -273,11 +334,7 @@ def _estimate_shared(
             move_(block, zs[-1], +1.0)
         else:
             move_(block, zs[-1], -1.0)
-    values, grad = ranks.share(measured, n), None
-    for query, z in enumerate(zs):
-        d = (values[2 * query] - values[2 * query + 1]) / 2.0 if two else values[1 + query] - values[0]
-        grad = _accumulate(block, grad, z, d, q)
-    return grad, (sum(values) / n if two else values[0]), n - len(measured)
+    return zs
 
 
 def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
@@ -306,24 +363,7 @@ def hybrid_step(
     counter = _Counter(objective)
     fo_loss = counter.fo_backward()
     fo_grad_norm = _grad_norm(fo_optimizer)  # a tensor: read with the ZO norm, in one host sync
-    zo_losses, updates = [], []  # updates: one (N,) tensor per block
-    for block in blocks:
-        if settings.estimates(len(blocks)) and ranks.splits_evaluations:
-            grad, zo_loss, others = _estimate_shared(
-                block, counter.loss_fn(block.units), seed, settings, ranks, counter.count + counter.others
-            )
-            counter.others += others
-            zo_losses.append(zo_loss)
-            updates.append(grad.sign_() if settings.sign else grad)
-        elif settings.estimates(len(blocks)):
-            grad, zo_loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
-            zo_losses.append(zo_loss)
-            updates.append(grad.sign_() if settings.sign else grad)
-        else:  # controls, and estimates that cannot matter: sign(z) of the estimate's own first direction
-            z = direction(block, derive_seed(seed, block.name, 0))
-            if settings.irrelevant_estimate(len(blocks)):
-                _round_trip_(block, z, settings)  # θ rounds exactly as under the skipped ±εz forwards
-            updates.append(z.sign_())
+    updates, zo_losses = _zo_directions(counter, blocks, seed, settings, ranks)  # updates: (N,) per block
     if adam is not None:
         updates = adam.direction(updates)
     if fo_optimizer is not None:
@@ -367,24 +407,27 @@ def _apply_zo(
     """Move the ZO units by −η·u (or keep the best candidate); measure what the move did where it is free
     (conservative) or asked for (`probe`)."""
     units = tuple(u for block in blocks for u in block.units)
-    loss = objective.loss_fn(units)
+    # L(θ) from every tower's features the objective still holds at θ (the estimates' set-up: dual ZO
+    # re-runs only the text tower here); the candidates re-run what the ZO units change
+    at_theta, loss = objective.loss_fn(()), objective.loss_fn(units)
     gradient = objective.gradient([p for block in blocks for p in block.params]) if probe else None
     targets, steps = _targets(blocks, updates)
     theta = [t.detach().clone() for t in targets]
     if settings.keeps_best and ranks.splits_evaluations:  # the three candidates dealt among the ranks
-        first, measured = objective.count + objective.others, {}
+        # the round-robin goes on from the step's earlier evaluations
+        mine, measured = ranks.deal(3, objective.count + objective.others), {}
         for i, k in enumerate((0.0, -1.0, 1.0)):
-            if ranks.owns(first + i):
+            if i in mine:
                 if k:
                     _set_candidate_(targets, theta, steps, k * lr)
-                measured[i] = loss()
+                measured[i] = loss() if k else at_theta()
         losses = dict(zip((0.0, -1.0, 1.0), ranks.share(measured, 3)))
         objective.others += 3 - len(measured)
         best = min(losses, key=losses.get)  # as below; every rank then sets the same candidate
         _set_candidate_(targets, theta, steps, best * lr)
         moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
     elif settings.keeps_best:
-        losses = {0.0: loss()}  # at θ, where the parameters are
+        losses = {0.0: at_theta()}  # where the parameters are
         for k in (-1.0, 1.0):
             _set_candidate_(targets, theta, steps, k * lr)
             losses[k] = loss()
@@ -393,9 +436,10 @@ def _apply_zo(
             _set_candidate_(targets, theta, steps, best * lr)
         moved, before, delta = best != 0.0, losses[0.0], losses[best] - losses[0.0]
     else:
-        before = loss() if probe else None
+        before = at_theta() if probe else None
         _set_candidate_(targets, theta, steps, -lr)
         moved, delta = True, (loss() - before if probe else None)
+    objective.reset(units)
     cosine = (
         _cosine([(t - th).flatten() for t, th in zip(targets, theta)], [-g.flatten() for g in gradient])
         if probe
@@ -467,8 +511,8 @@ class _Counter:
 
         return counted
 
-    def reset(self) -> None:
-        self.objective.reset()
+    def reset(self, units: Collection[Unit] | None = None) -> None:
+        self.objective.reset(units)
 
     def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         return self.objective.gradient(params)

@@ -5,7 +5,7 @@ the rule's direction (Adam moments) and the conservative candidates θ, θ − �
 loss is a constant, so only the arithmetic is timed, on the real adapters of a (random-init) model:
   per-tensor (before): z redrawn per tensor at every move, one kernel per tensor (the naive layout);
   per-tensor views:    one z draw per query, still one kernel per tensor (a Block without `flat`);
-  flat:                one z draw per query, one kernel per move over one buffer (`zo.flatten_`).
+  flat:                one z draw per query, one kernel per move over one buffer (`blocks.flatten_`).
     python perf/zo_pass.py --model ViT-B-16 --adapter moe --passes 5
 """
 
@@ -22,6 +22,8 @@ import torch
 from zocli.config import resolve
 from zocli.method import zo
 from zocli.method.attach import build_model
+from zocli.method.blocks import Block, flatten_
+from zocli.method.estimate import ZOSettings, estimate_flat
 from zocli.method.plan import zo_units
 from zocli.method.step import make_blocks, settings
 from zocli.rng import derive_seed
@@ -43,7 +45,7 @@ class ConstantLoss:
         raise NotImplementedError
 
 
-def before_estimate(block: zo.Block, seed: int) -> list[torch.Tensor]:
+def before_estimate(block: Block, seed: int) -> list[torch.Tensor]:
     """The pre-flat finite-difference pass, reproduced: a per-tensor generator stream replayed at each
     of the 3 moves and again for ĝ (4 draws per tensor), one kernel per tensor."""
 
@@ -61,7 +63,7 @@ def before_estimate(block: zo.Block, seed: int) -> list[torch.Tensor]:
     return grads
 
 
-def before_pass(blocks, rule: zo.ZOSettings, moments, seed: int, lr: float) -> None:
+def before_pass(blocks, rule: ZOSettings, moments, seed: int, lr: float) -> None:
     """The pre-flat step arithmetic: `before_estimate` per block, per-tensor Adam and candidates."""
     updates = [g for block in blocks for g in before_estimate(block, seed)]
     if moments is not None:
@@ -118,7 +120,7 @@ def main() -> None:
         return lambda i: zo.hybrid_step(ConstantLoss(), blocks, None, 1e-3, rule, derive_seed("pass", i), moments)
 
     def estimates(blocks):  # the finite-difference pass: ±εz moves and ĝ, every block
-        return lambda i: [zo.estimate_flat(b, lambda: 1.0, derive_seed("pass", i), rule) for b in blocks]
+        return lambda i: [estimate_flat(b, lambda: 1.0, derive_seed("pass", i), rule) for b in blocks]
 
     adam = args.rule == "adam"
     moments = zo.ZOAdam([p for b in blocks for p in b.params]) if adam else None
@@ -132,7 +134,7 @@ def main() -> None:
         time_it(estimates(blocks), args.passes),
         time_it(step(blocks, zo.ZOAdam.for_blocks(blocks) if adam else None), args.passes),
     )
-    flat = [zo.flatten_(b) for b in blocks]
+    flat = [flatten_(b) for b in blocks]
     rows["flat"] = (
         time_it(estimates(flat), args.passes),
         time_it(step(flat, zo.ZOAdam.for_blocks(flat) if adam else None), args.passes),

@@ -174,7 +174,7 @@ def test_import_parser_sees_the_known_edges(trees):
         t.startswith("data.") for t in imports(trees["run.session"])[0]
     )
     assert "__init__" in imports(trees["run.checkpoint"])[0]  # from zocli import __version__
-    assert "method.zo" in imports(trees["study.probe"])[0]  # lazy import inside a function
+    assert "method.estimate" in imports(trees["study.probe"])[0]
     assert "cli" in imports(trees["__main__"])[0]
 
 

@@ -209,7 +209,7 @@ def test_a_page_names_only_modules_flags_and_files_that_exist(page):
 def test_the_name_check_catches_what_drifted():
     # The README once cited zo.estimate (now zo.estimate_flat), benchmarks/ (now perf/) and zocli/world.py.
     assert not module_name_exists("zocli.method.zo.estimate")
-    assert module_name_exists("zocli.method.zo.estimate_flat") and module_name_exists("zocli.cli.reference")
+    assert module_name_exists("zocli.method.estimate.estimate_flat") and module_name_exists("zocli.cli.reference")
     assert looks_like_repo_path("benchmarks/step_time.py") and not repo_path_exists("benchmarks/step_time.py")
     assert looks_like_repo_path("zocli/world.py") and not repo_path_exists("zocli/world.py")
     assert "--queries" in zocli_flags() and "--no-such-flag" not in zocli_flags()

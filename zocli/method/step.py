@@ -11,10 +11,12 @@ import torch
 from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config
 from zocli.errors import ZocliError
 from zocli.method.attach import AdaptedCLIP
+from zocli.method.blocks import Block, flatten_
+from zocli.method.estimate import ZOSettings
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import Unit, frozen_units, zo_units
 from zocli.method.ranks import SOLO, Ranks
-from zocli.method.zo import Block, StepStats, ZOAdam, ZOSettings, flatten_, hybrid_step
+from zocli.method.zo import StepStats, ZOAdam, hybrid_step
 
 
 class DeviceUnavailable(ZocliError, RuntimeError):

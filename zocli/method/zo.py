@@ -1,4 +1,5 @@
-"""The hybrid FO/ZO step (DESIGN §6): backprop for FO units, finite differences for ZO units.
+"""The hybrid FO/ZO step (DESIGN §6): backprop for FO units, finite differences for ZO units
+(`estimate`, over the `blocks`).
 
 One step on a fixed batch:
   1. FO forward + backward at θ (the objective leaves grads on FO units only);
@@ -13,19 +14,20 @@ Two controls measure no finite difference: `noise` moves every coordinate by ±�
 sign vector (the size of a sign or early Adam step, no information), and `random-search` keeps the best
 of {θ, θ ± η·sign(z)} (what sign + conservative + q = 1 + one block reduces to, whatever d is).
 
-Directions are regenerated from seeds with a private generator; the global RNG is never touched.
-Every ZO loss goes through `Objective.loss_fn`, so a multi-GPU reduction would live in one place.
+Every ZO loss goes through `Objective.loss_fn`; under `--nproc` the ranks share each phase's losses
+(DESIGN §11).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 
+from zocli.method.blocks import Block, direction
+from zocli.method.estimate import ZOSettings, accumulate_, estimate_flat, measure_own, round_trip_
 from zocli.method.plan import Unit
 from zocli.method.ranks import SOLO, Ranks
 from zocli.rng import derive_seed
@@ -46,87 +48,6 @@ class Objective(Protocol):
 
     def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The exact gradient of the deterministic loss at θ with respect to `params` (a probe)."""
-
-
-@dataclass(frozen=True)
-class Block:
-    """ZO parameters perturbed together by one finite difference.
-
-    A block's direction z is one flat draw over its parameters in order (`direction`). With `flat` set
-    (see `flatten_`), the parameters are views into that one buffer, so a perturbation, a restore and an
-    update are one kernel per run of equal ε instead of one per tensor; without it, the same numbers are
-    applied tensor by tensor, bit for bit the same result on CPU.
-    """
-
-    name: str  # "vision", "language", "joint" or "vision.3"
-    units: tuple[Unit, ...]
-    params: tuple[torch.Tensor, ...]
-    eps: tuple[float, ...]  # per parameter: a joint block mixes the branches' ε
-    flat: torch.Tensor | None = None  # (N,): the parameters' storage, when they are views into one buffer
-    runs: tuple[tuple[int, int, float], ...] = field(init=False)  # (start, stop, ε) of equal-ε stretches
-    starts: tuple[int, ...] = field(init=False)  # each parameter's offset in the (N,) layout
-
-    def __post_init__(self) -> None:
-        starts = tuple(itertools.accumulate((p.numel() for p in self.params), initial=0))
-        runs = []
-        for start, stop, eps in zip(starts, starts[1:], self.eps):
-            if runs and runs[-1][2] == eps:
-                runs[-1] = (runs[-1][0], stop, eps)
-            elif stop > start:
-                runs.append((start, stop, eps))
-        object.__setattr__(self, "runs", tuple(runs))
-        object.__setattr__(self, "starts", starts)
-
-    @property
-    def size(self) -> int:
-        return self.starts[-1]
-
-    def is_flat(self) -> bool:
-        """Whether the parameters still live in `flat` (moving the model to a device rebinds them)."""
-        base, width = (self.flat.data_ptr(), self.flat.element_size()) if self.flat is not None else (0, 0)
-        return self.flat is not None and all(p.data_ptr() == base + i * width for p, i in zip(self.params, self.starts))
-
-    def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
-        """Views of a (N,) tensor shaped like the parameters, in order."""
-        pieces = flat.split([p.numel() for p in self.params])
-        return [piece.view(p.shape) for piece, p in zip(pieces, self.params)]
-
-
-def flatten_(block: Block) -> Block:
-    """Move the block's parameters into one contiguous buffer and rebind each to a view of it (the
-    Parameter objects, and so the optimizer, state_dict and module references, stay the same)."""
-    if not block.params or len({(p.device, p.dtype) for p in block.params}) > 1:
-        return block  # nothing to fuse, or mixed devices/dtypes: the per-tensor path
-    first = block.params[0]
-    flat = torch.empty(block.size, device=first.device, dtype=first.dtype)  # (N,)
-    for param, view in zip(block.params, block.split(flat)):
-        view.copy_(param.detach())
-        param.data = view
-    return replace(block, flat=flat)
-
-
-@dataclass(frozen=True)
-class ZOSettings:
-    two_sided: bool = True
-    queries: int = 1
-    sign: bool = False  # MoZO: element-wise sign of ĝ, before the rule
-    conservative: bool = True
-    rule: str = "sgd"  # sgd | adam (use ĝ) | noise | random-search (controls: no finite difference)
-    skip_irrelevant: bool = True  # skip estimates that cannot change the step (see `irrelevant_estimate`)
-
-    @property
-    def keeps_best(self) -> bool:
-        """Whether the step evaluates {θ, θ − ηu, θ + ηu} and keeps the best (noise never does)."""
-        return self.rule == "random-search" or (self.conservative and self.rule != "noise")
-
-    def estimates(self, n_blocks: int) -> bool:
-        """Whether finite differences are measured at all this configuration."""
-        return self.rule in ("sgd", "adam") and not (self.skip_irrelevant and self.irrelevant_estimate(n_blocks))
-
-    def irrelevant_estimate(self, n_blocks: int) -> bool:
-        """sign + conservative + q = 1 + one block: u = sign(d)·sign(z), and the candidates
-        {θ, θ ∓ η·sign(z)} are the same set whichever sign d has — the step is random search."""
-        return self.rule == "sgd" and self.sign and self.conservative and self.queries == 1 and n_blocks == 1
 
 
 @dataclass(frozen=True)
@@ -192,60 +113,6 @@ class ZOAdam:
             v.copy_(state[f"v.{i}"])
 
 
-def direction(block: Block, seed: int) -> torch.Tensor:
-    """The block's direction z (N,): one draw from a private generator seeded with `seed`, so the same
-    seed always replays the same z and the global RNG is never touched."""
-    first = block.params[0]
-    if first.is_meta:  # no generator exists for meta; an empty tensor allocates the same
-        return torch.empty(block.size, device=first.device, dtype=first.dtype)
-    gen = torch.Generator(device=first.device).manual_seed(seed)
-    return torch.randn(block.size, generator=gen, device=first.device, dtype=first.dtype)
-
-
-def move_(block: Block, z: torch.Tensor, scale: float) -> None:
-    """θ += scale · ε · z: one kernel per equal-ε run of a flat block, else one per tensor."""
-    if block.is_flat():
-        for start, stop, eps in block.runs:
-            block.flat[start:stop].add_(z[start:stop], alpha=scale * eps)
-        return
-    for param, eps, piece in zip(block.params, block.eps, block.split(z)):
-        param.add_(piece.to(param.dtype), alpha=scale * eps)
-
-
-def estimate_flat(
-    block: Block, loss: Callable[[], float], seed: int, settings: ZOSettings
-) -> tuple[torch.Tensor, float]:
-    """ĝ (N,) for `block`: the mean over q seeded directions of (d / ε) · z; and the loss at θ, measured
-    (one-sided) or the mean of the ±εz losses (two-sided, equal up to O(ε²)). One draw, three moves and one
-    accumulation per query."""
-    base = None if settings.two_sided else loss()
-    grad, seen = None, []
-    for query in range(settings.queries):
-        z = direction(block, derive_seed(seed, block.name, query))  # (N,), alive for this query only
-        move_(block, z, +1.0)
-        plus = loss()
-        if settings.two_sided:
-            move_(block, z, -2.0)
-            minus = loss()
-            move_(block, z, +1.0)
-            d, seen = (plus - minus) / 2.0, seen + [plus, minus]
-        else:
-            move_(block, z, -1.0)
-            d = plus - base
-        grad = _accumulate(block, grad, z, d, settings.queries)
-    return grad, (base if base is not None else sum(seen) / len(seen))
-
-
-def _accumulate(block: Block, grad: torch.Tensor | None, z: torch.Tensor, d: float, q: int) -> torch.Tensor:
-    """ĝ += d/(ε·q) · z; the first query's z becomes ĝ in place: no zeros, no extra pass."""
-    for start, stop, eps in block.runs:
-        if grad is None:
-            z[start:stop].mul_(d / (eps * q))
-        else:
-            grad[start:stop].add_(z[start:stop], alpha=d / (eps * q))
-    return z if grad is None else grad  # (N,)
-
-
 def _zo_directions(
     counter: _Counter, blocks: Sequence[Block], seed: int, settings: ZOSettings, ranks: Ranks
 ) -> tuple[list[torch.Tensor], list[float]]:
@@ -270,7 +137,7 @@ def _zo_directions(
 def _unmeasured_direction(block: Block, seed: int, settings: ZOSettings, n_blocks: int) -> torch.Tensor:
     z = direction(block, derive_seed(seed, block.name, 0))
     if settings.irrelevant_estimate(n_blocks):
-        _round_trip_(block, z, settings)  # θ rounds exactly as under the skipped ±εz forwards
+        round_trip_(block, z, settings)  # θ rounds exactly as under the skipped ±εz forwards
     return z.sign_()
 
 
@@ -289,7 +156,7 @@ def _estimate_dealt(
     drawn = []
     for b, block in enumerate(blocks):
         loss = counter.loss_fn(block.units)
-        drawn.append(_measure_own(block, loss, seed, settings, range(b * per_block, n), mine, measured))
+        drawn.append(measure_own(block, loss, seed, settings, range(b * per_block, n), mine, measured))
         counter.reset(block.units)  # ±εz left θ rounded: features cached for its tower no longer hold
     values = ranks.share(measured, n)
     counter.others += n - len(measured)
@@ -298,50 +165,10 @@ def _estimate_dealt(
         mean, grad = values[b * per_block : (b + 1) * per_block], None
         for query, z in enumerate(zs):
             d = (mean[2 * query] - mean[2 * query + 1]) / 2.0 if two else mean[1 + query] - mean[0]
-            grad = _accumulate(block, grad, z, d, q)
+            grad = accumulate_(block, grad, z, d, q)
         grads.append(grad.sign_() if settings.sign else grad)
         losses.append(sum(mean) / per_block if two else mean[0])
     return grads, losses
-
-
-def _measure_own(
-    block: Block,
-    loss: Callable[[], float],
-    seed: int,
-    settings: ZOSettings,
-    index: Sequence[int],
-    mine: Collection[int],
-    measured: dict[int, float],
-) -> list[torch.Tensor]:
-    """One block's estimate moves, measuring into `measured` the losses this rank owns (the block's
-    evaluation i is the step's `index[i]`). Returns the block's q directions."""
-
-    def measure(i: int) -> None:
-        if index[i] in mine:
-            measured[index[i]] = loss()
-
-    two, zs = settings.two_sided, []
-    if not two:
-        measure(0)
-    for query in range(settings.queries):
-        # the direction's seed is derive_seed(step seed, block, query): the same on every rank, never drawn per rank
-        zs.append(direction(block, derive_seed(seed, block.name, query)))
-        move_(block, zs[-1], +1.0)
-        measure(2 * query if two else 1 + query)
-        if two:
-            move_(block, zs[-1], -2.0)
-            measure(2 * query + 1)
-            move_(block, zs[-1], +1.0)
-        else:
-            move_(block, zs[-1], -1.0)
-    return zs
-
-
-def _round_trip_(block: Block, z: torch.Tensor, settings: ZOSettings) -> None:
-    """The parameter arithmetic of `estimate_flat` without its forwards: +εz, −2εz, +εz is not exact in
-    floating point, and a skipped estimate must leave θ bit-identical to a measured one."""
-    for scale in (1.0, -2.0, 1.0) if settings.two_sided else (1.0, -1.0):
-        move_(block, z, scale)
 
 
 def hybrid_step(

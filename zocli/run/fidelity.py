@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 from zocli.config import DEFAULT_ZO_CHUNK, Config, ConfigError, Resolved
 from zocli.method.attach import AdaptedCLIP
+from zocli.method.blocks import Block, direction, move_
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import zo_units
 from zocli.method.precision import zo_default
 from zocli.method.step import make_blocks
-from zocli.method.zo import Block, direction, move_
 from zocli.rng import derive_seed
 from zocli.run.session import task_batches
 

@@ -1,7 +1,7 @@
 """`zocli probe-variance`: how noisy ZO gradients are, per branch and per layer (the MoZO motivation).
 
 For N batches of a task and R draws per batch, each draw a ZO estimate averaged over Q directions
-(exactly `zo.estimate_flat`, one finite difference per branch with that branch's ε), we accumulate the
+(exactly `estimate.estimate_flat`, one finite difference per branch with that branch's ε), we accumulate the
 per-coordinate variance of the estimates; the FO gradient (autograd, deterministic mode) across the
 same batches is the reference. Variance of a Q-direction average falls as 1/Q.
 """
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from zocli.config import BRANCHES, DEFAULT_ZO_CHUNK, Config, ConfigError
 from zocli.method.attach import AdaptedCLIP
+from zocli.method.estimate import estimate_flat
 from zocli.method.objective import ClipObjective, exact_gradient
 from zocli.method.step import Stepper, make_blocks, settings
-from zocli.method.zo import estimate_flat
 from zocli.rng import derive_seed
 from zocli.run.session import Session, task_batches
 

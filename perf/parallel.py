@@ -1,12 +1,14 @@
 """Step time at W = 1 and W = 2 ranks (DESIGN §11), and the bytes the ranks exchange per step (prints a table).
 
 The exact step `train` runs (`Stepper` with `run.distributed.ranks`), on a synthetic batch of the
-test-bed's shape (32 images, 10 prompts) with the test-bed's tiny CLIP, at the default q = 8, `--parallelism
-auto`. Each W is one torchrun launch (gloo on a CPU, one thread per rank; NCCL, one GPU per rank on CUDA);
-each configuration's time is the median of `--steps` timed steps after one warm-up, measured on rank 0
-between two barriers; beside it rank 0's CPU seconds in the step (process time: what the step costs the rank
-whatever else runs on the machine, so on a shared machine its ratio says what an idle one would give). Bytes:
-the payload of the all-reduces and all-gathers of one step, per rank.
+test-bed's shape (32 images, 10 prompts) with the test-bed's tiny CLIP, at the default q = 8,
+`--parallelism auto`. Each W is one torchrun launch (gloo on a CPU, one thread per rank; NCCL, one GPU
+per rank on CUDA). The launches alternate W = 1, W = 2, W = 1, ... for `--rounds` rounds, so a machine
+whose speed drifts (a shared VM) weighs on both alike. A configuration's time is the median of every
+round's `--steps` timed steps (each launch warms up with one), measured on rank 0 between two barriers;
+beside it rank 0's CPU seconds in the step (process time: what the step costs the rank whatever else
+runs on the machine, so on a shared machine its ratio says what an idle one would give). Bytes: the
+payload of the all-reduces and all-gathers of one step, per rank.
     python perf/parallel.py                       # dual, vision, fo at W = 1, 2 on this machine's CPU
     python perf/parallel.py --model ViT-B-16 --pretrained none --batch-size 8 --steps 3
 """
@@ -71,8 +73,8 @@ def worker(args) -> None:
                 times.append(time.perf_counter() - began)
                 cpu.append(time.process_time() - used)
         results[name] = {
-            "seconds": statistics.median(times),
-            "cpu_seconds": statistics.median(cpu),
+            "seconds": times,
+            "cpu_seconds": cpu,
             "forwards": stats.forwards,
             "bytes": sent[0],
         }
@@ -90,6 +92,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads per rank")
     parser.add_argument("--worlds", default="1,2")
+    parser.add_argument("--rounds", type=int, default=3, help="launches of each W, alternating")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -97,18 +100,31 @@ def main() -> None:
         return
     passed = [a for a in sys.argv[1:] if a != "--worker"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    print_table(measure(args, passed, env), args)
+
+
+def measure(args, passed: list[str], env: dict) -> dict:
+    """{W: {config: forwards, bytes, and the median seconds and CPU seconds over every launch's steps}}."""
     found = {}
-    for world in map(int, args.worlds.split(",")):
-        launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)]
-        done = subprocess.run(
-            [*launch, __file__, "--worker", *passed], env=env, capture_output=True, text=True, check=False
-        )
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"W={world} failed:\n{done.stderr[-3000:]}")
-        found[world] = json.loads(line[7:])["results"]
+    for _ in range(args.rounds):
+        for world in map(int, args.worlds.split(",")):
+            for name, r in launch(world, passed, env).items():
+                pooled = found.setdefault(world, {}).setdefault(name, {"seconds": [], "cpu_seconds": []})
+                pooled["seconds"] += r["seconds"]
+                pooled["cpu_seconds"] += r["cpu_seconds"]
+                pooled.update(forwards=r["forwards"], bytes=r["bytes"])
+    for results in found.values():
+        for r in results.values():
+            r["seconds"], r["cpu_seconds"] = statistics.median(r["seconds"]), statistics.median(r["cpu_seconds"])
+    return found
+
+
+def print_table(found: dict, args) -> None:
     base = found[min(found)]
-    print(f"{args.model}, batch {args.batch_size}, q = 8, {args.device}, {args.threads} thread(s) per rank")
+    print(
+        f"{args.model}, batch {args.batch_size}, q = 8, {args.device}, {args.threads} thread(s) per rank, "
+        f"{args.rounds} alternating launches of each W x {args.steps} steps"
+    )
     print("| config | W | forwards/step | s/step | speed-up | CPU s/step (rank 0) | CPU ratio | bytes/step per rank |")
     print("|---|---|---|---|---|---|---|---|")
     for name in base:
@@ -118,6 +134,18 @@ def main() -> None:
             row = [name, world, r["forwards"], f"{r['seconds']:.4f}", f"{speedup:.2f}x"]
             row += [f"{r['cpu_seconds']:.4f}", f"{ratio:.2f}x", r["bytes"]]
             print("| " + " | ".join(map(str, row)) + " |")
+
+
+def launch(world: int, passed: list[str], env: dict) -> dict:
+    """One torchrun launch of `world` ranks running the worker; rank 0's results."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world)]
+    done = subprocess.run(
+        [*command, __file__, "--worker", *passed], env=env, capture_output=True, text=True, check=False
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"W={world} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[7:])["results"]
 
 
 if __name__ == "__main__":

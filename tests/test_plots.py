@@ -75,8 +75,8 @@ def test_heatmap_carries_zero_shot_row_seen_columns_and_last_avg(tmp_path):
         summary=summary,
     )
     text = path.read_text()
-    # every tick labelled, cells as the table formats them (90.5, never rounded to "90")
-    for label in ("zero-shot*", "Last 71.00", "Avg 75.50", "T0", "T5", "T9", "seen", "90.5", "15.0"):
+    # every tick labelled, cells as the table formats them (tasks 90.5, never "90"; seen columns 80.00)
+    for label in ("zero-shot*", "Last 71.00", "Avg 75.50", "T0", "T5", "T9", "seen", "90.5", "15.0", "80.00", "31.00"):
         assert label in text, label
 
 

@@ -212,7 +212,7 @@ def accuracy_heatmap(
                     ax.text(
                         j,
                         t,
-                        f"{value:.1f}",
+                        f"{value:.{1 if j < n else 2}f}",  # as the table prints them: tasks .1, seen .2
                         ha="center",
                         va="center",
                         fontsize=6,

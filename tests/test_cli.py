@@ -531,3 +531,19 @@ def test_help_reads_whole_at_80_columns(command):
     for option in OPTIONS.values():
         if f"{option.spelling} " in result.output or f"{option.spelling}/" in result.output:
             assert set(option.choices) <= words, (option.spelling, set(option.choices) - words)
+
+
+@pytest.mark.parametrize(("rank", "says"), [("0", True), ("1", False)])
+def test_a_stopped_run_is_announced_by_rank_0_alone(monkeypatch, tmp_path, rank, says):
+    """Under --nproc every rank stops at the same commit and exits 130; only rank 0 prints the resume line."""
+    from zocli.cli import train as cli_train
+    from zocli.run.rundir import Interrupted
+
+    def stopped(*_args, **_kwargs):
+        raise Interrupted(tmp_path / "run")
+
+    monkeypatch.setattr(cli_train, "_train_or_resume", stopped)
+    monkeypatch.setenv("RANK", rank)
+    result = invoke(["train", "--preset", "demo", "--out", tmp_path / "run"])
+    assert result.exit_code == 130
+    assert ("stopped; resume with: zocli train --resume" in result.output) == says

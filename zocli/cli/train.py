@@ -69,7 +69,7 @@ def train_cmd(
     os.environ.update(torchrun_env(os.environ))  # `srun --ntasks N zocli train`: the ranks as torchrun names them
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 prints progress and results
     as_json = as_json or not leader
-    with errors(), graceful_stop(lambda: _abort(where)) as should_stop:
+    with errors(), graceful_stop(lambda: _abort(where, leader)) as should_stop:
         from zocli.run.rundir import Interrupted
 
         try:
@@ -77,11 +77,13 @@ def train_cmd(
                 result = _train_or_resume(
                     flags, preset, out_dir, overwrite, resume, on_event, should_stop, where, allow_changed_inputs
                 )
-        except Interrupted as stop:
-            err.print(str(stop), highlight=False)
+        except Interrupted as stop:  # every rank stopped at the same commit; one of them says so
+            if leader:
+                err.print(str(stop), highlight=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:  # a Ctrl-C before the stop handler was in place
-            err.print(_aborted(where), highlight=False)
+            if leader:
+                err.print(_aborted(where), highlight=False)
             raise typer.Exit(130) from None
     if isinstance(result, int):  # --nproc: the ranks ran, and printed, in their own processes
         raise typer.Exit(result)
@@ -197,15 +199,16 @@ def _saved_every(run: Path) -> int:
         return 0
 
 
-def _abort(where: dict) -> None:
-    """The second Ctrl-C: exit 130 at once, with no commit; the last commit point stands.
+def _abort(where: dict, leader: bool) -> None:
+    """The second Ctrl-C: exit 130 at once, with no commit; the last commit point stands (said by rank 0).
 
     Exiting from the handler, not raising KeyboardInterrupt: an exception raised while a finalizer
     runs is printed and swallowed by Python, and training went on.
     """
     # Straight to fd 2: the signal may land inside rich's print of the first Ctrl-C's message, whose
     # buffer is written only when that print returns, which it never will.
-    os.write(2, (_aborted(where) + "\n").encode())
+    if leader:
+        os.write(2, (_aborted(where) + "\n").encode())
     os._exit(130)
 
 

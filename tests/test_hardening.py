@@ -127,7 +127,7 @@ def test_wandb_online_without_a_network_is_one_line_and_quick(cwd, digits_root, 
 
 
 def test_out_empty_is_refused_and_a_quoted_tilde_is_expanded(cwd, digits_root, monkeypatch):
-    assert_one_line_error(invoke(demo(digits_root, Path(""))), 1, "--out '.'", "current directory")
+    assert_one_line_error(invoke(demo(digits_root, Path(""))), 2, "--out '.'", "current directory")
     monkeypatch.setenv("HOME", str(cwd / "home"))
     (cwd / "home" / "busy").mkdir(parents=True)
     (cwd / "home" / "busy" / "notes.txt").write_text("mine\n")

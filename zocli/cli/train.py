@@ -178,10 +178,8 @@ def _user_path(path: Path | None, flag: str) -> Path | None:
     """A directory as the user meant it: `~` expanded (also when quoted), never '' (the current directory)."""
     if path is None:
         return None
-    if str(path) in ("", "."):
-        from zocli.run.rundir import RunDirError
-
-        raise RunDirError(f"{flag} {str(path)!r} is the current directory; give a run directory (e.g. runs/NAME)")
+    if str(path) in ("", "."):  # a bad flag value: a usage error (exit 2), as `sweep --out .` is
+        raise ConfigError(f"{flag} {str(path)!r} is the current directory; give a run directory (e.g. runs/NAME)")
     return path.expanduser()
 
 

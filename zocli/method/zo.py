@@ -162,13 +162,19 @@ def _estimate_dealt(
     counter.others += n - len(measured)
     grads, losses = [], []
     for b, (block, zs) in enumerate(zip(blocks, drawn)):
-        mean, grad = values[b * per_block : (b + 1) * per_block], None
+        block_losses, grad = values[b * per_block : (b + 1) * per_block], None  # every rank's, in order
         for query, z in enumerate(zs):
-            d = (mean[2 * query] - mean[2 * query + 1]) / 2.0 if two else mean[1 + query] - mean[0]
-            grad = accumulate_(block, grad, z, d, q)
+            grad = accumulate_(block, grad, z, _difference(block_losses, query, two), q)
         grads.append(grad.sign_() if settings.sign else grad)
-        losses.append(sum(mean) / per_block if two else mean[0])
+        losses.append(sum(block_losses) / per_block if two else block_losses[0])
     return grads, losses
+
+
+def _difference(block_losses: Sequence[float], query: int, two_sided: bool) -> float:
+    """d of one query from its block's losses in evaluation order (as `estimate_flat` measures them)."""
+    if two_sided:
+        return (block_losses[2 * query] - block_losses[2 * query + 1]) / 2.0
+    return block_losses[1 + query] - block_losses[0]
 
 
 def hybrid_step(

@@ -127,9 +127,7 @@ class ClipObjective:
         return loss
 
     def reset(self, units: Collection[Unit] | None = None) -> None:
-        if units is None:
-            self.features = {}
-        for branch in {b for b, _ in units or ()}:
+        for branch in BRANCHES if units is None else {b for b, _ in units}:
             self.features.pop(branch, None)
 
     def gradient(self, params: Sequence[torch.Tensor]) -> list[torch.Tensor]:

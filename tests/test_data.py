@@ -1,4 +1,4 @@
-"""zocli.data.store: prepare -> load round trips from every kind of source, offline and fast."""
+"""zocli.data.store and zocli.data.sources: prepare -> load round trips from every kind of source, offline and fast."""
 
 import io
 import json
@@ -16,7 +16,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from zocli.data import catalogue, store, testbed
+from zocli.data import catalogue, sources, store, testbed
 
 
 def _png(path: Path, seed: int, mode: str = "RGB", size: int = 8) -> None:
@@ -87,7 +87,7 @@ def test_a_partial_source_is_refused_at_prepare(tmp_path):
     # Found: 10 of 100 class folders prepared fine (exit 0), then train died at task 3 with a ValueError.
     bench = catalogue.get("cifar100")
     _cifar_folder(tmp_path / "src", list(bench.classes[:10]))
-    with pytest.raises(store.SourceError, match="no train images for 90 of 100 cifar100 classes") as info:
+    with pytest.raises(sources.SourceError, match="no train images for 90 of 100 cifar100 classes") as info:
         store.prepare(bench, tmp_path / "root", source=tmp_path / "src")
     assert "--allow-partial" in str(info.value) and "\n" not in str(info.value)
     assert not store.dataset_dir(tmp_path / "root", "cifar100").exists()
@@ -106,7 +106,7 @@ def test_allow_partial_warns_naming_the_missing_classes(tmp_path):
 def test_cifar_unknown_folder(tmp_path):
     bench = catalogue.get("cifar100")
     _cifar_folder(tmp_path / "src", ["apple", "not_a_class"])
-    with pytest.raises(store.SourceError, match="not_a_class"):
+    with pytest.raises(sources.SourceError, match="not_a_class"):
         store.prepare(bench, tmp_path / "root", source=tmp_path / "src")
     assert not store.dataset_dir(tmp_path / "root", "cifar100").exists()
     assert list((tmp_path / "root").iterdir()) == []  # the temporary sibling is cleaned up
@@ -168,7 +168,7 @@ def test_tinyimg_hub_path(tmp_path, monkeypatch):
     gray = PIL.Image.fromarray(np.zeros((4, 4), np.uint8))
     split = datasets.Dataset.from_dict({"image": [gray, gray], "label": [0, 1]}, features=feats)
     fake = datasets.DatasetDict({"train": split, "valid": split.select([1])})
-    monkeypatch.setattr(store.datasets, "load_dataset", lambda *a, **k: fake)
+    monkeypatch.setattr(sources.datasets, "load_dataset", lambda *a, **k: fake)
     store.prepare(bench, tmp_path, allow_partial=True)
     dd = store.load(bench, tmp_path)
     assert _labels(dd, "train") == [7, 2] and _labels(dd, "test") == [2]
@@ -214,7 +214,7 @@ def test_imgr_hub_path(tmp_path, monkeypatch):
         ),
     )
     calls = []
-    monkeypatch.setattr(store.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
+    monkeypatch.setattr(sources.datasets, "load_dataset", lambda *a, **k: calls.append(k) or rows)
     store.prepare(bench, tmp_path, allow_partial=True)
     dd = store.load(bench, tmp_path)
     assert calls == [{"revision": None, "split": "test"}]
@@ -223,7 +223,7 @@ def test_imgr_hub_path(tmp_path, monkeypatch):
 
 def test_per_class_split_is_deterministic():
     labels = np.array([0] * 10 + [1] * 5)
-    a, b = store.per_class_split(labels), store.per_class_split(labels)
+    a, b = sources.per_class_split(labels), sources.per_class_split(labels)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert len(a[0]) == 12 and len(a[1]) == 3
     assert not set(a[0]) & set(a[1])
@@ -249,7 +249,7 @@ def test_load_stale_classes(tmp_path):
 
 def test_online_fails_fast_offline(tmp_path):
     start = time.monotonic()
-    with pytest.raises(store.SourceError, match="--source") as info:
+    with pytest.raises(sources.SourceError, match="--source") as info:
         store.prepare(catalogue.get("cifar100"), tmp_path)
     assert time.monotonic() - start < 10
     assert "\n" not in str(info.value)
@@ -257,9 +257,9 @@ def test_online_fails_fast_offline(tmp_path):
 
 
 def test_bad_source(tmp_path):
-    with pytest.raises(store.SourceError, match="tiny-imagenet-200"):
+    with pytest.raises(sources.SourceError, match="tiny-imagenet-200"):
         store.prepare(catalogue.get("tinyimg"), tmp_path / "root", source=tmp_path)
-    with pytest.raises(store.SourceError, match="not a directory"):
+    with pytest.raises(sources.SourceError, match="not a directory"):
         store.prepare(catalogue.get("imgr"), tmp_path / "root", source=tmp_path / "missing")
 
 
@@ -289,7 +289,7 @@ def test_overwrite_replaces(tmp_path):
 def test_testbed_is_generated_offline_complete_and_disjoint(testbed_root):
     bench = catalogue.get("testbed")
     dd = store.load(bench, testbed_root)
-    for split, per_class in store.TESTBED_PER_CLASS.items():
+    for split, per_class in sources.TESTBED_PER_CLASS.items():
         assert sorted(Counter(dd[split]["label"]).items()) == [(c, per_class) for c in range(100)]
     pixels = {split: {np.asarray(im).tobytes() for im in dd[split]["image"]} for split in ("train", "test")}
     assert len(pixels["train"]) == 6000 and len(pixels["test"]) == 2000  # no duplicate image anywhere
@@ -300,16 +300,16 @@ def test_testbed_rows_are_the_worlds_seeded_draws(testbed_root):
     # Every copy is the same: row (label, index) is testbed.render(label, seed (0, split, label, index)).
     dd = store.load(catalogue.get("testbed"), testbed_root)
     for split, split_id in (("train", 0), ("test", 1)):
-        per_class = store.TESTBED_PER_CLASS[split]
+        per_class = sources.TESTBED_PER_CLASS[split]
         for row in (0, per_class + 3, len(dd[split]) - 1):
             label, index = divmod(row, per_class)
-            expected = testbed.render(label, "benchmark", (store.TESTBED_SEED, split_id, label, index))
+            expected = testbed.render(label, "benchmark", (sources.TESTBED_SEED, split_id, label, index))
             assert dd[split][row]["label"] == label
             assert np.array_equal(np.asarray(dd[split][row]["image"]), expected)
 
 
 def test_testbed_takes_no_source(tmp_path):
-    with pytest.raises(store.SourceError, match="made on this machine"):
+    with pytest.raises(sources.SourceError, match="made on this machine"):
         store.prepare(catalogue.get("testbed"), tmp_path, source=tmp_path)
 
 
@@ -356,11 +356,11 @@ def test_large_photos_are_stored_pre_resized_for_imgr():
         return {"bytes": buffer.getvalue(), "path": None}
 
     big, small = encoded((900, 600)), encoded((200, 150))
-    shrunk = store._rgb(big, store.PRESIZE)
+    shrunk = sources._rgb(big, sources.PRESIZE)
     with PIL.Image.open(io.BytesIO(shrunk["bytes"])) as im:
         assert (im.format, im.size, im.mode) == ("JPEG", (384, 256), "RGB")
-    assert store._rgb(small, store.PRESIZE) is small and store._rgb(big) is big  # nothing to shrink; not imgr
-    with PIL.Image.open(io.BytesIO(store._rgb(encoded((200, 150), "L"), store.PRESIZE)["bytes"])) as im:
+    assert sources._rgb(small, sources.PRESIZE) is small and sources._rgb(big) is big  # nothing to shrink; not imgr
+    with PIL.Image.open(io.BytesIO(sources._rgb(encoded((200, 150), "L"), sources.PRESIZE)["bytes"])) as im:
         assert (im.format, im.mode) == ("PNG", "RGB")  # small grayscale: converted losslessly, not shrunk
 
 
@@ -373,7 +373,7 @@ def test_a_revision_reaches_the_hub_loader(monkeypatch, tmp_path):
         asked.update(kwargs, repo=repo)
         raise ConnectionError("no network in this test")
 
-    monkeypatch.setattr(store.datasets, "load_dataset", load_dataset)
+    monkeypatch.setattr(sources.datasets, "load_dataset", load_dataset)
     with pytest.raises(ZocliError):
         store.prepare(catalogue.get("cifar100"), tmp_path, revision="0123abc")
     assert asked == {"repo": "uoft-cs/cifar100", "revision": "0123abc"}
@@ -381,7 +381,7 @@ def test_a_revision_reaches_the_hub_loader(monkeypatch, tmp_path):
 
 
 def test_a_revision_applies_to_hub_sources_only(tmp_path):
-    from zocli.data.store import SourceError
+    from zocli.data.sources import SourceError
 
     with pytest.raises(SourceError, match="--revision pins a Hugging Face hub source"):
         store.prepare(catalogue.get("digits"), tmp_path, revision="main")

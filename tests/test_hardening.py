@@ -91,7 +91,7 @@ def test_an_undecodable_image_in_an_hf_dataset_is_named_by_its_row(tmp_path):
     import PIL.Image
     from datasets import Dataset, Features, Image, Value
 
-    from zocli.data import catalogue, store
+    from zocli.data import catalogue, sources
 
     buffer = io.BytesIO()
     PIL.Image.new("RGB", (4, 4)).save(buffer, format="PNG")
@@ -100,8 +100,8 @@ def test_an_undecodable_image_in_an_hf_dataset_is_named_by_its_row(tmp_path):
         {"image": cells, "label": [0, 1]}, features=Features({"image": Image(decode=False), "label": Value("int64")})
     )
     bench = catalogue.from_record({"spec": "hf:x", "classes": ["a", "b"], "names": ["a", "b"]})
-    with pytest.raises(store.SourceError) as info:
-        store.normalize(ds, bench, "image", "label", None, tmp_path / "train.arrow")
+    with pytest.raises(sources.SourceError) as info:
+        sources.normalize(ds, bench, "image", "label", None, tmp_path / "train.arrow")
     message = str(info.value)
     assert "row 1 of the train split" in message and "BytesIO" not in message and "\n" not in message
 

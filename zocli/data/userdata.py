@@ -28,18 +28,8 @@ from zocli.config import ConfigError, did_you_mean
 from zocli.data import dirswap, fingerprint, hub
 from zocli.data.catalogue import Benchmark, canonical_name, from_record
 from zocli.data.location import RECORD, dataset_dir
-from zocli.data.store import (
-    IMAGE_SUFFIXES,
-    SPLIT_SEED,
-    Progress,
-    SourceError,
-    class_counts,
-    needs_writing,
-    normalize,
-    per_class_split,
-    progress_or_quiet,
-    record_source,
-)
+from zocli.data.sources import IMAGE_SUFFIXES, SPLIT_SEED, Progress, SourceError, normalize, per_class_split
+from zocli.data.store import class_counts, needs_writing, progress_or_quiet, record_source
 
 TEST_SPLITS = ("test", "validation", "valid", "val")  # tried in this order when --test-split is not given
 FOLDER_LAYOUT = "DIR/train/<class>/*.png and DIR/test/<class>/*.png, or DIR/<class>/*.png (split 80/20 per class)"

@@ -77,9 +77,9 @@ def fidelity() -> None:
     """Check 4, in its own process: tf32 and bf16 against fp32, 8 directions per block, on a random batch."""
     import torch
 
-    from zocli.config import resolve
     from zocli.data import catalogue
     from zocli.method.attach import build_model
+    from zocli.resolve import resolve
     from zocli.run import fidelity as check
     from zocli.study.memory import synthetic_batch
 

@@ -31,10 +31,10 @@ def worker(args) -> None:
     import torch
     import torch.distributed as dist
 
-    from zocli.config import resolve
     from zocli.data import catalogue
     from zocli.method.attach import build_model
     from zocli.method.step import Stepper
+    from zocli.resolve import resolve
     from zocli.run import distributed
     from zocli.study.memory import plan_for, synthetic_batch
 

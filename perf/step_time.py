@@ -29,13 +29,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from zocli.config import resolve
 from zocli.data import catalogue
 from zocli.data.loader import DEVICE_BENCHMARKS
 from zocli.method.attach import build_model
 from zocli.method.objective import ClipObjective
 from zocli.method.precision import peak_tflops
 from zocli.method.step import Stepper, resolve_device, zo_precision
+from zocli.resolve import resolve
 from zocli.study.memory import plan_for, synthetic_batch
 
 

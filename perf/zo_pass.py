@@ -19,13 +19,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from zocli.config import resolve
 from zocli.method import zo
 from zocli.method.attach import build_model
 from zocli.method.blocks import Block, flatten_
 from zocli.method.estimate import ZOSettings, estimate_flat
 from zocli.method.plan import zo_units
 from zocli.method.step import make_blocks, settings
+from zocli.resolve import resolve
 from zocli.rng import derive_seed
 
 

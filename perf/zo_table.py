@@ -17,7 +17,7 @@ import statistics
 from pathlib import Path
 
 from zocli.config import OPTIONS
-from zocli.sweep import grid, launch
+from zocli.sweep import directory, grid, launch
 
 PLANS = {  # what is ZO (or frozen): the study's branch-wise settings and one layer-wise one
     "dual": ["--vision", "{m}", "--language", "{m}"],
@@ -102,9 +102,9 @@ def run_spec(name: str, flags: list[str], seed: int) -> grid.RunSpec:
     return grid.RunSpec(f"{_slug(name)}_s{seed}", tuple(presets), {**values, "seed": seed})
 
 
-def run_all(specs: list[grid.RunSpec], out: Path, data_root: str, jobs: int) -> grid.Sweep:
+def run_all(specs: list[grid.RunSpec], out: Path, data_root: str, jobs: int) -> directory.Sweep:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    table = grid.create(out, specs, data_root)
+    table = directory.create(out, specs, data_root)
     failed = [s for s in launch.run_local(table, launch.local_slots(None, jobs)) if s.state != "finished"]
     if failed:
         raise SystemExit("\n".join(f"{s.name}: {s.state} {s.error or ''}" for s in failed))

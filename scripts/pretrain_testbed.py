@@ -66,7 +66,7 @@ def main() -> None:
 
 def measure_zero_shot(weights: Path) -> dict:
     """Zero-shot accuracy of `weights` on every testbed task (softmax over all 100 classes)."""
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.evaluate import evaluate_seen
     from zocli.run.metrics import seen_accuracy
     from zocli.run.session import open_session

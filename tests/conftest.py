@@ -7,7 +7,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may wait on a ne
 import pytest
 import torch
 
-from zocli.config import Config, resolve
+from zocli.config import Config
+from zocli.resolve import resolve
 
 torch.set_num_threads(1)  # tiny models: one thread avoids oversubscription on 2 cores
 

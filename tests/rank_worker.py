@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 
 
 def main(spec_path: str) -> None:
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run import distributed
     from zocli.run.train import resume, run
 

@@ -21,6 +21,7 @@ MAX_LINES = 500  # ruff-formatted lines
 LAYERS = {
     "__init__": 0,
     "config": 0,
+    "resolve": 0,
     "flags": 0,
     "errors": 0,
     "rng": 0,

@@ -26,7 +26,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, digits_root):
     """Two finished demo runs (5 tasks, 4 steps each) that differ only in the vision branch: FO vs ZO."""
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.train import run
 
     parent = tmp_path_factory.mktemp("compare") / "runs"

@@ -1,4 +1,5 @@
-"""zocli.config: defaults, precedence with provenance, MoZO shorthand, validation, every shipped preset."""
+"""zocli.config and zocli.resolve: defaults, precedence with provenance, MoZO shorthand, validation, every
+shipped preset."""
 
 import dataclasses
 import json
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from zocli.config import MOZO_EPS_VISION, PRESETS_DIR, Config, ConfigError, list_presets, resolve, saved_config
+from zocli.config import MOZO_EPS_VISION, Config, ConfigError
 from zocli.data import catalogue
+from zocli.resolve import PRESETS_DIR, list_presets, resolve, saved_config
 
 
 def _preset(tmp_path: Path, name: str, text: str) -> str:
@@ -171,7 +173,8 @@ def test_common_spellings_of_a_key_suggest_ours(tmp_path, key, meant):
 
 
 def test_every_alias_names_a_real_key():
-    from zocli.config import KEY_ALIASES, KEYS
+    from zocli.config import KEYS
+    from zocli.resolve import KEY_ALIASES
 
     assert set(KEY_ALIASES.values()) <= set(KEYS) and not set(KEY_ALIASES) & set(KEYS)
 

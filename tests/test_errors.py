@@ -55,7 +55,7 @@ def assert_one_line_error(result, code: int | tuple[int, ...], *needles: str) ->
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, digits_root):
     """Two finished two-task runs (2 steps per task) that differ only in the adapter: moe and lora."""
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.train import run
 
     base = tmp_path_factory.mktemp("error-runs")

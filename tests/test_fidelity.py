@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import tiny_config
 
-from zocli.config import resolve
 from zocli.data import catalogue
+from zocli.resolve import resolve
 from zocli.run import fidelity
 from zocli.run.session import open_session
 from zocli.study.memory import synthetic_batch

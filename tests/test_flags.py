@@ -10,8 +10,10 @@ import pytest
 import typer
 
 from zocli.cli import app
-from zocli.config import KEYS, OPTIONS, Config, resolve
-from zocli.sweep import grid as sweeps
+from zocli.config import KEYS, OPTIONS, Config
+from zocli.resolve import resolve
+from zocli.sweep import directory
+from zocli.sweep.grid import Grid, expand, parse_axes
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zocli"
 
@@ -78,14 +80,14 @@ def sweep_argv(tmp_path: Path, key: str, values: list, presets: tuple[str, ...])
     """The `zocli train` arguments of each run of a sweep over `values` of `key`, as `zocli sweep` writes them:
     `--grid KEY=V1,V2` (the seed: `--seeds`, the data root: the sweep's own `--data-root`)."""
     if key == "seed":
-        runs = sweeps.expand(sweeps.Grid(presets, {}, tuple(values)))
-        return [_train_part(sweeps.command(sweeps.Sweep(tmp_path, tuple(runs)), run)[1]) for run in runs]
+        runs = expand(Grid(presets, {}, tuple(values)))
+        return [_train_part(directory.command(directory.Sweep(tmp_path, tuple(runs)), run)[1]) for run in runs]
     if key == "data_root":
-        (run,) = sweeps.expand(sweeps.Grid(presets))
-        return [_train_part(sweeps.command(sweeps.Sweep(tmp_path, (run,)), run, value)[1]) for value in values]
+        (run,) = expand(Grid(presets))
+        return [_train_part(directory.command(directory.Sweep(tmp_path, (run,)), run, value)[1]) for value in values]
     text = ",".join("none" if v is None else str(v) for v in values)
-    runs = sweeps.expand(sweeps.Grid(presets, sweeps.parse_axes([f"{key.replace('_', '-')}={text}"])))
-    return [_train_part(sweeps.command(sweeps.Sweep(tmp_path, tuple(runs)), run)[1]) for run in runs]
+    runs = expand(Grid(presets, parse_axes([f"{key.replace('_', '-')}={text}"])))
+    return [_train_part(directory.command(directory.Sweep(tmp_path, tuple(runs)), run)[1]) for run in runs]
 
 
 def _train_part(command: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_errors import assert_one_line_error, invoke
 
-from zocli.config import resolve
+from zocli.resolve import resolve
 from zocli.run.train import run
 
 TINY = Path(__file__).resolve().parent.parent / "zocli"

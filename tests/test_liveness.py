@@ -11,8 +11,9 @@ import time
 import pytest
 from test_errors import assert_one_line_error, invoke
 
-from zocli.sweep import grid as sweeps
-from zocli.sweep import launch, liveness
+from zocli.run.rundir import write_json
+from zocli.sweep import directory, launch, liveness
+from zocli.sweep.grid import Grid, expand
 
 TINY = ["--preset", "digits-demo", "--grid", "inc=5", "--grid", "max_steps=1"]
 
@@ -20,13 +21,13 @@ TINY = ["--preset", "digits-demo", "--grid", "inc=5", "--grid", "max_steps=1"]
 @pytest.fixture
 def sweep(tmp_path):
     """A two-run sweep created (no run started) with `--dry-run`'s plan made real by `create`."""
-    runs = sweeps.expand(sweeps.Grid(("digits-demo",), {"inc": [5], "lr": [0.01, 0.003]}, (0,)))
-    return sweeps.create(tmp_path / "s", runs)
+    runs = expand(Grid(("digits-demo",), {"inc": [5], "lr": [0.01, 0.003]}, (0,)))
+    return directory.create(tmp_path / "s", runs)
 
 
 @pytest.mark.parametrize("name", ["../x", "/tmp/x", ".hidden", "a/b", "a\\b", "", "..", 7])
 def test_run_names_that_leave_the_sweep_are_refused_where_read(name, sweep, tmp_path):
-    manifest = sweep.root / sweeps.MANIFEST
+    manifest = sweep.root / directory.MANIFEST
     saved = json.loads(manifest.read_text())
     saved["runs"][0]["name"] = name
     manifest.write_text(json.dumps(saved))
@@ -39,13 +40,13 @@ def test_run_names_that_leave_the_sweep_are_refused_where_read(name, sweep, tmp_
 
 def _attempt(sweep, name: str, **fields) -> None:
     record = {"action": "start", "started": time.time(), "where": "cpu #0", **fields}
-    sweeps.write_json(sweep.status_file(name), {"name": name, "attempts": [record]})
+    write_json(sweep.status_file(name), {"name": name, "attempts": [record]})
 
 
 def test_an_attempt_on_another_host_is_unknown_and_taken_over_only_when_asked(sweep):
     name = sweep.runs[0].name
     _attempt(sweep, name, host="compute-17", pid=os.getpid(), pid_start=1)
-    now = sweeps.state(sweep, name)
+    now = directory.state(sweep, name)
     assert now.state == "unknown" and "--takeover" in now.error and "compute-17" in now.error
     assert not launch._to_run(now, takeover=False) and launch._to_run(now, takeover=True)
     result = invoke(["sweep", "--out", str(sweep.root), "--status", "--json"])
@@ -57,11 +58,11 @@ def test_a_reused_pid_is_dead_and_a_live_attempt_is_running(sweep):
     me = liveness.identity(os.getpid())
     assert me["pid_start"] is not None
     _attempt(sweep, name, **me)
-    assert sweeps.state(sweep, name).state == "running"
+    assert directory.state(sweep, name).state == "running"
     _attempt(sweep, name, **{**me, "pid_start": me["pid_start"] - 1})  # the pid now belongs to another process
-    assert sweeps.state(sweep, name).state == "pending"
+    assert directory.state(sweep, name).state == "pending"
     _attempt(sweep, name, **{**me, "boot": "another-boot"})  # the machine rebooted since
-    assert sweeps.state(sweep, name).state == "pending"
+    assert directory.state(sweep, name).state == "pending"
 
 
 def test_a_sweep_missing_its_logs_folder_is_repaired(sweep):
@@ -102,4 +103,4 @@ def test_a_recorded_failure_is_the_error_line_never_a_box_border(tmp_path):
         "│ Invalid value for '--layers-n': 99   │\n"
         "╰──────────────────────────────────────╯\n"
     )
-    assert sweeps._error_line(log, 2) == "exit 2: Invalid value for '--layers-n': 99"
+    assert directory._error_line(log, 2) == "exit 2: Invalid value for '--layers-n': 99"

@@ -21,7 +21,8 @@ from conftest import tiny_config
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.config import ConfigError, resolve
+from zocli.config import ConfigError
+from zocli.resolve import resolve
 from zocli.study import memory
 from zocli.study.memory import LiveTensorTracker, MemoryReport, MemoryRow, measure, plan_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from zocli.config import resolve
+from zocli.resolve import resolve
 from zocli.study import naming
 from zocli.study.compare import differences
 from zocli.sweep.cost import forwards_per_step

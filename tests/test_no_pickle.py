@@ -147,7 +147,7 @@ def test_guards_are_armed(no_unpickling, tmp_path):
 
 
 def test_train_interrupt_resume_evaluate_and_load_never_unpickle(no_unpickling, digits_root, tmp_path):
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run import checkpoint, evaluate, train
     from zocli.run.rundir import RunDir
 

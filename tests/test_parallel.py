@@ -163,7 +163,7 @@ def _tensors(run: Path, task: int) -> dict[str, torch.Tensor]:
 
 def _reference(tmp_path: Path, digits_root: Path, **flags) -> Path:
     """The one-process run, in this process."""
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.train import run
 
     presets = ["digits-demo"]
@@ -284,7 +284,7 @@ def _events(run: Path) -> list[tuple]:
 def runs(tmp_path_factory, digits_root):
     """{name: (W = 1 run, W = 2 run)}, and the killed W = 2 run: the 2-rank launch works while this
     process trains the references (a rank waiting in a collective leaves it a core)."""
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.train import run
 
     where = tmp_path_factory.mktemp("ranks")
@@ -376,24 +376,24 @@ def test_a_rank_killed_in_the_shared_launch_stops_it_and_one_process_resumes_the
 
 
 def test_a_sweep_gives_each_multi_rank_run_its_gpus_and_nproc(tmp_path):
-    from zocli.sweep import grid as sweeps
-    from zocli.sweep import launch
+    from zocli.sweep import directory, launch
+    from zocli.sweep.grid import Grid, expand
 
     slots = launch.local_slots(["0", "1", "2", "3"], 1, 2)  # --devices 0,1,2,3 --gpus-per-run 2
     assert [(s.env["CUDA_VISIBLE_DEVICES"], s.ranks) for s in slots] == [("0,1", 2), ("2,3", 2)]
     cpu = launch.local_slots(["cpu"], 1, 2)  # --devices cpu --gpus-per-run 2: 2 gloo ranks per run
     assert [s.ranks for s in cpu] == [2] and "CUDA_VISIBLE_DEVICES" not in cpu[0].env
-    with pytest.raises(sweeps.SweepError, match="does not divide"):
+    with pytest.raises(directory.SweepError, match="does not divide"):
         launch.local_slots(["0", "1", "2"], 1, 2)
-    (run,) = sweeps.expand(sweeps.Grid(("digits-demo",)))
-    sweep = sweeps.Sweep(tmp_path, (run,))
-    action, argv = sweeps.command(sweep, run, nproc=2)
+    (run,) = expand(Grid(("digits-demo",)))
+    sweep = directory.Sweep(tmp_path, (run,))
+    action, argv = directory.command(sweep, run, nproc=2)
     assert (
         action == "start"
         and argv[argv.index("--nproc") + 1] == "2"
         and argv[-3:-1] == ["--out", str(tmp_path / run.name)]
     )
-    assert "--nproc" not in sweeps.command(sweep, run)[1]  # one rank: the argv as before
+    assert "--nproc" not in directory.command(sweep, run)[1]  # one rank: the argv as before
     # the CLI: the plan shows each run's --nproc; a GPU list the groups do not divide, or nproc in the grid, is refused
     result = _cli(
         "sweep",
@@ -458,12 +458,12 @@ def test_slurm_resumes_the_killed_run_on_two_ranks_through_submitits_tasks(tmp_p
     is one rank, both choose `train --resume`, task 0 alone records the attempt (2 ranks), and the resumed run
     is the uninterrupted one-process run: resume at W = 2, and the SLURM path, in one launch."""
     pytest.importorskip("submitit")
-    from zocli.sweep import grid as sweeps
-    from zocli.sweep import launch
+    from zocli.sweep import directory, launch
+    from zocli.sweep.grid import Grid, expand
 
     axes = {key: [value] for key, value in {**STEPS, **CONFIGS["vision"], "save_every": 1}.items() if key != "seed"}
-    grid = sweeps.Grid(("digits-demo",), axes, (STEPS["seed"],))
-    opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
+    grid = Grid(("digits-demo",), axes, (STEPS["seed"],))
+    opened = directory.create(tmp_path / "s", expand(grid), str(digits_root))
     (spec,) = opened.runs
     shutil.copytree(runs["killed"], opened.run_dir(spec.name))
     options = launch.SlurmOptions(gpus=2, cpus=1, time_min=5)
@@ -472,7 +472,7 @@ def test_slurm_resumes_the_killed_run_on_two_ranks_through_submitits_tasks(tmp_p
         env.setenv("OMP_NUM_THREADS", "1")
         ((name, job),) = launch.submit(opened, options, cluster="local")
     assert [r["state"] for r in job.results()] == ["finished", "finished"], job.stderr()
-    (attempt,) = sweeps.attempts(opened, name)
+    (attempt,) = directory.attempts(opened, name)
     assert attempt["action"] == "resume" and attempt["ranks"] == 2 and attempt["returncode"] == 0
     assert attempt["where"].startswith("slurm")
     run, one = opened.run_dir(name), runs["vision"][0]

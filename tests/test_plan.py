@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
-from zocli.config import ConfigError, resolve
+from zocli.config import ConfigError
 from zocli.method.plan import describe, zo_layers, zo_units
+from zocli.resolve import resolve
 
 SCHEMES = ("all", "hop-odd", "hop-even", "prefix", "suffix")
 

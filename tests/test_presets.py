@@ -11,8 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.config import PRESETS_DIR as PRESETS
-from zocli.config import list_presets, resolve
+from zocli.resolve import PRESETS_DIR as PRESETS
+from zocli.resolve import list_presets, resolve
 
 FILES = sorted(PRESETS.glob("*.toml"))
 RUNNER = CliRunner(env={"COLUMNS": "300"})
@@ -155,7 +155,7 @@ def test_presets_show_output_loads_back_as_a_preset(names, tmp_path):
 
 @pytest.mark.parametrize("as_json", [[], ["--json"]], ids=["table", "json"])
 def test_no_presets_found_is_an_error_not_an_empty_list(monkeypatch, tmp_path, as_json):
-    monkeypatch.setattr("zocli.config.PRESETS_DIR", tmp_path)
+    monkeypatch.setattr("zocli.resolve.PRESETS_DIR", tmp_path)
     result = invoke("presets", *as_json)
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.strip() == f"error: no presets found in {tmp_path}; reinstall zocli"

@@ -301,7 +301,7 @@ def test_second_ctrl_c_aborts_at_once_and_still_says_how_to_resume(spawn, tmp_pa
 
 def test_a_stop_asked_during_evaluation_stops_at_that_task_commit(digits_root, tmp_path, monkeypatch):
     # Found: a first Ctrl-C during evaluation was honoured only one step into the next task.
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run import train
     from zocli.run.rundir import Interrupted
 

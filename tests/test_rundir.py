@@ -194,7 +194,7 @@ def test_the_lock_goes_with_its_holder(holder):
 def test_a_run_whose_directory_vanishes_stops(tmp_path, digits_root, how):
     from conftest import tiny_config
 
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run.train import run
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"

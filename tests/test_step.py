@@ -5,9 +5,9 @@ from dataclasses import replace
 import torch
 from conftest import tiny_config
 
-from zocli.config import resolve
 from zocli.data.loader import select, train_loader
 from zocli.method.step import Stepper, zo_notes
+from zocli.resolve import resolve
 from zocli.run.session import open_session
 
 

@@ -1,5 +1,6 @@
-"""zocli.sweep.grid and zocli.sweep.launch: grids, a real 2 × 2 sweep killed with SIGKILL and resumed, failures, SLURM
-through submitit's local executor; and seed groups (zocli.study.stats) checked against the summaries by hand."""
+"""zocli.sweep.grid, zocli.sweep.directory and zocli.sweep.launch: grids, a real 2 × 2 sweep killed with SIGKILL
+and resumed, failures, SLURM through submitit's local executor; and seed groups (zocli.study.stats) checked
+against the summaries by hand."""
 
 import json
 import os
@@ -15,11 +16,12 @@ import pytest
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.config import ConfigError, resolve
+from zocli.config import ConfigError
+from zocli.resolve import resolve
 from zocli.study import stats
 from zocli.study.compare import Comparison, RunRow
-from zocli.sweep import grid as sweeps
-from zocli.sweep import launch
+from zocli.sweep import directory, launch
+from zocli.sweep.grid import Grid, expand, load_grid, parse_axes, parse_seeds
 
 # The smallest real runs: digits on random-init zocli-tiny, 2 tasks of 5 classes, 8 steps each.
 TINY = [
@@ -76,12 +78,12 @@ def killed_and_resumed(tmp_path_factory, digits_root):
         time.sleep(0.05)
     first.send_signal(signal.SIGKILL)
     first.wait()
-    opened = sweeps.open_sweep(root)
+    opened = directory.open_sweep(root)
     for name in (r.name for r in opened.runs):  # the orphaned runs commit and exit on their own (SIGTERM)
-        for attempt in sweeps.attempts(opened, name):
+        for attempt in directory.attempts(opened, name):
             while _alive(attempt["pid"]):
                 time.sleep(0.05)
-    before = {r.name: (sweeps.state(opened, r.name), _mtime(root / r.name / "summary.json")) for r in opened.runs}
+    before = {r.name: (directory.state(opened, r.name), _mtime(root / r.name / "summary.json")) for r in opened.runs}
     again = subprocess.run(sweep_command(root, digits_root), env=ENV, capture_output=True, text=True)
     return root, before, again
 
@@ -101,12 +103,12 @@ def _mtime(path: Path):
 def test_rerun_does_only_the_missing_work(killed_and_resumed):
     root, before, again = killed_and_resumed
     assert again.returncode == 0, again.stderr
-    opened = sweeps.open_sweep(root)
-    assert {s.state for s in sweeps.states(opened)} == {"finished"}
+    opened = directory.open_sweep(root)
+    assert {s.state for s in directory.states(opened)} == {"finished"}
     was = {name: state.state for name, (state, _) in before.items()}
     assert was["lr-0.01_s0"] == was["lr-0.01_s1"] == "finished" and "partial" in was.values()  # killed mid-way
     for name, (_, summary_mtime) in before.items():
-        tries = sweeps.attempts(opened, name)
+        tries = directory.attempts(opened, name)
         if was[name] == "finished":  # untouched: no new attempt, the same summary file
             assert len(tries) == 1 and _mtime(root / name / "summary.json") == summary_mtime
         else:  # started by the killed sweep: continued through `train --resume`, not redone
@@ -171,12 +173,12 @@ def test_a_failed_run_is_recorded_and_does_not_stop_the_others(tmp_path):
 
 def test_submitit_local_executor_runs_the_same_attempts(tmp_path, digits_root):
     pytest.importorskip("submitit")
-    grid = sweeps.Grid(("digits-demo",), {"inc": [10], "epochs": [1], "max_steps": [1]}, (0, 1))
-    opened = sweeps.create(tmp_path / "s", sweeps.expand(grid), str(digits_root))
+    grid = Grid(("digits-demo",), {"inc": [10], "epochs": [1], "max_steps": [1]}, (0, 1))
+    opened = directory.create(tmp_path / "s", expand(grid), str(digits_root))
     jobs = launch.submit(opened, launch.SlurmOptions(gpus=0, cpus=1, time_min=5), cluster="local")
     assert [job.result()["state"] for _, job in jobs] == ["finished", "finished"]
     for name in ("s0", "s1"):
-        (attempt,) = sweeps.attempts(opened, name)
+        (attempt,) = directory.attempts(opened, name)
         assert attempt["action"] == "start" and attempt["where"].startswith("slurm") and attempt["returncode"] == 0
     assert launch.submit(opened, launch.SlurmOptions(gpus=0), cluster="local") == []  # nothing left to do
 
@@ -185,9 +187,7 @@ def test_submitit_local_executor_runs_the_same_attempts(tmp_path, digits_root):
 
 
 def test_grid_expands_axes_times_seeds_with_names_of_what_varies():
-    runs = sweeps.expand(
-        sweeps.Grid(("digits-demo",), {"preset": ["fo", "vision-zo+lora"], "lr": [0.01], "mozo": [False]}, (0, 1))
-    )
+    runs = expand(Grid(("digits-demo",), {"preset": ["fo", "vision-zo+lora"], "lr": [0.01], "mozo": [False]}, (0, 1)))
     assert [r.name for r in runs] == ["fo_s0", "fo_s1", "vision-zo+lora_s0", "vision-zo+lora_s1"]
     assert runs[2].presets == ("digits-demo", "vision-zo", "lora") and runs[2].flags == {
         "lr": 0.01,
@@ -198,19 +198,19 @@ def test_grid_expands_axes_times_seeds_with_names_of_what_varies():
 
 
 def test_grid_values_take_their_flags_types_and_bad_ones_are_usage_errors(tmp_path):
-    assert sweeps.parse_axes(["lr=1e-3,3e-3", "conservative=false", "layers-n=none,4"]) == {
+    assert parse_axes(["lr=1e-3,3e-3", "conservative=false", "layers-n=none,4"]) == {
         "lr": [1e-3, 3e-3],
         "conservative": [False],
         "layers_n": [None, 4],
     }
-    assert sweeps.parse_seeds("0-2,7") == (0, 1, 2, 7)
+    assert parse_seeds("0-2,7") == (0, 1, 2, 7)
     for bad in (["learning_rate=1"], ["lr"], ["inc=ten"], ["seed=1,2"]):
         with pytest.raises(ConfigError):
-            sweeps.parse_axes(bad)
+            parse_axes(bad)
     with pytest.raises(ConfigError, match="vision"):
-        sweeps.expand(sweeps.Grid(("digits-demo",), {"vision": ["sideways"]}))
+        expand(Grid(("digits-demo",), {"vision": ["sideways"]}))
     (tmp_path / "g.toml").write_text('presets = ["digits-demo"]\nseeds = "0-2"\nepochs = 1\n[grid]\nlr = [0.1, 0.2]\n')
-    grid = sweeps.load_grid(tmp_path / "g.toml")
+    grid = load_grid(tmp_path / "g.toml")
     assert (
         grid.presets == ("digits-demo",) and grid.seeds == (0, 1, 2) and grid.axes == {"epochs": [1], "lr": [0.1, 0.2]}
     )
@@ -257,12 +257,12 @@ def test_a_key_both_fixed_and_gridded_is_a_usage_error(tmp_path):
 
 
 def test_a_sweep_directory_refuses_another_config_under_a_known_name(tmp_path):
-    runs = sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.1]}))
-    sweeps.create(tmp_path / "s", runs)
-    sweeps.create(tmp_path / "s", runs + sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.1]}, (1,))))  # extends
-    assert [r.name for r in sweeps.open_sweep(tmp_path / "s").runs] == ["s0", "s1"]
-    with pytest.raises(sweeps.SweepError, match="another config"):
-        sweeps.create(tmp_path / "s", sweeps.expand(sweeps.Grid(("digits-demo",), {"lr": [0.2]})))
+    runs = expand(Grid(("digits-demo",), {"lr": [0.1]}))
+    directory.create(tmp_path / "s", runs)
+    directory.create(tmp_path / "s", runs + expand(Grid(("digits-demo",), {"lr": [0.1]}, (1,))))  # extends
+    assert [r.name for r in directory.open_sweep(tmp_path / "s").runs] == ["s0", "s1"]
+    with pytest.raises(directory.SweepError, match="another config"):
+        directory.create(tmp_path / "s", expand(Grid(("digits-demo",), {"lr": [0.2]})))
 
 
 # ---------------------------------------------------------------------------------------------- groups

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 
-from zocli.config import ConfigError, Resolved
+from zocli.config import ConfigError
+from zocli.resolve import Resolved
 from zocli.run.tracking import TrackingUnavailable, check_available, scalars
 
 STEPS = 4  # per task, a record every 2 steps

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from zocli.config import resolve
 from zocli.method.backbone import shipped_record
+from zocli.resolve import resolve
 from zocli.run import evaluate, train
 from zocli.run.checkpoint import load_task, read_manifest
 from zocli.run.rundir import RunDir

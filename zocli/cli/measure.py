@@ -114,7 +114,7 @@ def _run_session(run_dir: Path, task: int | None, measuring: dict):
 
 
 def _fresh_session(presets: list[str], flags: dict):
-    from zocli.config import resolve
+    from zocli.resolve import resolve
     from zocli.run import preflight
 
     cfg = resolve(presets, flags).config
@@ -155,7 +155,7 @@ def memory_cmd(
     """Peak memory of one training step per FO/ZO configuration, with a breakdown (no weights or data needed)."""
     flags["data_root"] = os.environ.get("ZOCLI_DATA")  # where a folder:/hf: record lives
     with errors():
-        from zocli.config import resolve
+        from zocli.resolve import resolve
         from zocli.run.preflight import check_device
 
         cfg = resolve(preset or [], flags).config

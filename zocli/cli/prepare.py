@@ -147,8 +147,8 @@ def prepare_cmd(
 
 
 def _absolute(benchmark: str) -> str:
-    """folder:/hf: paths made absolute as `train` records them (config.resolve), so both name one copy."""
-    from zocli.config import resolve
+    """folder:/hf: paths made absolute as `train` records them (zocli.resolve), so both name one copy."""
+    from zocli.resolve import resolve
 
     return resolve([], {"benchmark": benchmark}).config.benchmark
 

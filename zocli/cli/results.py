@@ -156,7 +156,7 @@ def _expand(patterns: list[str]) -> list[Path]:
 
 def _sweep_runs(root: Path) -> list[Path]:
     from zocli.run.rundir import is_run
-    from zocli.sweep.grid import open_sweep
+    from zocli.sweep.directory import open_sweep
 
     sweep = open_sweep(root)
     return [sweep.run_dir(run.name) for run in sweep.runs if is_run(sweep.run_dir(run.name))]
@@ -218,7 +218,7 @@ def presets_list_cmd(
     """One line per shipped preset: what it reproduces."""
     if ctx.invoked_subcommand is not None:
         return
-    from zocli.config import PRESETS_DIR, list_presets
+    from zocli.resolve import PRESETS_DIR, list_presets
 
     shipped = list_presets()
     if not shipped:  # the package data did not install: an empty list would read as "no presets exist"
@@ -243,7 +243,7 @@ def presets_show_cmd(
 ) -> None:
     """The config these presets resolve to (defaults < presets in order), with each value's source."""
     with errors():
-        from zocli.config import resolve
+        from zocli.resolve import resolve
 
         resolved = resolve(names, {})
     if as_json:

@@ -183,7 +183,8 @@ def sweep_cmd(
     with `zocli eval SWEEP_DIR` (mean ± std over seeds). A train flag given here sets its value in every run."""
     fixed = given(flags)
     with errors():
-        from zocli.sweep import grid as core
+        from zocli.sweep import directory
+        from zocli.sweep.grid import expand
 
         if out_dir is not None and str(out_dir) in ("", "."):
             raise ConfigError(f"--out {str(out_dir)!r} names the current directory; give a sweep directory")
@@ -192,33 +193,33 @@ def sweep_cmd(
         if listed != ["cpu"] and len(listed) % per_run:
             raise ConfigError(f"--gpus-per-run {per_run} does not divide the {len(listed)} GPUs of --devices {devices}")
         asked = grid_file or preset or grid or seeds or fixed
-        if not asked and not (root / core.MANIFEST).is_file():
+        if not asked and not (root / directory.MANIFEST).is_file():
             raise ConfigError(
                 f"nothing to sweep: give a grid (GRID.toml, --grid, --preset, --seeds), or --out of an "
                 f"existing sweep ({root} is not one)"
             )
         if asked and not status:
-            runs = core.expand(_grid(core, grid_file, preset or [], grid or [], seeds, fixed))
+            runs = expand(_grid(grid_file, preset or [], grid or [], seeds, fixed))
             where = data_root or os.environ.get("ZOCLI_DATA")
             where = str(Path(where).expanduser().resolve()) if where else None  # recorded absolute
             if dry_run:
-                _print_plan(core, root, runs, where, as_json, 1 if slurm else per_run)
+                _print_plan(root, runs, where, as_json, 1 if slurm else per_run)
                 return
-            sweep = core.create(root, runs, where)
+            sweep = directory.create(root, runs, where)
         else:  # continue the sweep already in --out
-            sweep = core.open_sweep(root)
+            sweep = directory.open_sweep(root)
             if dry_run:
-                _print_plan(core, root, list(sweep.runs), core.data_root(sweep), as_json, 1 if slurm else per_run)
+                _print_plan(root, list(sweep.runs), directory.data_root(sweep), as_json, 1 if slurm else per_run)
                 return
         if status:
-            _print_state(core.as_json(sweep), as_json)
+            _print_state(directory.as_json(sweep), as_json)
             return
         if slurm or slurm_local:
             options = (partition, time_min, gpus, cpus, mem_gb, account, qos, constraint, parallel, extra or [])
             _submit(sweep, *options, cluster="local" if slurm_local else "slurm", takeover=takeover)
             return
         final = _run_local(sweep, devices, jobs, per_run, quiet=as_json, takeover=takeover)
-    state = core.as_json(sweep)
+    state = directory.as_json(sweep)
     _print_state(state, as_json)
     if final["stopped"]:
         err.print(f"stopped; run the same command again to continue the sweep in {root}", highlight=False)
@@ -227,9 +228,11 @@ def sweep_cmd(
         raise typer.Exit(1)
 
 
-def _grid(core, grid_file, presets, items, seeds, fixed: dict):
-    base = core.load_grid(grid_file) if grid_file else core.Grid()
-    gridded = core.parse_axes(items)
+def _grid(grid_file, presets, items, seeds, fixed: dict):
+    from zocli.sweep.grid import Grid, load_grid, parse_axes, parse_seeds
+
+    base = load_grid(grid_file) if grid_file else Grid()
+    gridded = parse_axes(items)
     both = [OPTIONS[key].spelling for key in gridded if key in fixed]
     if both:
         raise ConfigError(
@@ -238,19 +241,20 @@ def _grid(core, grid_file, presets, items, seeds, fixed: dict):
     axes = {**base.axes, **{key: [value] for key, value in fixed.items()}, **gridded}
     if "nproc" in axes:
         raise ConfigError("a sweep's runs get their ranks from --gpus-per-run (or --slurm-gpus), not from nproc")
-    return core.Grid((*presets, *base.presets), axes, core.parse_seeds(seeds) if seeds else base.seeds)
+    return Grid((*presets, *base.presets), axes, parse_seeds(seeds) if seeds else base.seeds)
 
 
-def _print_plan(core, root: Path, runs, data_root, as_json: bool, nproc: int) -> None:
+def _print_plan(root: Path, runs, data_root, as_json: bool, nproc: int) -> None:
     from zocli.sweep.cost import estimate
+    from zocli.sweep.directory import Sweep, command
 
-    sweep = core.Sweep(root, tuple(runs))
+    sweep = Sweep(root, tuple(runs))
     costs = [estimate(r.presets, r.flags, data_root) for r in runs]
     plan = [
         {
             "name": r.name,
             "run_dir": str(sweep.run_dir(r.name)),
-            "command": core.command(sweep, r, data_root, nproc)[1],
+            "command": command(sweep, r, data_root, nproc)[1],
             "forwards_per_step": c.forwards_per_step,
             "steps": c.steps,
             "forwards": c.forwards,

@@ -131,7 +131,7 @@ def _train_or_resume(flags, preset, out_dir, overwrite, resume, on_event, should
 
         where["run"], where["save_every"] = resume, flags.get("save_every") or _saved_every(resume)
         return resume_run(resume, {k: flags[k] for k in PLACE_KEYS}, on_event, should_stop, allow_changed)
-    from zocli.config import resolve
+    from zocli.resolve import resolve
 
     if allow_changed:
         raise ConfigError("--allow-changed-inputs applies to --resume (and eval): a fresh run records its inputs")

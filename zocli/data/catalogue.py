@@ -107,7 +107,7 @@ def short_name(name: str) -> str:
     if not is_user(name):
         return canonical_name(name)
     kind, value = name.split(":", 1)
-    local = kind == "folder" or value.startswith("/")  # config.resolve makes local paths absolute
+    local = kind == "folder" or value.startswith("/")  # zocli.resolve makes local paths absolute
     stem = value.rstrip("/").rsplit("/", 1)[-1] if local else value.strip("/").replace("/", "-")
     return f"{kind}-{re.sub(r'[^A-Za-z0-9._-]+', '_', stem)[:60] or 'data'}"
 

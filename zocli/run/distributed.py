@@ -20,9 +20,10 @@ from dataclasses import dataclass, replace
 import torch
 import torch.distributed as dist
 
-from zocli.config import PRECISIONS, Config, ConfigError, Resolved
+from zocli.config import PRECISIONS, Config, ConfigError
 from zocli.method.ranks import SOLO, Ranks
 from zocli.method.step import resolve_device
+from zocli.resolve import Resolved
 from zocli.run.rundir import RunDir
 
 

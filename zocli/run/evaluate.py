@@ -14,12 +14,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zocli.config import ConfigError, saved_config
+from zocli.config import ConfigError
 from zocli.data import catalogue
 from zocli.data.loader import select
 from zocli.flags import given
 from zocli.method.objective import deterministic
 from zocli.method.precision import at_least_fp32, matmuls
+from zocli.resolve import saved_config
 from zocli.run import distributed, inputs
 from zocli.run.checkpoint import CheckpointError, load_task, read_manifest
 from zocli.run.metrics import summarize

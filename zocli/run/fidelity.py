@@ -18,13 +18,14 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from zocli.config import DEFAULT_ZO_CHUNK, Config, ConfigError, Resolved
+from zocli.config import DEFAULT_ZO_CHUNK, Config, ConfigError
 from zocli.method.attach import AdaptedCLIP
 from zocli.method.blocks import Block, direction, move_
 from zocli.method.objective import ClipObjective
 from zocli.method.plan import zo_units
 from zocli.method.precision import zo_default
 from zocli.method.step import make_blocks
+from zocli.resolve import Resolved
 from zocli.rng import derive_seed
 from zocli.run.session import task_batches
 

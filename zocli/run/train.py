@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 from zocli import __version__
-from zocli.config import Config, ConfigError, Resolved, saved_config
+from zocli.config import Config, ConfigError
 from zocli.errors import ZocliError
 from zocli.flags import given
 from zocli.method.plan import describe, zo_units
 from zocli.method.step import Stepper, make_blocks, zo_notes
+from zocli.resolve import Resolved, saved_config
 from zocli.rng import derive_seed
 from zocli.run import checkpoint, distributed, inputs, peaks, provenance
 from zocli.run.evaluate import evaluate_row, evaluate_untouched, restore

@@ -128,7 +128,7 @@ def plan_for(name: str) -> dict[str, str]:
         )
     vision, language = BRANCH_PLANS[branch]
     plan = {"vision": vision, "language": language, "layers": scheme or "all", "mozo": extra == "mozo"}
-    if extra == "mozo":  # what --mozo implies (config.resolve fills these for train)
+    if extra == "mozo":  # what --mozo implies (zocli.resolve fills these for train)
         plan.update(normalize="sign", eps_vision=MOZO_EPS_VISION)
     return plan
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from zocli.config import ConfigError, resolve
+from zocli.config import ConfigError
+from zocli.resolve import resolve
 
 _BRANCHES = ("fo", "dual-zo", "vision-zo", "language-zo")
 _TABLE = {  # benchmark preset -> the four branch-wise rows (Last, Avg), then the other published cells

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from zocli.config import Config, resolve
+from zocli.config import Config
 from zocli.data import catalogue, location
+from zocli.resolve import resolve
 
 # Blocks per tower by model family, for --granularity layer (the model is not built for an estimate).
 DEPTHS = {"zocli-tiny": 4, "ViT-B": 12, "ViT-L": 24, "ViT-H": 32}

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zocli.sweep.grid import (
-    RunSpec,
+from zocli.sweep.directory import (
     RunState,
     Sweep,
     SweepError,
@@ -33,6 +32,7 @@ from zocli.sweep.grid import (
     state,
     states,
 )
+from zocli.sweep.grid import RunSpec
 
 Event = dict[str, Any]
 

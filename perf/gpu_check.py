@@ -163,7 +163,7 @@ def markdown(env: dict, checks: list[Check]) -> str:
 
 
 def _memory_table(report: dict) -> list[str]:
-    from zocli.cli.render import PAPER_GB
+    from zocli.cli.render_measure import PAPER_GB
 
     paper = PAPER_GB.get(report["adapter"], {})
     rows = ["| config | peak GB (measured) | paper GB | reduction vs FO |", "|---|---|---|---|"]

@@ -48,3 +48,16 @@ def test_the_offline_wheels_leave_pytorch_to_the_node():
     found = wheels.closure(["open_clip_torch", "pytest"])
     assert {"open-clip-torch", "timm", "pytest"} <= found.keys()  # timm: open_clip's, pulled in
     assert not any(wheels.KEPT.match(name) for name in found)  # torch, torchvision, triton, nvidia-*: the node's
+
+
+def test_the_reports_memory_table_puts_the_papers_figures_beside_the_measured_ones():
+    check = _load(ROOT / "perf" / "gpu_check.py")
+    report = {
+        "adapter": "moe",
+        "rows": [
+            {"config": "fo", "peak_bytes": 20_000_000_000, "reduction_vs_fo": 0.0},
+            {"config": "dual", "peak_bytes": 1_000_000_000, "reduction_vs_fo": 95.0},
+        ],
+    }
+    table = "\n".join(check._memory_table(report))
+    assert "| fo | 20.00 | 19.96 | 0.0 % |" in table and "| dual | 1.00 | 2.17 | 95.0 % |" in table

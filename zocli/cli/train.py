@@ -177,7 +177,7 @@ def _user_path(path: Path | None, flag: str) -> Path | None:
     if path is None:
         return None
     if str(path) in ("", "."):
-        from zocli.run.rundir import RunDirError
+        from zocli.run.files import RunDirError
 
         raise RunDirError(f"{flag} {str(path)!r} is the current directory; give a run directory (e.g. runs/NAME)")
     return path.expanduser()

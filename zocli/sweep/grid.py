@@ -25,7 +25,8 @@ from zocli.config import KEYS, OPTIONS, Config, ConfigError, did_you_mean, resol
 from zocli.data import catalogue
 from zocli.errors import ZocliError
 from zocli.flags import NONE_GIVEN
-from zocli.run.rundir import RunDir, RunDirError, is_run, read_json, write_json
+from zocli.run.files import RunDirError, read_json, write_json
+from zocli.run.rundir import RunDir, is_run
 from zocli.sweep.liveness import RUNNING, UNKNOWN, identity, liveness
 
 MANIFEST = "sweep.json"

@@ -10,7 +10,8 @@ from conftest import tiny_config
 from zocli.config import Config
 from zocli.method.attach import build_model
 from zocli.run.checkpoint import CheckpointError, load_task, read_manifest, save_task
-from zocli.run.rundir import RunDir, RunDirError
+from zocli.run.files import RunDirError
+from zocli.run.rundir import RunDir
 
 IDENTITY = {"zocli_version": "test", "config": {}}  # what makes a directory a zocli run
 

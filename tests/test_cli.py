@@ -141,7 +141,7 @@ def test_run_files_respect_the_umask(trained):
 def test_atomic_write_follows_a_group_umask(tmp_path):
     import os
 
-    from zocli.run.rundir import atomic_write
+    from zocli.run.files import atomic_write
 
     previous = os.umask(0o007)  # a shared cluster's group-writable setting
     try:

@@ -596,16 +596,16 @@ def test_hostile_input_is_one_line_and_an_exit_code(argv, code, needles, damage,
 
 @pytest.mark.parametrize(("code", "when"), [(errno.ENOSPC, "task"), (errno.EIO, "task"), (errno.EROFS, "config")])
 def test_disk_errors_are_one_line(paths, monkeypatch, code, when):
-    from zocli.run import rundir
+    from zocli.run import files
 
-    write = rundir.atomic_write
+    write = files.atomic_write
 
     def failing(path, data):
         if path.name.startswith(when):
             raise OSError(code, os.strerror(code), str(path))
         write(path, data)
 
-    monkeypatch.setattr(rundir, "atomic_write", failing)
+    monkeypatch.setattr(files, "atomic_write", failing)
     args = [a.format(**paths) for a in DEMO + ["--inc", "5", "--json"]]
     result = invoke(args)
     # progress lines (the banner, zero-shot) may come first, even with --json; the error is one line, the last

@@ -142,7 +142,8 @@ def test_a_relative_data_root_is_recorded_absolute(cwd, monkeypatch):
 
 
 def test_overwrite_refuses_the_users_files_inside_the_tracker_folders(tmp_path):
-    from zocli.run.rundir import RunDir, RunDirError
+    from zocli.run.files import RunDirError
+    from zocli.run.rundir import RunDir
 
     run = _fake_run(tmp_path / "run")
     (run / "tensorboard").mkdir()
@@ -156,7 +157,7 @@ def test_overwrite_refuses_the_users_files_inside_the_tracker_folders(tmp_path):
 
 def test_resume_of_a_finished_run_reports_it_without_the_lock(tmp_path, monkeypatch):
     """On a read-only filesystem the lock cannot be taken; a finished run needs none."""
-    from zocli.run import rundir
+    from zocli.run import files, lock
 
     source = tmp_path / "finished"
     _fake_run(source)
@@ -169,9 +170,9 @@ def test_resume_of_a_finished_run_reports_it_without_the_lock(tmp_path, monkeypa
     (source / "summary.json").write_text(json.dumps(summary))
 
     def read_only(self, root):
-        raise rundir.RunDirError(f"cannot lock run directory {root}: Read-only file system")
+        raise files.RunDirError(f"cannot lock run directory {root}: Read-only file system")
 
-    monkeypatch.setattr(rundir.RunLock, "__init__", read_only)
+    monkeypatch.setattr(lock.RunLock, "__init__", read_only)
     result = invoke(["train", "--resume", str(source), "--json", "--data-root", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["acc_matrix"] == summary["acc_matrix"]

@@ -11,7 +11,7 @@ import time
 import pytest
 from test_errors import assert_one_line_error, invoke
 
-from zocli.run.rundir import write_json
+from zocli.run.files import write_json
 from zocli.sweep import directory, launch, liveness
 from zocli.sweep.grid import Grid, expand
 

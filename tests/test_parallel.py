@@ -114,7 +114,7 @@ def test_direction_parallelism_is_bit_identical_at_w_1_and_3(dual):
 
 def test_a_rank_drawing_its_own_seed_would_be_caught(dual):
     """What guards against it: every rank gets the step seed train derives from the run's config alone
-    (`derive_seed(cfg.seed, "zo", task, step)` in run/train.py's `train_task`), and `_measure_own`
+    (`derive_seed(cfg.seed, "zo", task, step)` in run/task.py's `train_task`), and `_measure_own`
     draws each direction from `derive_seed(seed, block.name, query)`, never from anything per rank.
     Here rank 1 is given its own seed: its ±εz forwards are then along other directions, so the shared
     losses no longer match anyone's z, and the adapters leave W = 1's (the check above would fail)."""

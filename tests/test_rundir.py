@@ -18,9 +18,11 @@ import pytest
 from typer.testing import CliRunner
 
 from zocli.cli import app
-from zocli.run import rundir
+from zocli.run import files
 from zocli.run.checkpoint import save_task
-from zocli.run.rundir import LOCK_NAME, RunDir, RunDirError
+from zocli.run.files import RunDirError
+from zocli.run.lock import LOCK_NAME
+from zocli.run.rundir import RunDir
 
 IDENTITY = {"zocli_version": "test", "config": {}}
 RUNNER = CliRunner(env={"COLUMNS": "200", "HF_HUB_OFFLINE": "1"})
@@ -117,13 +119,13 @@ def test_a_failed_config_write_leaves_nothing_and_the_next_train_works(tmp_path,
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(rundir, "atomic_write", disk_full)
+        patch.setattr(files, "atomic_write", disk_full)
         with pytest.raises(RunDirError, match="No space left"):
             RunDir.create(out, IDENTITY)
     assert not out.exists()
     out.mkdir()  # the user made it: it stays, and is still usable
     with monkeypatch.context() as patch:
-        patch.setattr(rundir, "atomic_write", disk_full)
+        patch.setattr(files, "atomic_write", disk_full)
         with pytest.raises(RunDirError):
             RunDir.create(out, IDENTITY)
     assert out.is_dir()

@@ -120,7 +120,8 @@ def eval_cmd(
 
 def _print_tasks(paths: list[Path], as_json: bool) -> None:
     """Which classes make up which task: summary.json's list, or for an unfinished run config.json's record."""
-    from zocli.run.rundir import RunDir, read_json
+    from zocli.run.files import read_json
+    from zocli.run.rundir import RunDir
 
     for path in paths:
         run = RunDir.open(path)

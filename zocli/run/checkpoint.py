@@ -21,7 +21,8 @@ from safetensors.torch import load, save
 
 from zocli import __version__
 from zocli.errors import ZocliError
-from zocli.run.rundir import CHECKPOINT_FILE, RunDir, read_json
+from zocli.run.files import read_json
+from zocli.run.rundir import CHECKPOINT_FILE, RunDir
 
 FORMAT_VERSION = 1
 # Adapters of ViT-B/16 take ~16 MB: a "checkpoint" past this bound is not one of ours, and reading it

@@ -16,7 +16,8 @@ from zocli.data.catalogue import GENERATED, canonical_name
 from zocli.data.hub import is_weights_tag
 from zocli.data.location import NotReady, dataset_dir, prepare_command
 from zocli.flags import given
-from zocli.run.rundir import RunDir, read_json
+from zocli.run.files import read_json
+from zocli.run.rundir import RunDir
 
 # Device nodes of the drivers torch.cuda can use (NVIDIA, ROCm, WSL): with none of them present,
 # CUDA is certainly unavailable; with one present, torch decides later.

@@ -1,4 +1,4 @@
-"""The run directory (DESIGN §8): layout, atomic writes and the append-only metrics log.
+"""The run directory (DESIGN §8): its layout, what belongs to a run, and the append-only metrics log.
 
 runs/<name>/config.json            resolved config + the source of each value
 runs/<name>/metrics.jsonl          one JSON object per event, append-only
@@ -8,21 +8,17 @@ runs/<name>/summary.json           accuracy matrix, Last, Avg, forgetting, BWT, 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zocli.errors import ZocliError
-
-
-class RunDirError(ZocliError, RuntimeError):
-    """The run directory cannot be used as asked (exists, not writable, not a run, in use, gone)."""
+from zocli.run import files
+from zocli.run.files import TEMP_FILE, RunDirError
+from zocli.run.lock import LOCK_NAME, RunLock
 
 
 class Interrupted(Exception):
@@ -33,101 +29,11 @@ class Interrupted(Exception):
         self.run_dir = run_dir
 
 
-LOCK_NAME = ".zocli.lock"
 # Everything a run ever writes. --overwrite deletes only these names, and refuses a directory holding
 # anything else: it replaces a run, never a user's files that happen to sit next to one.
 ROOT_FILES = ("config.json", "metrics.jsonl", "summary.json", LOCK_NAME)
 TRACKER_DIRS = ("tensorboard", "wandb")  # --report-to output, replaced with the run by --overwrite
 CHECKPOINT_FILE = re.compile(r"task_\d{2,}\.safetensors|manifest\.json|resume\.safetensors")
-TEMP_FILE = re.compile(r"\.[\w.-]+\.[\w]+\.tmp")  # atomic_write's mkstemp names: .NAME.XXXXXXXX.tmp
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory, fsync, rename, fsync the directory.
-
-    The directory must exist: re-creating a deleted run directory would let a run whose directory was
-    removed under it carry on writing into a fresh, half-empty copy.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as shareable as any other
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _umask() -> int:
-    mask = os.umask(0)  # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:  # ValueError: bad JSON, and bytes that are not UTF-8
-        raise RunDirError(f"{path}: cannot read JSON ({exc})") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class RunLock:
-    """An exclusive POSIX lock on RUN/.zocli.lock, holding the owner's pid.
-
-    fcntl record locks belong to the process (DataLoader workers forked from it do not inherit them)
-    and vanish when it dies, so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, root: Path):
-        self.path = root / LOCK_NAME
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise RunDirError(f"cannot lock run directory {root}: {exc.strerror or exc}") from None
-        try:
-            fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(self.fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            raise RunDirError(
-                f"run directory {root} is in use by another zocli process (pid {holder}); "
-                f"wait for it to finish or stop it"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
-        self.inode = _inode(os.fstat(self.fd))
-
-    def still_in_place(self) -> bool:
-        """Is the locked file still the one at RUN/.zocli.lock (the directory not deleted, moved or replaced)?"""
-        try:
-            return _inode(os.lstat(self.path)) == self.inode
-        except OSError:
-            return False
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing the descriptor drops the lock
-            self.fd = -1
-
-
-def _inode(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
 
 
 def is_run(root: Path) -> bool:
@@ -307,7 +213,7 @@ class RunDir:
         try:
             cls.check_available(root, overwrite)  # another process may have written it meanwhile
             _clear(root)
-            write_json(root / "config.json", identity)
+            files.write_json(root / "config.json", identity)
             (root / "checkpoints").mkdir(exist_ok=True)
         except BaseException as exc:
             lock.release()
@@ -375,7 +281,7 @@ class RunDir:
 
     def write_bytes(self, path: Path, data: bytes) -> None:
         self.check_in_place()
-        atomic_write(path, data)
+        files.atomic_write(path, data)
 
     def write_json(self, path: Path, obj: Any) -> None:
         self.write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
@@ -434,13 +340,13 @@ class RunDir:
         one), read as plain JSON: checkpoint's strict reader would import torch into the fast checks."""
         if not self.manifest.is_file():
             return 0
-        manifest = read_json(self.manifest)
+        manifest = files.read_json(self.manifest)
         done = manifest.get("tasks_done") if isinstance(manifest, dict) else None
         return done if isinstance(done, int) else 0
 
     def saved(self) -> dict[str, Any]:
         """config.json: the resolved config, its sources, the zocli version and the ZO plan."""
-        return read_json(self.config)
+        return files.read_json(self.config)
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         if not self.metrics.is_file():

@@ -18,7 +18,7 @@ from typing import Any
 
 from zocli.config import Config
 from zocli.errors import ZocliError
-from zocli.run.rundir import read_json
+from zocli.run.files import read_json
 
 MODULES = {"tensorboard": "tensorboard", "wandb": "wandb"}  # tracker -> the package it needs
 STEP_SCALARS = (

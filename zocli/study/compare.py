@@ -13,8 +13,9 @@ from typing import Any
 from zocli.config import KEYS, PLACE_KEYS
 from zocli.data import catalogue
 from zocli.run.checkpoint import read_manifest
+from zocli.run.files import read_json
 from zocli.run.metrics import summarize
-from zocli.run.rundir import RunDir, read_json
+from zocli.run.rundir import RunDir
 from zocli.study import naming
 
 

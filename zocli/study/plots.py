@@ -164,7 +164,7 @@ def seed_curves(grouped, path: Path, wide: bool = False, configs: list[dict] | N
 
 def run_heatmap(result, path: Path) -> Path:
     """A run's accuracy matrix as `eval RUN` prints it (its config read from the run directory)."""
-    from zocli.run.rundir import read_json
+    from zocli.run.files import read_json
 
     config = read_json(Path(result.run_dir) / "config.json").get("config", {})
     return accuracy_heatmap(

@@ -21,7 +21,8 @@ from typing import Any
 from zocli.data import catalogue
 from zocli.errors import ZocliError
 from zocli.resolve import resolve
-from zocli.run.rundir import RunDir, RunDirError, is_run, read_json, write_json
+from zocli.run.files import RunDirError, read_json, write_json
+from zocli.run.rundir import RunDir, is_run
 from zocli.sweep.grid import RunSpec
 from zocli.sweep.liveness import RUNNING, UNKNOWN, identity, liveness
 

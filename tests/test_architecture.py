@@ -15,7 +15,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "zocli"
 DESIGN = PACKAGE.parent / "docs" / "design.md"
-MAX_LINES = 500  # ruff-formatted lines
+MAX_LINES = 400  # ruff-formatted lines: past it, a module holds more than one concept
 
 # The first word of a module's dotted name (its folder, or a top-level module) and its layer.
 LAYERS = {

@@ -14,6 +14,7 @@ At batch 8 dual is only 2.9× below FO (the fixed ZO chunk workspace dominates),
 """
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -302,3 +303,16 @@ def test_vit_b16_dual_zo_step_memory_is_below_a_fifth_of_fo():
     assert rows["fo"].trainable == 4_027_392 * 4  # DESIGN §3's parameter count, fp32
     fo, dual = step_bytes(rows["fo"]), step_bytes(rows["dual"])
     assert dual < fo / 5, f"dual {dual} vs fo {fo}"
+
+
+@pytest.mark.slow
+def test_the_memory_table_quoted_in_the_readme_and_docs_is_what_memory_computes():
+    """README's and docs/measurements.md's MoE column is `zocli memory --preset cifar100-inc10 --device meta`."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = resolve(["cifar100-inc10"], {"pretrained": "none", "device": "cpu"}).config
+    report = measure(cfg, ("fo", "dual", "vision", "language"), device="meta")
+    names = {"fo": "all FO", "dual": "Dual ZO", "vision": "Vision ZO", "language": "Language ZO"}
+    for row in report.rows:
+        quoted = f"| {names[row.config]} | {row.peak_bytes / 1e9:.2f} GB"
+        for page in ("README.md", "docs/measurements.md"):
+            assert quoted in (root / page).read_text(), (page, quoted)

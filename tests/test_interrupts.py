@@ -41,6 +41,27 @@ def test_the_second_ctrl_c_aborts_without_raising(tmp_path):
         assert aborted == [True]
 
 
+def test_the_stop_handler_imports_nothing(monkeypatch, capfd):
+    """Found by a sweep test: SIGTERM landed while the run was importing rich's emoji table, and the handler's
+    rich print imported the half-initialised module: ImportError, and the run died instead of committing."""
+    import builtins
+
+    from zocli.cli.signals import graceful_stop
+
+    def no_import(*args, **kwargs):
+        raise ImportError("a signal handler must not import")
+
+    with graceful_stop(lambda: None) as should_stop:
+        handler = signal.getsignal(signal.SIGTERM)
+        monkeypatch.setattr(builtins, "__import__", no_import)
+        try:
+            handler(signal.SIGTERM, None)
+        finally:
+            monkeypatch.undo()
+        assert should_stop()
+    assert "stopping after this step" in capfd.readouterr().err
+
+
 def test_a_signal_pending_while_handlers_are_restored_is_no_traceback(monkeypatch):
     # Found in CI: a second Ctrl-C pending under the just-set SIG_IGN made the next signal.signal() raise
     # "OSError: Signal 2 ignored due to race condition" and print a traceback at exit.

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
-
-from zocli.cli._shared import err
 
 
 @contextmanager
@@ -19,7 +18,9 @@ def graceful_stop(abort):
             abort()
             return
         requested["stop"] = True
-        err.print("stopping after this step (again to abort now) ...")
+        # Straight to fd 2, importing nothing: the signal may land while the main thread is half-way through
+        # an import (rich loads its emoji table on first print), and importing that module here would fail.
+        os.write(2, b"stopping after this step (again to abort now) ...\n")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -189,7 +189,7 @@ def sweep_cmd(
         if out_dir is not None and str(out_dir) in ("", "."):
             raise ConfigError(f"--out {str(out_dir)!r} names the current directory; give a sweep directory")
         root = (out_dir or Path("runs") / (grid_file.stem if grid_file else "sweep")).expanduser()
-        listed = [d.strip() for d in devices.split(",") if d.strip()] if devices else []
+        listed = _device_list(devices) or []
         if listed != ["cpu"] and len(listed) % per_run:
             raise ConfigError(f"--gpus-per-run {per_run} does not divide the {len(listed)} GPUs of --devices {devices}")
         asked = grid_file or preset or grid or seeds or fixed
@@ -291,10 +291,15 @@ def _print_state(state: dict, as_json: bool) -> None:
         out.print(render.sweep_state(state))
 
 
+def _device_list(devices: str | None) -> list[str] | None:
+    """--devices as a list ("0, 1" -> ["0", "1"]); None when not given."""
+    return [d.strip() for d in devices.split(",") if d.strip()] if devices else None
+
+
 def _run_local(sweep, devices: str | None, jobs: int, per_run: int, quiet: bool, takeover: bool = False) -> dict:
     from zocli.sweep.launch import local_slots, run_local
 
-    slots = local_slots([d.strip() for d in devices.split(",") if d.strip()] if devices else None, jobs, per_run)
+    slots = local_slots(_device_list(devices), jobs, per_run)
     total = len(sweep.runs)
     counter = {"done": 0, "ran": 0, "settled": 0, "began": time.monotonic()}
 

@@ -119,18 +119,18 @@ def _zo_directions(
     """Each block's ĝ (sign(ĝ) under MoZO), or for the controls and for estimates that cannot matter
     sign(z) of the estimate's own first direction; and the ZO losses at θ the estimates measured. The
     objective forgets each block's tower features after its moves, so what it still holds is exact at θ."""
-    if settings.estimates(len(blocks)) and ranks.splits_evaluations:
-        grads, losses = _estimate_dealt(counter, blocks, seed, settings, ranks)
-    else:
-        grads, losses = [], []
-        for block in blocks:
-            if settings.estimates(len(blocks)):
-                grad, loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
-                grads.append(grad.sign_() if settings.sign else grad)
-                losses.append(loss)
-            else:
-                grads.append(_unmeasured_direction(block, seed, settings, len(blocks)))
-            counter.reset(block.units)  # ±εz left θ rounded: features cached for its tower no longer hold
+    estimates = settings.estimates(len(blocks))
+    if estimates and ranks.splits_evaluations:
+        return _estimate_dealt(counter, blocks, seed, settings, ranks)
+    grads, losses = [], []
+    for block in blocks:
+        if estimates:
+            grad, loss = estimate_flat(block, counter.loss_fn(block.units), seed, settings)
+            grads.append(grad.sign_() if settings.sign else grad)
+            losses.append(loss)
+        else:
+            grads.append(_unmeasured_direction(block, seed, settings, len(blocks)))
+        counter.reset(block.units)  # ±εz left θ rounded: features cached for its tower no longer hold
     return grads, losses
 
 
